@@ -1,0 +1,112 @@
+"""Typed configuration: YAML in, validated, with command-line overrides.
+
+Each stage owns its section (``clo.data.config``, ``clo.train.config``, ``clo.eval.config``);
+this module composes them and turns every validation problem into one error that names the file
+and the dotted key (``configs/x.yaml: train.beta: Input should be a valid number``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from clo.config_base import ConfigError, StrictModel
+from clo.data.config import DataConfig
+from clo.eval.config import EvalConfig
+from clo.train.config import TrainConfig
+
+__all__ = ["Config", "ConfigError", "StrictModel", "load_config", "config_from_dict", "dump_config"]
+
+
+class Config(StrictModel):
+    model: str = Field("smollm2-135m-instruct", description="hub id, local directory or offline model name")
+    lang: str = Field("de", description="target language, ISO 639-1 code from clo.languages")
+    output_dir: str = "runs/default"
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("lang")
+    @classmethod
+    def _known_language(cls, v: str) -> str:
+        from clo import languages
+
+        try:
+            return languages.get(v).code
+        except KeyError as e:
+            raise ValueError(e.args[0]) from None
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"{source}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.beta=0.2`` -> (["train", "beta"], 0.2); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. train.beta=0.2")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML: {e}") from None
+    return key.split("."), value
+
+
+def _apply(tree: dict, path: list[str], value: Any, source: str) -> None:
+    node = tree
+    for i, part in enumerate(path[:-1]):
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{source}: {'.'.join(path[: i + 1])} is not a section")
+        node = nxt
+    node[path[-1]] = value
+
+
+def config_from_dict(tree: dict, source: str = "<dict>", overrides: Iterable[str] = ()) -> Config:
+    tree = dict(tree or {})
+    for ov in overrides:
+        path, value = parse_override(ov)
+        _apply(tree, path, value, f"--set {ov}")
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: invalid YAML: {e}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(tree).__name__}")
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Defaults, then the YAML file (if any), then ``--set`` overrides, validated together."""
+    tree = load_yaml(path) if path is not None else {}
+    return config_from_dict(tree, str(path) if path is not None else "<defaults>", overrides)
+
+
+def dump_config(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,32 @@
+"""Configuration of the training stage (``train:`` section); defaults are the paper's (Appendix B)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from clo.config_base import StrictModel
+
+
+class TrainConfig(StrictModel):
+    method: Literal["sft", "sft-eng", "sft-tgt", "dpo", "sft+dpo", "clo"] = "clo"
+    lam: float = Field(0.5, ge=0.0, le=1.0, description="weight of the target NLL in the CLO loss")
+    beta: float = Field(0.1, gt=0.0)
+    lr: float = Field(5e-5, gt=0.0)
+    min_lr: float = Field(1.1e-6, ge=0.0)
+    batch_size: int = Field(8, gt=0, description="examples (quadruples) per optimiser step")
+    micro_batch_size: int | None = Field(None, gt=0)
+    max_length: int = Field(3000, gt=0)
+    epochs: float = Field(1.0, gt=0.0)
+    trainable: str = Field("attention", description="attention | full | lora | a regular expression")
+    nll_langs: list[Literal["tgt", "en"]] = Field(default_factory=lambda: ["tgt"])
+    eval_every: int = Field(50, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    seed: int = 0
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    live_reference: bool = False
+    gradient_checkpointing: bool = False
+    lora_r: int = Field(16, gt=0)
+    lora_alpha: int = Field(32, gt=0)
