@@ -1,0 +1,118 @@
+"""The cross-lingual record (DESIGN.md section 2) and its JSONL / Parquet files.
+
+One record is one parallel quadruple ``(x_en, y_en, x_tgt, y_tgt)``. Reading validates every
+line: a malformed line, a missing field or an empty text is an error naming file, line and field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+TEXT_FIELDS = ("x_en", "y_en", "x_tgt", "y_tgt")
+REQUIRED_FIELDS = ("id", "tgt_lang", *TEXT_FIELDS)
+
+
+class RecordError(ValueError):
+    """A bad record: names the file, the line (1-based) and the field."""
+
+    def __init__(self, path: str | Path, line: int | None, field: str | None, reason: str):
+        self.path, self.line, self.field, self.reason = str(path), line, field, reason
+        where = f"{path}:{line}" if line is not None else str(path)
+        what = f" field {field!r}" if field else ""
+        super().__init__(f"{where}:{what} {reason}")
+
+
+@dataclass
+class CrossLingualRecord:
+    id: str
+    tgt_lang: str
+    x_en: str
+    y_en: str
+    x_tgt: str
+    y_tgt: str
+    source: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        # The DESIGN.md key order, so files diff and hash stably.
+        return {k: d[k] for k in ("id", "source", "tgt_lang", *TEXT_FIELDS, "meta")}
+
+    @classmethod
+    def from_dict(cls, obj: dict, path: str | Path = "<memory>", line: int | None = None) -> CrossLingualRecord:
+        if not isinstance(obj, dict):
+            raise RecordError(path, line, None, f"expected a JSON object, got {type(obj).__name__}")
+        for name in REQUIRED_FIELDS:
+            if name not in obj or obj[name] is None:
+                raise RecordError(path, line, name, "missing field")
+            if not isinstance(obj[name], str):
+                raise RecordError(path, line, name, f"expected a string, got {type(obj[name]).__name__}")
+        for name in TEXT_FIELDS:
+            if not obj[name].strip():
+                raise RecordError(path, line, name, "empty text")
+        meta = obj.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise RecordError(path, line, "meta", f"expected an object, got {type(meta).__name__}")
+        return cls(
+            id=str(obj["id"]), tgt_lang=obj["tgt_lang"], x_en=obj["x_en"], y_en=obj["y_en"],
+            x_tgt=obj["x_tgt"], y_tgt=obj["y_tgt"], source=str(obj.get("source") or ""), meta=meta,
+        )
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line; a malformed line names file and line."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                yield lineno, json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise RecordError(path, lineno, None, f"malformed JSON: {e.msg} (column {e.colno})") from None
+
+
+def read_records(path: str | Path) -> list[CrossLingualRecord]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such dataset file")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+        for r in rows:  # meta is stored as a JSON string: Parquet has no free-form maps
+            if isinstance(r.get("meta"), str):
+                r["meta"] = json.loads(r["meta"])
+        records = [CrossLingualRecord.from_dict(r, path, i) for i, r in enumerate(rows, 1)]
+    else:
+        records = [CrossLingualRecord.from_dict(obj, path, line) for line, obj in iter_jsonl(path)]
+    seen: dict[str, int] = {}
+    for i, r in enumerate(records, 1):
+        if r.id in seen:
+            raise RecordError(path, i, "id", f"duplicate id {r.id!r} (first at record {seen[r.id]})")
+        seen[r.id] = i
+    return records
+
+
+def write_records(records: Iterable[CrossLingualRecord], path: str | Path) -> Path:
+    """Write atomically (temp file + rename): a killed write never leaves a truncated dataset."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    rows = [r.to_dict() for r in records]
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        for r in rows:
+            r["meta"] = json.dumps(r["meta"], ensure_ascii=False, sort_keys=True)
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
+    else:
+        with tmp.open("w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,38 @@
+import json
+
+import pytest
+
+from clo.data.records import CrossLingualRecord, RecordError, read_records, write_records
+
+
+def _rec(i, **kw):
+    d = dict(id=f"r{i}", source="alpaca", tgt_lang="de", x_en="Hi?", y_en="Hello.", x_tgt="Hallo?",
+             y_tgt="Hallo.", meta={"translator": "t", "checks": {"lang": True}})
+    d.update(kw)
+    return d
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_round_trip(tmp_path, suffix):
+    recs = [CrossLingualRecord.from_dict(_rec(i)) for i in range(3)]
+    path = write_records(recs, tmp_path / f"d{suffix}")
+    assert read_records(path) == recs
+
+
+def test_bad_lines_name_file_line_field(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps(_rec(0)) + "\n\n{not json\n")
+    with pytest.raises(RecordError, match=rf"{f}:3: malformed JSON"):
+        read_records(f)
+    bad = _rec(1)
+    del bad["y_tgt"]
+    f.write_text(json.dumps(_rec(0)) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(RecordError) as e:
+        read_records(f)
+    assert (e.value.line, e.value.field, e.value.reason) == (2, "y_tgt", "missing field")
+    f.write_text(json.dumps(_rec(0, x_tgt="  ")) + "\n")
+    with pytest.raises(RecordError, match=r":1: field 'x_tgt' empty text"):
+        read_records(f)
+    f.write_text(json.dumps(_rec(0)) + "\n" + json.dumps(_rec(0)) + "\n")
+    with pytest.raises(RecordError, match="duplicate id 'r0'"):
+        read_records(f)
