@@ -1,0 +1,62 @@
+"""Reports from finished runs: the paper's tables (Markdown, CSV), Figure 3 (PNG) and report.json.
+
+    from clo.report import write_report
+    write_report("runs/paper-de")          # -> runs/paper-de/report/{report.md, *.csv, *.png, report.json}
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+from clo.report.tables import GAP, TABLES, Cell, GridResults, Table, build_tables, collect
+
+__all__ = ["GAP", "TABLES", "Cell", "GridResults", "Table", "build_tables", "collect", "write_report"]
+
+FIGURE = "figure3_winrate_vs_size.png"
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_report(grid_dir: str | Path, out_dir: str | Path | None = None) -> dict:
+    """Write every table and the figure of ``grid_dir``; returns {files, runs: {status: count}}."""
+    from clo.report.plots import plot_winrate_vs_size
+
+    grid_dir = Path(grid_dir)
+    out = Path(out_dir) if out_dir is not None else grid_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    res = collect(grid_dir)
+    tables = build_tables(res)
+    files: list[str] = []
+    for t in tables:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(t.csv_rows())
+        _write_text(out / f"{t.name}.csv", buf.getvalue())
+        files.append(f"{t.name}.csv")
+    fig_table = next(t for t in tables if t.name == "figure3_winrate_vs_size")
+    plot_winrate_vs_size(fig_table, res, out / FIGURE)
+    files.append(FIGURE)
+    status: dict[str, int] = {}
+    for r in res.runs.values():
+        status[r.status] = status.get(r.status, 0) + 1
+    name = res.plan.get("name", grid_dir.name)
+    md = [f"# Report: {name}", "",
+          f"Grid directory `{grid_dir}`; runs: " + ", ".join(f"{n} {s}" for s, n in sorted(status.items())) + ".",
+          f"A gap ({GAP}) is a run or evaluation that has not finished, never a zero.", ""]
+    for t in tables:
+        md.append(t.to_markdown())
+        if t.name == "figure3_winrate_vs_size":
+            md += [f"![Figure 3]({FIGURE})", ""]
+    _write_text(out / "report.md", "\n".join(md))
+    files.append("report.md")
+    _write_text(out / "report.json", json.dumps(
+        {"name": name, "runs": status, "tables": [t.to_json() for t in tables]}, indent=2, ensure_ascii=False))
+    files.append("report.json")
+    return {"dir": str(out), "files": files, "runs": status}

@@ -1,0 +1,332 @@
+"""The grid config: one base :class:`clo.config.Config` and the axes models × langs × methods × sizes.
+
+YAML in, validated as a whole; every problem names the file and the dotted key
+(``configs/grid.yaml: methods.2.set: train.trainable: ...``). A grid expands into
+:class:`RunSpec` s, one per cell, each with the fully resolved :class:`Config` it trains and
+evaluates with::
+
+    name: paper-de
+    output_dir: runs/paper-de
+    base:                       # a clo.config.Config: defaults for every run
+      train: {batch_size: 8}
+      eval: {tasks: [belebele, mmmlu, fidelity]}
+    models: [meta-llama/Meta-Llama-3-8B]
+    langs: [de, zh]
+    methods:
+      - sft
+      - clo
+      - {name: clo-full, method: clo, set: {train.trainable: full}}
+    sizes: [null]               # null: the whole training split; integers: data.subsets sizes
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, get_args
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from clo import languages
+from clo.config import Config, config_from_dict, load_yaml, parse_override
+from clo.config_base import ConfigError, StrictModel
+from clo.train.config import TrainConfig
+
+#: The untrained starting model, evaluated once per (model, lang) so tables show where each
+#: method started from.
+BASE_VARIANT = "base"
+
+METHODS: tuple[str, ...] = get_args(TrainConfig.model_fields["method"].annotation)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+class MethodVariant(StrictModel):
+    """One value of the methods axis: a training method plus config overrides (the ablations)."""
+
+    name: str = Field(description="run-directory and report name, e.g. clo-full")
+    method: str = Field(description="train.method of this variant")
+    set: dict[str, Any] = Field(default_factory=dict, description="dotted overrides, e.g. train.trainable: full")
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, v: str) -> str:
+        if not _NAME_RE.match(v) or v == BASE_VARIANT:
+            raise ValueError(
+                f"variant name {v!r} must be letters, digits, _ . + - (not {BASE_VARIANT!r}, which is the untrained model)"
+            )
+        return v
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r}; known: {', '.join(METHODS)}")
+        return v
+
+    @field_validator("set")
+    @classmethod
+    def _no_shared_sections(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in v:
+            head = key.split(".")[0]
+            # The dataset is built once per language and shared by every method and size, so a
+            # variant cannot change it; the model and language are axes of their own.
+            if head in ("data", "model", "lang", "output_dir"):
+                raise ValueError(f"{key}: a method variant may not override {head!r} (it is shared across the grid)")
+            if key in ("train.method",):
+                raise ValueError(f"{key}: set the variant's 'method' instead")
+        return v
+
+
+class EvalJob(StrictModel):
+    """One evaluation of every run: a task in one language (``tgt``: the run's target language)."""
+
+    task: str
+    lang: str = Field("tgt", description="tgt, en or an ISO 639-1 code")
+    opts: dict[str, Any] = Field(default_factory=dict, description="extra keyword options of clo.eval.evaluate")
+
+    @field_validator("lang")
+    @classmethod
+    def _known_lang(cls, v: str) -> str:
+        if v == "tgt":
+            return v
+        try:
+            return languages.get(v).code
+        except KeyError as e:
+            raise ValueError(e.args[0]) from None
+
+    def resolve_lang(self, tgt: str) -> str:
+        return tgt if self.lang == "tgt" else self.lang
+
+    def key(self, tgt: str) -> str:
+        """``belebele_de``: the job's directory name and its metrics key in reports."""
+        return f"{self.task}_{self.resolve_lang(tgt)}"
+
+
+class ModelEntry(StrictModel):
+    name: str = Field(description="short name used in run directories and tables")
+    spec: str = Field(description="hub id, local directory or offline model name")
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(f"model name {v!r} must be letters, digits, _ . + -")
+        return v
+
+
+def model_slug(spec: str) -> str:
+    """Directory-safe short name of a model spec: hub ``org/name`` -> ``name``, a path -> its basename."""
+    tail = Path(spec.rstrip("/")).name if ("/" in spec or Path(spec).exists()) else spec
+    return re.sub(r"[^A-Za-z0-9_.+-]", "-", tail) or "model"
+
+
+class GridConfig(StrictModel):
+    name: str = "grid"
+    output_dir: str = Field("runs/grid", description="the grid directory: data/, runs/, report/")
+    base: Config = Field(default_factory=Config, description="defaults of every run")
+    models: list[ModelEntry] = Field(min_length=1)
+    langs: list[str] = Field(min_length=1)
+    methods: list[MethodVariant] = Field(min_length=1)
+    sizes: list[int | None] = Field(default_factory=lambda: [None], min_length=1)
+    include_base: bool = Field(True, description="also evaluate each untrained model (variant 'base')")
+    baseline: str = Field("sft", description="variant that pairwise win rates compare against")
+    eval_jobs: list[EvalJob] | None = Field(
+        None, description="None: every base.eval.tasks entry in the target language"
+    )
+    dataset: dict[str, str] | None = Field(
+        None, description="prebuilt cross-lingual JSONL per language, used instead of building the data"
+    )
+    samples: list[str] = Field(default_factory=list, description="prompts answered side by side by every model")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            return v
+        return [{"name": model_slug(m), "spec": m} if isinstance(m, str) else m for m in v]
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _methods(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            return v
+        return [{"name": m, "method": m} if isinstance(m, str) else m for m in v]
+
+    @field_validator("langs")
+    @classmethod
+    def _langs(cls, v: list[str]) -> list[str]:
+        out = []
+        for code in v:
+            try:
+                out.append(languages.get(code).code)
+            except KeyError as e:
+                raise ValueError(e.args[0]) from None
+        return out
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, v: list[int | None]) -> list[int | None]:
+        for s in v:
+            if s is not None and s <= 0:
+                raise ValueError(f"size {s} must be positive (or null for the whole training split)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GridConfig:
+        for axis, names in (
+            ("models", [m.name for m in self.models]),
+            ("langs", self.langs),
+            ("methods", [m.name for m in self.methods]),
+            ("sizes", self.sizes),
+        ):
+            dups = sorted({str(n) for n in names if names.count(n) > 1})
+            if dups:
+                raise ValueError(f"{axis}: duplicate entries {dups}")
+        for s in self.sizes:
+            if s is not None and s not in self.base.data.subsets:
+                raise ValueError(
+                    f"sizes: {s} is not one of base.data.subsets {self.base.data.subsets} "
+                    "(runs train on the nested subsets the data stage writes)"
+                )
+        needs_pairwise = any(j.task in PAIRWISE_TASKS for j in self.jobs())
+        if needs_pairwise and self.baseline not in [m.name for m in self.methods]:
+            raise ValueError(f"baseline: {self.baseline!r} is not one of the methods; pairwise tasks need it")
+        if self.dataset is not None:
+            missing = [lang for lang in self.langs if lang not in self.dataset]
+            if missing:
+                raise ValueError(f"dataset: no prebuilt file for {missing} (give one per language or none)")
+        return self
+
+    def jobs(self) -> list[EvalJob]:
+        if self.eval_jobs is not None:
+            return list(self.eval_jobs)
+        return [EvalJob(task=t) for t in self.base.eval.tasks]
+
+    def variant(self, name: str) -> MethodVariant:
+        for m in self.methods:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+
+#: Tasks that compare a run's outputs with the baseline run's (same model, language and size).
+PAIRWISE_TASKS = frozenset({"alpacaeval"})
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the grid, with the config it trains and evaluates with."""
+
+    model: str  # ModelEntry.name
+    model_spec: str
+    lang: str
+    variant: str
+    method: str | None  # None: the untrained base model
+    size: int | None
+    config: Config
+    ablation: bool = False  # a variant with config overrides (Tables 4 and 5), not a main method
+
+    @property
+    def run_id(self) -> str:
+        size = "all" if self.size is None else str(self.size)
+        if self.method is None:
+            return f"{self.model}/{self.lang}/{BASE_VARIANT}"
+        return f"{self.model}/{self.lang}/{self.variant}/n{size}"
+
+    def describe(self) -> dict:
+        return {
+            "run_id": self.run_id, "model": self.model, "model_spec": self.model_spec, "lang": self.lang,
+            "variant": self.variant, "method": self.method, "size": self.size,
+            "trainable": self.config.train.trainable if self.method else None,
+            "nll_langs": list(self.config.train.nll_langs) if self.method else None,
+            "ablation": self.ablation,
+        }
+
+
+def _apply_dotted(tree: dict, key: str, value: Any, source: str) -> None:
+    node = tree
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{source}: {'.'.join(parts[: i + 1])} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def expand(grid: GridConfig, source: str = "<grid>") -> list[RunSpec]:
+    """Every run of the grid, base-model runs first; each run's config fully validated."""
+    runs: list[RunSpec] = []
+    base_tree = grid.base.model_dump(mode="json")
+    for model in grid.models:
+        for lang in grid.langs:
+            tree = copy.deepcopy(base_tree)
+            tree.update(model=model.spec, lang=lang)
+            if grid.include_base:
+                runs.append(RunSpec(model.name, model.spec, lang, BASE_VARIANT, None, None,
+                                    config_from_dict(tree, source)))
+            for i, variant in enumerate(grid.methods):
+                vtree = copy.deepcopy(tree)
+                vtree["train"]["method"] = variant.method
+                for key, value in variant.set.items():
+                    _apply_dotted(vtree, key, value, f"{source}: methods.{i}.set")
+                cfg = config_from_dict(vtree, f"{source}: methods.{i} ({variant.name})")
+                for size in grid.sizes:
+                    runs.append(RunSpec(model.name, model.spec, lang, variant.name, variant.method, size, cfg,
+                                        ablation=bool(variant.set)))
+    return runs
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        if key == "<root>":
+            # whole-grid checks name their keys themselves ("sizes: 5 is not one of ...")
+            lines.append(f"{source}: {msg.removeprefix('Value error, ')}")
+        else:
+            lines.append(f"{source}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def grid_from_dict(tree: dict, source: str = "<dict>", overrides: Iterable[str] = ()) -> GridConfig:
+    tree = copy.deepcopy(dict(tree or {}))
+    for ov in overrides:
+        path, value = parse_override(ov)
+        _apply_dotted(tree, ".".join(path), value, f"--set {ov}")
+    try:
+        grid = GridConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format(e, source)) from None
+    expand(grid, source)  # surfaces a bad variant override now, not hours into the grid
+    return grid
+
+
+def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> GridConfig:
+    """A grid YAML file, with ``--set`` overrides (``--set sizes=[200] --set base.train.lr=1e-4``).
+
+    Relative paths in ``dataset`` are read relative to the YAML file's directory.
+    """
+    path = Path(path)
+    tree = load_yaml(path)
+    grid = grid_from_dict(tree, str(path), overrides)
+    if grid.dataset:
+        grid.dataset = {
+            lang: str(p if Path(p).is_absolute() else (path.parent / p)) for lang, p in grid.dataset.items()
+        }
+    return grid
+
+
+def dump_grid(grid: GridConfig) -> str:
+    return yaml.safe_dump(grid.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+__all__ = [
+    "BASE_VARIANT", "METHODS", "PAIRWISE_TASKS", "EvalJob", "GridConfig", "MethodVariant", "ModelEntry",
+    "RunSpec", "dump_grid", "expand", "grid_from_dict", "load_grid", "model_slug",
+]

@@ -1,0 +1,386 @@
+"""Running a grid: data -> train -> eval -> report, each stage cached behind a done-marker.
+
+Layout of a grid directory (``GridConfig.output_dir``)::
+
+    grid.yaml                      the resolved grid config
+    plan.json                      every run and evaluation the grid expects (reports show gaps)
+    data/<lang>/                   the cross-lingual dataset, built once per language and shared
+        train.jsonl validation.jsonl subsets/train_<n>.jsonl   data.done.json
+    runs/<model>/<lang>/base/      the untrained model (evaluation only)
+    runs/<model>/<lang>/<variant>/n<size|all>/
+        run.json config.yaml log.txt
+        train/                     checkpoints (the train stage's output directory)   train.done.json
+        eval/<task>_<lang>/<task>.json|.md                                            eval/<task>_<lang>.done.json
+        samples.json                                                                  samples.done.json
+        failed.json                the last error of this run, removed once it succeeds
+    report/                        tables (Markdown, CSV), figures (PNG), report.json  report.done.json
+
+Each stage's marker fingerprints its inputs, including the fingerprints of the stages it reads
+from, so changing the data or a training setting redoes exactly what depends on it.
+The stage functions come from a :class:`StageFunctions` (by default the real ``clo.data``,
+``clo.train``, ``clo.eval`` and ``clo.report``); tests pass their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm.auto import tqdm
+
+from clo.config import Config, dump_config
+from clo.experiments.config import (
+    BASE_VARIANT, PAIRWISE_TASKS, EvalJob, GridConfig, RunSpec, dump_grid, expand,
+)
+from clo.experiments.stages import fingerprint, marker_path, run_stage, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage functions
+
+
+def _data_build(cfg: Config, out_dir: Path) -> dict:
+    from clo.data.build import build_dataset
+
+    return build_dataset(cfg, out_dir)
+
+
+def prebuilt_dataset(path: Path, cfg: Config, out_dir: Path) -> dict:
+    """Split a prebuilt cross-lingual JSONL like the data build does.
+
+    Validation takes ``round(n * val_fraction)`` records (at least one when the fraction is
+    positive), drawn with ``data.seed``; training keeps the rest in file order, and the nested
+    subsets are its first ``n`` records for every ``data.subsets`` size it can fill.
+    """
+    from clo.data.records import RecordError, read_records, write_records
+
+    records = read_records(path)
+    for i, r in enumerate(records, 1):
+        if r.tgt_lang != cfg.lang:
+            raise RecordError(path, i, "tgt_lang", f"is {r.tgt_lang!r}, the grid expects {cfg.lang!r}")
+    n_val = round(len(records) * cfg.data.val_fraction)
+    if cfg.data.val_fraction > 0:
+        n_val = max(1, n_val)
+    if len(records) - n_val < 1:
+        raise ValueError(f"{path}: {len(records)} records leave nothing to train on after the validation split")
+    val_idx = set(random.Random(cfg.data.seed).sample(range(len(records)), n_val))
+    train = [r for i, r in enumerate(records) if i not in val_idx]
+    val = [r for i, r in enumerate(records) if i in val_idx]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_records(train, out_dir / "train.jsonl")
+    write_records(val, out_dir / "validation.jsonl")
+    for n in cfg.data.subsets:
+        if n <= len(train):
+            write_records(train[:n], out_dir / "subsets" / f"train_{n}.jsonl")
+    return {"source": str(path), "n_train": len(train), "n_validation": len(val)}
+
+
+def _train(cfg: Config, train_path: Path, val_path: Path, out_dir: Path) -> dict:
+    from clo.train import train
+
+    res = train(cfg, train_path, val_path, out_dir)
+    return {"checkpoint": str(res.best_checkpoint), "metrics": res.metrics}
+
+
+class _ModelCache:
+    """The last loaded (model, tokenizer): a run's evaluations share one load."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.value: Any = None
+
+    def get(self, spec: str, cfg: Config):
+        from clo.models import load_model
+
+        key = (spec, cfg.train.dtype)
+        if self.key != key:
+            self.value = None  # free the previous model before loading the next
+            self.value = load_model(spec, dtype=cfg.train.dtype)
+            self.key = key
+        return self.value
+
+
+_MODELS = _ModelCache()
+
+
+def _evaluate(task: str, model: str, cfg: Config, out_dir: Path, opts: dict) -> dict:
+    from clo.eval import evaluate
+
+    return evaluate(task, _MODELS.get(model, cfg), cfg, out_dir, **opts)
+
+
+def _samples(model: str, cfg: Config, prompts: list[str]) -> list[str]:
+    from clo.eval.generation import generate
+
+    m, tok = _MODELS.get(model, cfg)
+    # Greedy, so that the side-by-side answers are reproducible and comparable across models.
+    return list(generate(m, tok, prompts, max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0,
+                         top_p=1.0, seed=cfg.eval.seed))
+
+
+def _report(grid_dir: Path) -> dict:
+    from clo.report import write_report
+
+    return write_report(grid_dir)
+
+
+@dataclass
+class StageFunctions:
+    """The side effects of a grid, one field per stage (the real modules by default)."""
+
+    build_data: Callable[[Config, Path], dict] = _data_build
+    prebuilt: Callable[[Path, Config, Path], dict] = prebuilt_dataset
+    train: Callable[[Config, Path, Path, Path], dict] = _train
+    evaluate: Callable[[str, str, Config, Path, dict], dict] = _evaluate
+    samples: Callable[[str, Config, list[str]], list[str]] = _samples
+    report: Callable[[Path], dict] = _report
+
+
+# ---------------------------------------------------------------------------------------------
+# The grid
+
+
+def run_dir(grid_dir: Path, run: RunSpec) -> Path:
+    return Path(grid_dir) / "runs" / run.run_id
+
+
+def data_dir(grid_dir: Path, lang: str) -> Path:
+    return Path(grid_dir) / "data" / lang
+
+
+def _file_digest(path: Path) -> dict:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"path": str(path), "sha256": h.hexdigest()}
+
+
+def plan(grid: GridConfig, runs: list[RunSpec] | None = None) -> dict:
+    """What the grid expects: every run and, per run, every evaluation key."""
+    runs = expand(grid) if runs is None else runs
+    out = []
+    for r in runs:
+        jobs = [j for j in grid.jobs() if _job_applies(grid, r, j)]
+        out.append({**r.describe(), "evals": [j.key(r.lang) for j in jobs],
+                    "tasks": {j.key(r.lang): {"task": j.task, "lang": j.resolve_lang(r.lang)} for j in jobs}})
+    return {"name": grid.name, "baseline": grid.baseline, "sizes": grid.sizes, "models": [m.name for m in grid.models],
+            "langs": grid.langs, "variants": ([BASE_VARIANT] if grid.include_base else []) + [m.name for m in grid.methods],
+            "runs": out}
+
+
+def _job_applies(grid: GridConfig, run: RunSpec, job: EvalJob) -> bool:
+    # A pairwise task compares a trained run with the baseline of the same size; the untrained
+    # model has no size and the baseline is not compared with itself.
+    if job.task in PAIRWISE_TASKS:
+        return run.method is not None and run.variant != grid.baseline
+    return True
+
+
+@dataclass
+class GridResult:
+    grid_dir: Path
+    ran: list[str] = field(default_factory=list)  # stage names that ran (not skipped)
+    skipped: list[str] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)  # run id or stage -> error
+    report: dict | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+class _RunLog:
+    """Copies log records to the run's log.txt while its stages run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handler = logging.FileHandler(self.path, encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(self.handler)
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger().removeHandler(self.handler)
+        self.handler.close()
+
+
+def run_grid(
+    grid: GridConfig,
+    stages: StageFunctions | None = None,
+    *,
+    fail_fast: bool = False,
+    progress: bool = True,
+) -> GridResult:
+    """Run (or resume) every stage of ``grid``; finished stages are skipped.
+
+    A failing stage is logged to its run's ``log.txt`` and ``failed.json`` and the grid goes on
+    with what does not depend on it (``fail_fast`` re-raises instead); the report is written
+    at the end either way, with the missing results as gaps.
+    """
+    stages = stages or StageFunctions()
+    t_start = time.perf_counter()
+    grid_dir = Path(grid.output_dir)
+    grid_dir.mkdir(parents=True, exist_ok=True)
+    (grid_dir / "grid.yaml").write_text(dump_grid(grid), encoding="utf-8")
+    runs = expand(grid)
+    the_plan = plan(grid, runs)
+    write_json_atomic(grid_dir / "plan.json", the_plan)
+    result = GridResult(grid_dir)
+
+    jobs = grid.jobs()
+    local = [j for j in jobs if j.task not in PAIRWISE_TASKS]
+    pairwise = [j for j in jobs if j.task in PAIRWISE_TASKS]
+    n_stages = (len(grid.langs) + sum(1 for r in runs if r.method) + 1
+                + sum(len([j for j in jobs if _job_applies(grid, r, j)]) for r in runs)
+                + (len(runs) if grid.samples else 0))
+    bar = tqdm(total=n_stages, desc=f"grid {grid.name}", unit="stage", disable=not progress)
+
+    def stage(name: str, marker: Path, inputs: Any, fn: Callable[[], Any]) -> tuple[Any, str]:
+        bar.set_postfix_str(name, refresh=True)
+        out, fp, ran = run_stage(name, marker, inputs, fn)
+        (result.ran if ran else result.skipped).append(name)
+        bar.update(1)
+        return out, fp
+
+    def fail(key: str, rdir: Path | None, err: BaseException) -> None:
+        msg = f"{type(err).__name__}: {err}"
+        result.failures[key] = msg
+        log.error("%s failed: %s", key, msg)
+        if rdir is not None:
+            write_json_atomic(rdir / "failed.json", {"error": msg, "traceback": traceback.format_exc()})
+        if fail_fast:
+            raise err
+
+    # -- data: once per language ------------------------------------------------------------
+    data: dict[str, tuple[dict, str]] = {}
+    for lang in grid.langs:
+        cfg = next(r.config for r in runs if r.lang == lang)
+        ddir = data_dir(grid_dir, lang)
+        if grid.dataset:
+            src = Path(grid.dataset[lang])
+            inputs = {"lang": lang, "data": cfg.data.model_dump(mode="json"), "prebuilt": _file_digest(src)}
+            fn = lambda src=src, cfg=cfg, ddir=ddir: stages.prebuilt(src, cfg, ddir)  # noqa: E731
+        else:
+            inputs = {"lang": lang, "data": cfg.data.model_dump(mode="json")}
+            fn = lambda cfg=cfg, ddir=ddir: stages.build_data(cfg, ddir)  # noqa: E731
+        try:
+            out, fp = stage(f"data/{lang}", marker_path(ddir, "data"), inputs, fn)
+            data[lang] = (out, fp)
+        except Exception as e:  # noqa: BLE001 - recorded, the other languages go on
+            fail(f"data/{lang}", None, e)
+
+    # -- train and the evaluations that need no other run ----------------------------------
+    trained: dict[str, tuple[str, str]] = {}  # run id -> (model to evaluate, its fingerprint)
+    eval_fps: dict[tuple[str, str], tuple[str, Path]] = {}  # (run id, job key) -> (fp, output dir)
+    for run in runs:
+        rdir = run_dir(grid_dir, run)
+        if run.lang not in data and run.method is not None:
+            continue
+        rdir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(rdir / "run.json", run.describe())
+        (rdir / "config.yaml").write_text(dump_config(run.config), encoding="utf-8")
+        with _RunLog(rdir / "log.txt"):
+            try:
+                if run.method is None:
+                    model, model_fp = run.model_spec, fingerprint({"model": run.model_spec})
+                else:
+                    dres, dfp = data[run.lang]
+                    ddir = data_dir(grid_dir, run.lang)
+                    train_path = ddir / "train.jsonl" if run.size is None else ddir / "subsets" / f"train_{run.size}.jsonl"
+                    if not train_path.is_file():
+                        raise FileNotFoundError(
+                            f"{train_path}: no training subset of size {run.size} (the dataset has "
+                            f"{dres.get('n_train', '?')} training records)"
+                        )
+                    inputs = {"model": run.model_spec, "lang": run.lang, "size": run.size, "data": dfp,
+                              "train": run.config.train.model_dump(mode="json")}
+                    out, model_fp = stage(
+                        f"train/{run.run_id}", marker_path(rdir, "train"), inputs,
+                        lambda run=run, tp=train_path, ddir=ddir, rdir=rdir: stages.train(
+                            run.config, tp, ddir / "validation.jsonl", rdir / "train"),
+                    )
+                    model = out["checkpoint"]
+                trained[run.run_id] = (model, model_fp)
+                for job in local:
+                    _eval_job(grid, run, job, model, model_fp, rdir, stages, stage, eval_fps, opts={})
+                if grid.samples:
+                    stage(f"samples/{run.run_id}", marker_path(rdir, "samples"),
+                          {"model": model_fp, "prompts": grid.samples, "max_new_tokens": run.config.eval.max_new_tokens},
+                          lambda run=run, model=model, rdir=rdir: _write_samples(
+                              rdir, grid.samples, stages.samples(model, run.config, grid.samples)))
+                (rdir / "failed.json").unlink(missing_ok=True)
+            except Exception as e:  # noqa: BLE001 - recorded in failed.json, the grid goes on
+                fail(run.run_id, rdir, e)
+
+    # -- pairwise evaluations: need the baseline run's outputs -----------------------------
+    if pairwise:
+        by_cell = {(r.model, r.lang, r.size, r.variant): r for r in runs}
+        for run in runs:
+            if run.run_id not in trained or run.run_id in result.failures:
+                continue
+            rdir = run_dir(grid_dir, run)
+            with _RunLog(rdir / "log.txt"):
+                try:
+                    base_run = by_cell.get((run.model, run.lang, run.size, grid.baseline))
+                    for job in pairwise:
+                        if not _job_applies(grid, run, job):
+                            continue
+                        if base_run is None or base_run.run_id not in trained:
+                            raise RuntimeError(f"{job.task}: baseline run {grid.baseline} of this cell did not finish")
+                        b_model, b_fp = trained[base_run.run_id]
+                        model, model_fp = trained[run.run_id]
+                        _eval_job(grid, run, job, model, model_fp, rdir, stages, stage, eval_fps,
+                                  opts={"baseline": b_model}, extra={"baseline": b_fp})
+                    (rdir / "failed.json").unlink(missing_ok=True)
+                except Exception as e:  # noqa: BLE001
+                    fail(run.run_id, rdir, e)
+
+    # -- report ----------------------------------------------------------------------------
+    try:
+        inputs = {"evals": sorted(f"{k[0]}:{k[1]}:{v[0]}" for k, v in eval_fps.items()),
+                  "failures": sorted(result.failures), "plan": fingerprint(the_plan)}
+        result.report, _ = stage("report", marker_path(grid_dir / "report", "report"), inputs,
+                                 lambda: stages.report(grid_dir))
+    except Exception as e:  # noqa: BLE001
+        fail("report", None, e)
+    bar.close()
+    result.seconds = time.perf_counter() - t_start
+    write_json_atomic(grid_dir / "status.json", {
+        "ok": result.ok, "failures": result.failures, "ran": result.ran, "skipped": result.skipped,
+        "seconds": round(result.seconds, 1),
+    })
+    return result
+
+
+def _eval_job(grid, run, job, model, model_fp, rdir, stages, stage, eval_fps, opts, extra=None) -> None:
+    if not _job_applies(grid, run, job):
+        return
+    lang = job.resolve_lang(run.lang)
+    key = job.key(run.lang)
+    out_dir = rdir / "eval" / key
+    all_opts = {**job.opts, "lang": lang, **opts}
+    inputs = {"model": model_fp, "task": job.task, "lang": lang, "opts": job.opts,
+              "eval": run.config.eval.model_dump(mode="json"), **(extra or {})}
+    _, fp = stage(f"eval/{run.run_id}/{key}", marker_path(rdir / "eval", key), inputs,
+                  lambda: stages.evaluate(job.task, model, run.config, out_dir, all_opts))
+    eval_fps[(run.run_id, key)] = (fp, out_dir)
+
+
+def _write_samples(rdir: Path, prompts: list[str], answers: list[str]) -> dict:
+    if len(answers) != len(prompts):
+        raise ValueError(f"samples: {len(prompts)} prompts but {len(answers)} answers")
+    write_json_atomic(rdir / "samples.json", [{"prompt": p, "answer": a} for p, a in zip(prompts, answers)])
+    return {"n": len(prompts)}

@@ -1,0 +1,458 @@
+"""The paper's tables from stored metrics: collected from a grid directory, rendered without models.
+
+Every number comes from a finished evaluation's done-marker (``eval/<task>_<lang>.done.json``,
+the metrics dict that ``clo.eval.evaluate`` returned) or, for evaluations run outside a grid,
+from ``eval/<task>_<lang>/<task>.json``. The grid's ``plan.json`` says which runs and
+evaluations should exist, so a run that is missing or failed is a cell shown as ``—`` (Markdown)
+or left empty (CSV), never a zero.
+
+Rates are stored as fractions and shown as percentages with one decimal; ``±`` is one standard
+error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+GAP = "—"
+
+
+@dataclass(frozen=True)
+class Cell:
+    value: float | None = None  # a fraction (shown as %) or a difference in percentage points
+    se: float | None = None
+    text: str | None = None  # free text (sample answers, statuses)
+
+    @property
+    def missing(self) -> bool:
+        return self.value is None and self.text is None
+
+    def markdown(self) -> str:
+        if self.text is not None:
+            return self.text.replace("|", "\\|").replace("\n", "<br>")
+        if self.value is None:
+            return GAP
+        s = f"{100 * self.value:.1f}"
+        return s if self.se is None else f"{s} ± {100 * self.se:.1f}"
+
+
+@dataclass
+class Table:
+    name: str  # file stem: table1_winrates
+    title: str
+    keys: list[str]  # row-key column names (model, lang, ...)
+    columns: list[str]
+    rows: list[tuple[list[str], list[Cell]]] = field(default_factory=list)
+    note: str = ""
+    numeric: bool = True  # right-align the value columns
+
+    def to_markdown(self) -> str:
+        head = self.keys + self.columns
+        lines = [f"### {self.title}", ""]
+        if self.note:
+            lines += [self.note, ""]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "|".join(["---"] * len(self.keys) + [("---:" if self.numeric else "---")] * len(self.columns)) + "|")
+        for keys, cells in self.rows:
+            lines.append("| " + " | ".join(list(keys) + [c.markdown() for c in cells]) + " |")
+        if not self.rows:
+            lines.append("| " + " | ".join([GAP] * len(head)) + " |")
+        return "\n".join(lines) + "\n"
+
+    def csv_rows(self) -> list[list[str]]:
+        """Header, then one line per row; values in %, standard errors in their own ``_se`` columns."""
+        header = list(self.keys)
+        for c in self.columns:
+            header += [c, f"{c}_se"]
+        out = [header]
+        for keys, cells in self.rows:
+            line = list(keys)
+            for c in cells:
+                if c.text is not None:
+                    line += [c.text, ""]
+                else:
+                    line += ["" if c.value is None else f"{100 * c.value:.4f}",
+                             "" if c.se is None else f"{100 * c.se:.4f}"]
+            out.append(line)
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name, "title": self.title, "keys": self.keys, "columns": self.columns,
+            "rows": [{"keys": k, "cells": [{"value": c.value, "se": c.se, "text": c.text} for c in cells]}
+                     for k, cells in self.rows],
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics: which field of each task's metrics is its headline number and its standard error
+
+
+def _binomial_se(p: float, n: int) -> float | None:
+    return math.sqrt(p * (1 - p) / n) if n and n > 0 else None
+
+
+def _get(m: dict, value: str, se: str | None) -> Cell:
+    v = m.get(value)
+    if v is None:
+        return Cell()
+    s = m.get(se) if se else None
+    if s is None and se and m.get("n"):
+        s = _binomial_se(float(v), int(m["n"]))
+    return Cell(float(v), None if s is None else float(s))
+
+
+#: task -> {metric name: function(metrics dict) -> Cell}
+METRICS: dict[str, dict[str, Callable[[dict], Cell]]] = {
+    "belebele": {"accuracy": lambda m: _get(m, "accuracy", "stderr")},
+    "mmmlu": {"accuracy": lambda m: _get(m, "accuracy", "stderr"),
+              "failure_rate": lambda m: _get(m, "failure_rate", None)},
+    "alpacaeval": {"win_rate": lambda m: _get(m, "win_rate", "stderr")},
+    "fidelity": {"rate": lambda m: _get(m, "rate", "stderr")},
+    "confusion": {"lpr": lambda m: _get(m, "lpr", None), "wpr": lambda m: _get(m, "wpr", None),
+                  "lcpr": lambda m: _get(m, "lcpr", None)},
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Collecting stored results
+
+
+@dataclass
+class RunResult:
+    info: dict  # RunSpec.describe() (+ evals, tasks) from plan.json / run.json
+    metrics: dict[str, dict] = field(default_factory=dict)  # eval key (belebele_de) -> metrics
+    status: str = "missing"  # done | partial | failed | missing
+    error: str | None = None
+    samples: list[dict] | None = None
+
+    def cell(self, key: str, metric: str) -> Cell:
+        m = self.metrics.get(key)
+        if m is None:
+            return Cell()
+        task = key.rsplit("_", 1)[0]
+        fn = METRICS.get(task, {}).get(metric)
+        if fn is None:
+            return Cell(float(m[metric])) if isinstance(m.get(metric), (int, float)) else Cell()
+        return fn(m)
+
+
+@dataclass
+class GridResults:
+    grid_dir: Path
+    plan: dict
+    runs: dict[str, RunResult]
+
+    @property
+    def sizes(self) -> list[int | None]:
+        return list(self.plan.get("sizes") or [None])
+
+    @property
+    def main_size(self) -> int | None:
+        """The size the main tables report: the whole split when the grid has it, else the largest."""
+        sizes = self.sizes
+        return None if None in sizes else max(sizes)
+
+    @property
+    def baseline(self) -> str:
+        return self.plan.get("baseline", "sft")
+
+    def cells(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for r in self.runs.values():
+            k = (r.info["model"], r.info["lang"])
+            if k not in out:
+                out.append(k)
+        return out
+
+    def find(self, model: str, lang: str, variant: str, size: int | None = "main") -> RunResult | None:  # type: ignore[assignment]
+        size = self.main_size if size == "main" else size
+        for r in self.runs.values():
+            i = r.info
+            if (i["model"], i["lang"], i["variant"]) == (model, lang, variant) and (
+                i["method"] is None or i["size"] == size
+            ):
+                return r
+        return None
+
+    def variants(self) -> list[dict]:
+        """One description per variant, in plan order: name, method, trainable, nll_langs, ablation."""
+        seen: dict[str, dict] = {}
+        for r in self.runs.values():
+            i = r.info
+            if i["variant"] not in seen:
+                seen[i["variant"]] = {"name": i["variant"], "method": i["method"], "trainable": i.get("trainable"),
+                                      "nll_langs": i.get("nll_langs"), "ablation": bool(i.get("ablation"))}
+        return list(seen.values())
+
+    def main_variants(self) -> list[str]:
+        return [v["name"] for v in self.variants() if not v["ablation"]]
+
+    def eval_keys(self, task: str) -> list[str]:
+        keys: list[str] = []
+        for r in self.runs.values():
+            for k, t in (r.info.get("tasks") or {}).items():
+                if t["task"] == task and k not in keys:
+                    keys.append(k)
+            for k in r.metrics:
+                if k.rsplit("_", 1)[0] == task and k not in keys:
+                    keys.append(k)
+        return keys
+
+
+def _read_json(path: Path) -> dict | list | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable JSON ({e})") from None
+
+
+def collect(grid_dir: str | Path) -> GridResults:
+    """Every expected run of a grid directory with whatever metrics are stored for it."""
+    grid_dir = Path(grid_dir)
+    plan_path = grid_dir / "plan.json"
+    if not plan_path.is_file():
+        raise FileNotFoundError(f"{grid_dir}: no plan.json; is this a grid directory written by `clo run`?")
+    plan = _read_json(plan_path)
+    if not isinstance(plan, dict) or not isinstance(plan.get("runs"), list):
+        raise ValueError(f"{plan_path}: field 'runs' missing or not a list")
+    runs: dict[str, RunResult] = {}
+    for i, info in enumerate(plan["runs"]):
+        for key in ("run_id", "model", "lang", "variant", "method", "size"):
+            if key not in info:
+                raise ValueError(f"{plan_path}: runs[{i}]: field {key!r} missing")
+        res = RunResult(info)
+        rdir = grid_dir / "runs" / info["run_id"]
+        for key in info.get("evals", []):
+            marker = rdir / "eval" / f"{key}.done.json"
+            task = info.get("tasks", {}).get(key, {}).get("task", key.rsplit("_", 1)[0])
+            stored = rdir / "eval" / key / f"{task}.json"
+            if marker.is_file():
+                m = _read_json(marker)
+                if not isinstance(m, dict) or not isinstance(m.get("result"), dict):
+                    raise ValueError(f"{marker}: field 'result' missing or not an object")
+                res.metrics[key] = m["result"]
+            elif stored.is_file():
+                m = _read_json(stored)
+                if not isinstance(m, dict) or not isinstance(m.get("metrics"), dict):
+                    raise ValueError(f"{stored}: field 'metrics' missing or not an object")
+                res.metrics[key] = m["metrics"]
+        if (rdir / "samples.json").is_file():
+            res.samples = _read_json(rdir / "samples.json")
+        failed = rdir / "failed.json"
+        if failed.is_file():
+            res.status, res.error = "failed", (_read_json(failed) or {}).get("error")
+        elif info.get("evals") and all(k in res.metrics for k in info["evals"]):
+            res.status = "done"
+        elif res.metrics:
+            res.status = "partial"
+        runs[info["run_id"]] = res
+    return GridResults(grid_dir, plan, runs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tables
+
+
+def _label(variant: str) -> str:
+    return {"sft": "SFT", "sft+dpo": "SFT+DPO", "clo": "CLO", "dpo": "DPO", "sft-eng": "SFT-eng",
+            "sft-tgt": "SFT-tgt", "base": "Base"}.get(variant, variant)
+
+
+def _diff(a: Cell, b: Cell) -> Cell:
+    if a.value is None or b.value is None:
+        return Cell()
+    return Cell(a.value - b.value)
+
+
+def table1_winrates(res: GridResults) -> Table:
+    """Win rates of each method against the baseline (SFT), in the target language and English."""
+    base = res.baseline
+    compared = [v for v in res.main_variants() if v not in (base, "base")]
+    by_method = {v["method"]: v["name"] for v in res.variants() if not v["ablation"]}
+    delta = by_method.get("clo"), by_method.get("sft+dpo")
+    cols: list[str] = []
+    for where in ("tgt", "en"):
+        cols += [f"{_label(v)} {where}" for v in compared]
+        if all(delta):
+            cols.append(f"Δ {where}")
+    t = Table("table1_winrates", f"Table 1: win rate (%) against {_label(base)}", ["model", "lang"], cols,
+              note=f"Pairwise judge, ties count half; ± one standard error. Δ = CLO − SFT+DPO in points. "
+                   f"Training size: {_size_label(res.main_size)}.")
+    for model, lang in res.cells():
+        cells: list[Cell] = []
+        for where in ("tgt", "en"):
+            key = f"alpacaeval_{lang if where == 'tgt' else 'en'}"
+            row = {}
+            for v in compared:
+                r = res.find(model, lang, v)
+                row[v] = r.cell(key, "win_rate") if r else Cell()
+                cells.append(row[v])
+            if all(delta):
+                cells.append(_diff(row.get(delta[0], Cell()), row.get(delta[1], Cell())))
+        t.rows.append(([model, lang], cells))
+    return t
+
+
+def _accuracy_table(res: GridResults, task: str, name: str, title: str) -> Table:
+    variants = res.main_variants()
+    t = Table(name, title, ["model", "lang", "eval lang"], [_label(v) for v in variants],
+              note=f"Accuracy (%) ± one standard error; training size {_size_label(res.main_size)}.")
+    for model, lang in res.cells():
+        for key in res.eval_keys(task):
+            eval_lang = key.rsplit("_", 1)[1]
+            if eval_lang not in (lang, "en") or not any(
+                key in (r.info.get("evals") or []) or key in r.metrics
+                for r in res.runs.values() if (r.info["model"], r.info["lang"]) == (model, lang)
+            ):
+                continue
+            cells = []
+            for v in variants:
+                r = res.find(model, lang, v)
+                cells.append(r.cell(key, "accuracy") if r else Cell())
+            t.rows.append(([model, lang, eval_lang], cells))
+    return t
+
+
+def table2_belebele(res: GridResults) -> Table:
+    return _accuracy_table(res, "belebele", "table2_belebele", "Table 2: BELEBELE accuracy (%)")
+
+
+def table3_mmmlu(res: GridResults) -> Table:
+    return _accuracy_table(res, "mmmlu", "table3_mmmlu", "Table 3: MMMLU accuracy (%)")
+
+
+def _ablation_metrics(res: GridResults, lang: str) -> list[tuple[str, str, str]]:
+    """(row label, eval key, metric) of the numbers an ablation table compares."""
+    out = []
+    for task, metric, label in (("alpacaeval", "win_rate", "win rate vs " + _label(res.baseline)),
+                                ("belebele", "accuracy", "BELEBELE"), ("mmmlu", "accuracy", "MMMLU"),
+                                ("fidelity", "rate", "response in language")):
+        for key in res.eval_keys(task):
+            el = key.rsplit("_", 1)[1]
+            if el in (lang, "en"):
+                out.append((f"{label} ({el})", key, metric))
+    return out
+
+
+def _ablation_table(res: GridResults, name: str, title: str, select: Callable[[dict], str | None]) -> Table:
+    groups: dict[str, str] = {}  # column label -> variant
+    for v in res.variants():
+        if v["method"] == "clo":
+            label = select(v)
+            if label is not None and label not in groups:
+                groups[label] = v["name"]
+    t = Table(name, title, ["model", "lang", "metric"], [f"{lab} ({var})" for lab, var in groups.items()],
+              note=f"CLO variants; % ± one standard error; training size {_size_label(res.main_size)}.")
+    for model, lang in res.cells():
+        for label, key, metric in _ablation_metrics(res, lang):
+            cells = []
+            for var in groups.values():
+                r = res.find(model, lang, var)
+                cells.append(r.cell(key, metric) if r else Cell())
+            t.rows.append(([model, lang, label], cells))
+    return t
+
+
+def table4_trainable(res: GridResults) -> Table:
+    return _ablation_table(
+        res, "table4_trainable", "Table 4: ablation, trained parameters (attention only vs full)",
+        lambda v: v["trainable"] if list(v["nll_langs"] or []) == ["tgt"] else None,
+    )
+
+
+def table5_nll_langs(res: GridResults) -> Table:
+    return _ablation_table(
+        res, "table5_nll_langs", "Table 5: ablation, languages of the NLL term (target vs target + English)",
+        lambda v: "NLL " + "+".join(v["nll_langs"] or []) if v["trainable"] == "attention" else None,
+    )
+
+
+def fidelity_table(res: GridResults) -> Table:
+    variants = res.main_variants()
+    t = Table("fidelity", "Language fidelity (%)", ["model", "lang", "metric"], [_label(v) for v in variants],
+              note="Response rate: responses whose detected language is the prompt's. LPR/WPR: line- and "
+                   "word-level pass rates of the Language Confusion Benchmark.")
+    for model, lang in res.cells():
+        for task, metric, label in (("fidelity", "rate", "response rate"), ("confusion", "lpr", "LPR"),
+                                    ("confusion", "wpr", "WPR")):
+            for key in res.eval_keys(task):
+                el = key.rsplit("_", 1)[1]
+                if el not in (lang, "en"):
+                    continue
+                cells = []
+                for v in variants:
+                    r = res.find(model, lang, v)
+                    cells.append(r.cell(key, metric) if r else Cell())
+                t.rows.append(([model, lang, f"{label} ({el})"], cells))
+    return t
+
+
+def runs_table(res: GridResults) -> Table:
+    t = Table("runs", "Runs", ["run"], ["status", "evaluations", "error"], numeric=False)
+    for rid, r in res.runs.items():
+        done = sum(1 for k in r.info.get("evals", []) if k in r.metrics)
+        t.rows.append(([rid], [Cell(text=r.status), Cell(text=f"{done}/{len(r.info.get('evals', []))}"),
+                               Cell(text=r.error or "")]))
+    return t
+
+
+def samples_table(res: GridResults) -> Table:
+    variants = res.main_variants()
+    t = Table("samples", "Answers side by side (greedy)", ["model", "lang", "prompt"],
+              [_label(v) for v in variants], numeric=False)
+    for model, lang in res.cells():
+        prompts: list[str] = []
+        answers: dict[str, dict[str, str]] = {}
+        for v in variants:
+            r = res.find(model, lang, v)
+            for s in (r.samples or []) if r else []:
+                if s["prompt"] not in prompts:
+                    prompts.append(s["prompt"])
+                answers.setdefault(v, {})[s["prompt"]] = s["answer"]
+        for p in prompts:
+            t.rows.append(([model, lang, p], [
+                Cell(text=answers[v][p]) if p in answers.get(v, {}) else Cell() for v in variants]))
+    return t
+
+
+def winrate_vs_size(res: GridResults) -> Table:
+    """Figure 3's data: win rate (target language) of every compared variant at every size."""
+    compared = [v["name"] for v in res.variants() if v["method"] is not None and v["name"] != res.baseline]
+    t = Table("figure3_winrate_vs_size", f"Figure 3: win rate (%) against {_label(res.baseline)} by data size",
+              ["model", "lang", "size"], [_label(v) for v in compared])
+    for model, lang in res.cells():
+        key = f"alpacaeval_{lang}"
+        for size in res.sizes:
+            cells = []
+            for v in compared:
+                r = res.find(model, lang, v, size)
+                cells.append(r.cell(key, "win_rate") if r else Cell())
+            t.rows.append(([model, lang, _size_label(size)], cells))
+    return t
+
+
+def _size_label(size: int | None) -> str:
+    return "all" if size is None else str(size)
+
+
+#: name -> builder; report order
+TABLES: dict[str, Callable[[GridResults], Table]] = {
+    "table1_winrates": table1_winrates,
+    "table2_belebele": table2_belebele,
+    "table3_mmmlu": table3_mmmlu,
+    "table4_trainable": table4_trainable,
+    "table5_nll_langs": table5_nll_langs,
+    "fidelity": fidelity_table,
+    "figure3_winrate_vs_size": winrate_vs_size,
+    "samples": samples_table,
+    "runs": runs_table,
+}
+
+
+def build_tables(res: GridResults, names: Iterable[str] | None = None) -> list[Table]:
+    return [TABLES[n](res) for n in (names or TABLES)]

@@ -1,0 +1,243 @@
+"""The grid config and the stage engine, with stage functions passed in (no models)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from clo.config_base import ConfigError
+from clo.experiments.config import expand, grid_from_dict, load_grid
+from clo.experiments.grid import StageFunctions, prebuilt_dataset, run_grid
+from clo.experiments.stages import fingerprint, read_marker, run_stage
+
+FIXTURES = Path(__file__).parent / "fixtures" / "experiments"
+
+
+def _grid(tmp_path: Path, **kw) -> dict:
+    tree = {
+        "name": "t",
+        "output_dir": str(tmp_path / "grid"),
+        "base": {"data": {"val_fraction": 0.25, "subsets": [4, 8]}, "eval": {"tasks": ["belebele"]}},
+        "models": ["org/Tiny-1"],
+        "langs": ["de"],
+        "methods": ["sft", "clo"],
+        "sizes": [4, None],
+        "dataset": {"de": str(FIXTURES / "de_records.jsonl")},
+    }
+    tree.update(kw)
+    return tree
+
+
+def test_expand_crosses_axes_and_applies_variant_overrides(tmp_path):
+    grid = grid_from_dict(_grid(
+        tmp_path, langs=["de", "sw"], dataset={"de": "de.jsonl", "sw": "sw.jsonl"},
+        methods=["sft", "clo", {"name": "clo-full", "method": "clo", "set": {"train.trainable": "full"}}]))
+    runs = expand(grid)
+    # 2 langs x (1 base + 3 variants x 2 sizes)
+    assert len(runs) == 2 * (1 + 3 * 2)
+    ids = [r.run_id for r in runs]
+    assert ids[:7] == ["Tiny-1/de/base", "Tiny-1/de/sft/n4", "Tiny-1/de/sft/nall", "Tiny-1/de/clo/n4",
+                       "Tiny-1/de/clo/nall", "Tiny-1/de/clo-full/n4", "Tiny-1/de/clo-full/nall"]
+    by_id = {r.run_id: r for r in runs}
+    assert by_id["Tiny-1/sw/clo-full/n4"].config.train.trainable == "full"
+    assert by_id["Tiny-1/sw/clo-full/n4"].config.train.method == "clo"
+    assert by_id["Tiny-1/sw/clo-full/n4"].config.lang == "sw"
+    assert by_id["Tiny-1/sw/clo-full/n4"].ablation is True
+    assert by_id["Tiny-1/de/clo/n4"].config.train.trainable == "attention"
+    assert by_id["Tiny-1/de/sft/nall"].config.train.method == "sft"
+    assert by_id["Tiny-1/de/sft/nall"].config.model == "org/Tiny-1"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"methods": ["sft", "nope"]}, "methods.1.method: Value error, unknown method 'nope'"),
+    ({"methods": [{"name": "x", "method": "clo", "set": {"train.betta": 1}}]}, "methods.0 (x): train.betta: unknown key"),
+    ({"methods": [{"name": "x", "method": "clo", "set": {"data.n": 5}}]}, "may not override 'data'"),
+    ({"sizes": [5]}, "5 is not one of base.data.subsets [4, 8]"),
+    ({"langs": ["xx"]}, "langs: Value error, unknown language code 'xx'"),
+    ({"dataset": {"sw": "a.jsonl"}}, "dataset: no prebuilt file for ['de']"),
+    ({"methods": ["clo", "clo"]}, "methods: duplicate entries ['clo']"),
+    ({"eval_jobs": [{"task": "alpacaeval"}], "methods": ["clo"]}, "baseline: 'sft' is not one of the methods"),
+    ({"epochs": 3}, "g.yaml: epochs: unknown key"),
+])
+def test_bad_grid_config_names_source_and_key(tmp_path, change, message):
+    with pytest.raises(ConfigError) as e:
+        grid_from_dict(_grid(tmp_path, **change), "g.yaml")
+    assert message in str(e.value)
+    assert str(e.value).startswith("g.yaml")
+
+
+def test_load_grid_with_overrides_and_relative_dataset(tmp_path):
+    (tmp_path / "d.jsonl").write_text("", encoding="utf-8")
+    tree = _grid(tmp_path, dataset={"de": "d.jsonl"})
+    import yaml
+
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(tree), encoding="utf-8")
+    grid = load_grid(tmp_path / "g.yaml", ["sizes=[8]", "base.train.lr=0.001"])
+    assert grid.sizes == [8]
+    assert grid.base.train.lr == 0.001
+    assert grid.dataset == {"de": str(tmp_path / "d.jsonl")}
+
+
+def test_prebuilt_dataset_split_and_nested_subsets(tmp_path):
+    from clo.config import config_from_dict
+    from clo.data.records import read_records
+
+    cfg = config_from_dict({"lang": "de", "data": {"val_fraction": 0.25, "subsets": [4, 8, 16], "seed": 3}})
+    out = prebuilt_dataset(FIXTURES / "de_records.jsonl", cfg, tmp_path)
+    assert out["n_train"] == 9 and out["n_validation"] == 3  # round(12 * 0.25) = 3
+    train = [r.id for r in read_records(tmp_path / "train.jsonl")]
+    val = [r.id for r in read_records(tmp_path / "validation.jsonl")]
+    every = [r.id for r in read_records(FIXTURES / "de_records.jsonl")]
+    assert sorted(train + val) == sorted(every) and not set(train) & set(val)
+    assert train == [i for i in every if i in set(train)]  # file order kept
+    assert [r.id for r in read_records(tmp_path / "subsets" / "train_4.jsonl")] == train[:4]
+    assert [r.id for r in read_records(tmp_path / "subsets" / "train_8.jsonl")] == train[:8]
+    assert not (tmp_path / "subsets" / "train_16.jsonl").exists()  # 16 > 9: no such subset
+    # Same seed, same split.
+    out2 = prebuilt_dataset(FIXTURES / "de_records.jsonl", cfg, tmp_path / "again")
+    assert (tmp_path / "again" / "validation.jsonl").read_text() == (tmp_path / "validation.jsonl").read_text()
+    assert out2 == out
+
+
+def test_prebuilt_dataset_wrong_language_names_line(tmp_path):
+    from clo.config import config_from_dict
+    from clo.data.records import RecordError
+
+    cfg = config_from_dict({"lang": "sw"})
+    with pytest.raises(RecordError, match=r"de_records.jsonl:1: field 'tgt_lang' is 'de', the grid expects 'sw'"):
+        prebuilt_dataset(FIXTURES / "de_records.jsonl", cfg, tmp_path)
+
+
+def test_run_stage_skips_when_inputs_match_and_reruns_when_changed(tmp_path):
+    calls = []
+    marker = tmp_path / "s.done.json"
+    assert run_stage("s", marker, {"a": 1}, lambda: calls.append(1) or {"x": 1}) == ({"x": 1}, fingerprint({"a": 1}), True)
+    assert run_stage("s", marker, {"a": 1}, lambda: calls.append(1) or {"x": 2}) == ({"x": 1}, fingerprint({"a": 1}), False)
+    assert len(calls) == 1
+    out, _, ran = run_stage("s", marker, {"a": 2}, lambda: calls.append(1) or {"x": 3})
+    assert (out, ran, len(calls)) == ({"x": 3}, True, 2)
+    assert read_marker(marker)["inputs"] == {"a": 2}
+    # A stage that raises leaves the previous marker untouched (no half-written done state).
+    with pytest.raises(RuntimeError):
+        run_stage("s", marker, {"a": 3}, lambda: (_ for _ in ()).throw(RuntimeError("boom")))
+    assert read_marker(marker)["inputs"] == {"a": 2}
+    marker.write_text("{not json", encoding="utf-8")
+    assert read_marker(marker) is None
+
+
+class FakeStages:
+    """Counts every call; ``fail_eval_of`` makes evaluations of matching runs raise."""
+
+    def __init__(self, fail_eval_of: str | None = None):
+        self.calls: Counter = Counter()
+        self.fail_eval_of = fail_eval_of
+        self.seen_opts: list[dict] = []
+
+    def functions(self) -> StageFunctions:
+        return StageFunctions(build_data=self.build_data, prebuilt=self.prebuilt, train=self.train,
+                              evaluate=self.evaluate, samples=self.samples, report=self.report)
+
+    def build_data(self, cfg, out_dir):
+        raise AssertionError("the grid has a prebuilt dataset; the build must not run")
+
+    def prebuilt(self, path, cfg, out_dir):
+        self.calls["data"] += 1
+        return prebuilt_dataset(path, cfg, out_dir)
+
+    def train(self, cfg, train_path, val_path, out_dir):
+        self.calls["train"] += 1
+        self.calls[f"train:{cfg.train.method}:{Path(train_path).name}"] += 1
+        out_dir.mkdir(parents=True, exist_ok=True)
+        n = sum(1 for _ in open(train_path, encoding="utf-8"))
+        return {"checkpoint": str(out_dir / "best"), "metrics": {"n_train": n}}
+
+    def evaluate(self, task, model, cfg, out_dir, opts):
+        self.calls["eval"] += 1
+        self.seen_opts.append({"task": task, "model": model, **opts})
+        if self.fail_eval_of and self.fail_eval_of in str(model):
+            raise RuntimeError("injected evaluation failure")
+        return {"accuracy": 0.5, "stderr": 0.1, "n": 4}
+
+    def samples(self, model, cfg, prompts):
+        self.calls["samples"] += 1
+        return [f"{Path(model).name}: {p}" for p in prompts]
+
+    def report(self, grid_dir):
+        self.calls["report"] += 1
+        from clo.report import write_report
+
+        return write_report(grid_dir)
+
+
+def test_killed_grid_resumes_without_redoing_finished_stages(tmp_path):
+    grid = grid_from_dict(_grid(tmp_path))
+    # First attempt: every evaluation of the CLO runs fails (after CLO's training finished).
+    first = FakeStages(fail_eval_of="/clo/")
+    res = run_grid(grid, first.functions(), progress=False)
+    assert not res.ok
+    assert sorted(res.failures) == ["Tiny-1/de/clo/n4", "Tiny-1/de/clo/nall"]
+    assert first.calls["data"] == 1
+    assert first.calls["train"] == 4  # sft x 2 sizes, clo x 2 sizes
+    assert first.calls["train:sft:train_4.jsonl"] == 1 and first.calls["train:sft:train.jsonl"] == 1
+    gdir = tmp_path / "grid"
+    failed = json.loads((gdir / "runs/Tiny-1/de/clo/n4/failed.json").read_text())
+    assert failed["error"] == "RuntimeError: injected evaluation failure"
+    assert "injected evaluation failure" in (gdir / "runs/Tiny-1/de/clo/n4/log.txt").read_text()
+    report_md = (gdir / "report" / "report.md").read_text()
+    assert "| Tiny-1/de/clo/n4 | failed |" in report_md
+
+    # Rerun: only the two failed evaluations and the report run.
+    second = FakeStages()
+    res2 = run_grid(grid, second.functions(), progress=False)
+    assert res2.ok, res2.failures
+    assert second.calls["data"] == 0 and second.calls["train"] == 0
+    assert second.calls["eval"] == 2
+    assert sorted(o["model"] for o in second.seen_opts) == [
+        str(gdir / "runs/Tiny-1/de/clo/n4/train/best"), str(gdir / "runs/Tiny-1/de/clo/nall/train/best")]
+    assert sorted(res2.ran) == ["eval/Tiny-1/de/clo/n4/belebele_de", "eval/Tiny-1/de/clo/nall/belebele_de", "report"]
+    assert not (gdir / "runs/Tiny-1/de/clo/n4/failed.json").exists()
+
+    # A third run has nothing left to do.
+    third = FakeStages()
+    res3 = run_grid(grid, third.functions(), progress=False)
+    assert res3.ran == [] and sum(third.calls.values()) == 0
+    assert len(res3.skipped) == 1 + 4 + 5 + 1  # data, 4 trainings, 5 evaluations, report
+
+
+def test_changed_training_setting_redoes_training_and_evaluation_only(tmp_path):
+    run_grid(grid_from_dict(_grid(tmp_path)), FakeStages().functions(), progress=False)
+    tree = _grid(tmp_path)
+    tree["base"]["train"] = {"lr": 1e-4}
+    again = FakeStages()
+    res = run_grid(grid_from_dict(tree), again.functions(), progress=False)
+    assert res.ok
+    assert again.calls["data"] == 0
+    assert again.calls["train"] == 4
+    assert again.calls["eval"] == 4  # the base model's evaluation does not depend on training
+
+
+def test_pairwise_jobs_get_the_baseline_of_the_same_size(tmp_path):
+    tree = _grid(tmp_path, eval_jobs=[{"task": "belebele", "lang": "en"}, {"task": "alpacaeval"},
+                                      {"task": "alpacaeval", "lang": "en"}],
+                 samples=["Wie geht es dir?"])
+    fake = FakeStages()
+    res = run_grid(grid_from_dict(tree), fake.functions(), progress=False)
+    assert res.ok, res.failures
+    gdir = tmp_path / "grid"
+    pairwise = [o for o in fake.seen_opts if o["task"] == "alpacaeval"]
+    # only the CLO runs (2 sizes x 2 languages) are compared; never the baseline or the base model
+    assert len(pairwise) == 4
+    for o in pairwise:
+        size = Path(o["model"]).parent.parent.name
+        assert o["baseline"] == str(gdir / f"runs/Tiny-1/de/sft/{size}/train/best")
+    assert {o["lang"] for o in pairwise} == {"de", "en"}
+    assert {o["lang"] for o in fake.seen_opts if o["task"] == "belebele"} == {"en"}
+    samples = json.loads((gdir / "runs/Tiny-1/de/base/samples.json").read_text())
+    assert samples == [{"prompt": "Wie geht es dir?", "answer": "Tiny-1: Wie geht es dir?"}]
+    plan = json.loads((gdir / "plan.json").read_text())
+    by_id = {r["run_id"]: r for r in plan["runs"]}
+    assert by_id["Tiny-1/de/clo/n4"]["evals"] == ["belebele_en", "alpacaeval_de", "alpacaeval_en"]
+    assert by_id["Tiny-1/de/sft/n4"]["evals"] == ["belebele_en"]
