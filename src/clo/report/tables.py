@@ -2,7 +2,7 @@
 
 Every number comes from a finished evaluation's done-marker (``eval/<task>_<lang>.done.json``,
 the metrics dict that ``clo.eval.evaluate`` returned) or, for evaluations run outside a grid,
-from ``eval/<task>_<lang>/<task>.json``. The grid's ``plan.json`` says which runs and
+from the result file ``clo eval`` writes, ``eval/<task>_<lang>/<task>-<lang>.json``. The grid's ``plan.json`` says which runs and
 evaluations should exist, so a run that is missing or failed is a cell shown as ``—`` (Markdown)
 or left empty (CSV), never a zero.
 
@@ -229,8 +229,9 @@ def collect(grid_dir: str | Path) -> GridResults:
         rdir = grid_dir / "runs" / info["run_id"]
         for key in info.get("evals", []):
             marker = rdir / "eval" / f"{key}.done.json"
-            task = info.get("tasks", {}).get(key, {}).get("task", key.rsplit("_", 1)[0])
-            stored = rdir / "eval" / key / f"{task}.json"
+            task, _, lang = key.rpartition("_")
+            # the file clo.eval.evaluate writes: <task>-<lang>.json
+            stored = rdir / "eval" / key / f"{task}-{lang}.json"
             if marker.is_file():
                 m = _read_json(marker)
                 if not isinstance(m, dict) or not isinstance(m.get("result"), dict):

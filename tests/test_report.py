@@ -1,0 +1,126 @@
+"""Report rendering from stored metrics (no models): exact cells, gaps for what is missing."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from clo.experiments.config import grid_from_dict
+from clo.experiments.grid import plan
+from clo.experiments.stages import write_json_atomic
+from clo.report import GAP, write_report
+
+
+def _table(md: str, title: str) -> list[str]:
+    """The row lines of the Markdown table under ``### <title>``."""
+    block = md.split(f"### {title}", 1)[1].split("\n### ", 1)[0]
+    return [line for line in block.splitlines() if line.startswith("| ") and not line.startswith("| model")
+            and not line.startswith("| run |")]
+
+
+@pytest.fixture
+def grid_dir(tmp_path: Path) -> Path:
+    grid = grid_from_dict({
+        "name": "stored", "output_dir": str(tmp_path),
+        "models": ["M"], "langs": ["de"],
+        "methods": ["sft", "sft+dpo", "clo",
+                    {"name": "clo-full", "method": "clo", "set": {"train.trainable": "full"}},
+                    {"name": "clo-both", "method": "clo", "set": {"train.nll_langs": ["tgt", "en"]}}],
+        "sizes": [200, None],
+        "eval_jobs": [{"task": "belebele"}, {"task": "belebele", "lang": "en"}, {"task": "alpacaeval"},
+                      {"task": "alpacaeval", "lang": "en"}, {"task": "fidelity"}],
+    })
+    write_json_atomic(tmp_path / "plan.json", plan(grid))
+
+    def put(run_id: str, key: str, metrics: dict) -> None:
+        write_json_atomic(tmp_path / "runs" / run_id / "eval" / f"{key}.done.json",
+                          {"fingerprint": "0" * 16, "result": metrics})
+
+    put("M/de/base", "belebele_de", {"accuracy": 0.30, "stderr": 0.015, "n": 900})
+    put("M/de/base", "fidelity_de", {"rate": 0.2, "n": 100})
+    put("M/de/sft/nall", "belebele_de", {"accuracy": 0.35, "stderr": 0.016, "n": 900})
+    put("M/de/sft/nall", "fidelity_de", {"rate": 0.5, "n": 100})
+    put("M/de/clo/nall", "belebele_de", {"accuracy": 0.40, "stderr": 0.0163, "n": 900})
+    put("M/de/clo/nall", "belebele_en", {"accuracy": 0.45, "stderr": 0.0166, "n": 900})
+    put("M/de/clo/nall", "alpacaeval_de", {"win_rate": 0.62, "stderr": 0.017, "n": 805})
+    put("M/de/clo/nall", "alpacaeval_en", {"win_rate": 0.55, "stderr": 0.02, "n": 805})
+    put("M/de/clo/nall", "fidelity_de", {"rate": 0.9, "n": 100})
+    put("M/de/clo/n200", "alpacaeval_de", {"win_rate": 0.52, "stderr": 0.03, "n": 805})
+    # sft+dpo: only its English win rate finished; clo-full (size all) never ran at all.
+    put("M/de/sft+dpo/nall", "alpacaeval_en", {"win_rate": 0.51, "stderr": 0.02, "n": 805})
+    put("M/de/clo-full/n200", "belebele_de", {"accuracy": 0.25, "stderr": 0.0144, "n": 900})
+    put("M/de/clo-both/nall", "belebele_de", {"accuracy": 0.41, "stderr": 0.0164, "n": 900})
+    write_json_atomic(tmp_path / "runs" / "M/de/sft/n200" / "failed.json", {"error": "RuntimeError: out of memory"})
+    return tmp_path
+
+
+def test_report_tables_from_stored_metrics_with_gaps(grid_dir):
+    out = write_report(grid_dir)
+    rdir = grid_dir / "report"
+    assert sorted(out["files"]) == sorted([
+        "table1_winrates.csv", "table2_belebele.csv", "table3_mmmlu.csv", "table4_trainable.csv",
+        "table5_nll_langs.csv", "fidelity.csv", "figure3_winrate_vs_size.csv", "samples.csv", "runs.csv",
+        "figure3_winrate_vs_size.png", "report.md", "report.json"])
+    md = (rdir / "report.md").read_text(encoding="utf-8")
+
+    # Table 1: CLO and SFT+DPO against SFT; Δ = CLO − SFT+DPO = 55 − 51 = 4.0 points in English,
+    # a gap in German where SFT+DPO has no result.
+    assert "| model | lang | SFT+DPO tgt | CLO tgt | Δ tgt | SFT+DPO en | CLO en | Δ en |" in md
+    assert _table(md, "Table 1") == [f"| M | de | {GAP} | 62.0 ± 1.7 | {GAP} | 51.0 ± 2.0 | 55.0 ± 2.0 | 4.0 |"]
+    # Table 2: main variants only (no ablations), target and English rows.
+    assert "| model | lang | eval lang | Base | SFT | SFT+DPO | CLO |" in md
+    assert _table(md, "Table 2") == [
+        f"| M | de | de | 30.0 ± 1.5 | 35.0 ± 1.6 | {GAP} | 40.0 ± 1.6 |",
+        f"| M | de | en | {GAP} | {GAP} | {GAP} | 45.0 ± 1.7 |",
+    ]
+    # No MMMLU in this grid: an explicit empty row, not zeros.
+    assert _table(md, "Table 3") == [f"| {GAP} | {GAP} | {GAP} | {GAP} | {GAP} | {GAP} | {GAP} |"]
+    # Table 4 at the main size (all): clo-full never ran.
+    assert "| model | lang | metric | attention (clo) | full (clo-full) |" in md
+    assert f"| M | de | BELEBELE (de) | 40.0 ± 1.6 | {GAP} |" in _table(md, "Table 4")
+    assert "| model | lang | metric | NLL tgt (clo) | NLL tgt+en (clo-both) |" in md
+    assert "| M | de | BELEBELE (de) | 40.0 ± 1.6 | 41.0 ± 1.6 |" in _table(md, "Table 5")
+    # Fidelity: the standard error is the binomial one, sqrt(p(1-p)/n): 0.2 -> 4.0, 0.5 -> 5.0, 0.9 -> 3.0.
+    assert _table(md, "Language fidelity") == [f"| M | de | response rate (de) | 20.0 ± 4.0 | 50.0 ± 5.0 | {GAP} | 90.0 ± 3.0 |"]
+    # Figure 3 data: one row per size, every compared variant.
+    assert _table(md, "Figure 3") == [
+        f"| M | de | 200 | {GAP} | 52.0 ± 3.0 | {GAP} | {GAP} |",
+        f"| M | de | all | {GAP} | 62.0 ± 1.7 | {GAP} | {GAP} |",
+    ]
+    runs = {line.split(" | ")[0][2:]: line for line in _table(md, "Runs")}
+    assert runs["M/de/sft/n200"] == "| M/de/sft/n200 | failed | 0/3 | RuntimeError: out of memory |"
+    assert runs["M/de/clo-full/nall"] == "| M/de/clo-full/nall | missing | 0/5 |  |"
+    assert runs["M/de/sft+dpo/nall"] == "| M/de/sft+dpo/nall | partial | 1/5 |  |"
+    assert "runs: 1 done, 1 failed, 3 missing, 6 partial." in md
+
+    # CSV: numbers in %, standard errors in their own column, gaps empty (never 0).
+    rows = list(csv.reader((rdir / "table1_winrates.csv").open(encoding="utf-8")))
+    assert rows[0] == ["model", "lang", "SFT+DPO tgt", "SFT+DPO tgt_se", "CLO tgt", "CLO tgt_se", "Δ tgt", "Δ tgt_se",
+                       "SFT+DPO en", "SFT+DPO en_se", "CLO en", "CLO en_se", "Δ en", "Δ en_se"]
+    assert rows[1] == ["M", "de", "", "", "62.0000", "1.7000", "", "", "51.0000", "2.0000", "55.0000", "2.0000",
+                       "4.0000", ""]
+    assert (rdir / "figure3_winrate_vs_size.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads((rdir / "report.json").read_text(encoding="utf-8"))
+    assert doc["runs"] == {"done": 1, "failed": 1, "missing": 3, "partial": 6}
+    t1 = next(t for t in doc["tables"] if t["name"] == "table1_winrates")
+    assert t1["rows"][0]["cells"][0] == {"value": None, "se": None, "text": None}
+
+
+def test_report_reads_evaluation_files_written_outside_a_grid(grid_dir):
+    # An evaluation run by `clo eval` into the run directory (no done-marker) is picked up too.
+    d = grid_dir / "runs" / "M/de/sft+dpo/nall" / "eval" / "belebele_de"
+    d.mkdir(parents=True)
+    (d / "belebele-de.json").write_text(json.dumps({"task": "belebele", "metrics": {"accuracy": 0.375, "stderr": 0.01}}))
+    md = (Path(write_report(grid_dir)["dir"]) / "report.md").read_text(encoding="utf-8")
+    assert _table(md, "Table 2")[0] == "| M | de | de | 30.0 ± 1.5 | 35.0 ± 1.6 | 37.5 ± 1.0 | 40.0 ± 1.6 |"
+
+
+def test_report_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no plan.json"):
+        write_report(tmp_path)
+    (tmp_path / "plan.json").write_text(json.dumps({"runs": [{"run_id": "a"}]}))
+    with pytest.raises(ValueError, match=r"plan.json: runs\[0\]: field 'model' missing"):
+        write_report(tmp_path)
