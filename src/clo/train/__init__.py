@@ -1,0 +1,25 @@
+"""Training: CLO and its baselines (sft, sft-eng, sft-tgt, dpo, sft+dpo).
+
+``train(cfg, train_path, val_path, output_dir) -> TrainResult`` is the entry point; the maths is
+in :mod:`clo.train.losses`, the methods in :mod:`clo.train.methods`, packed log-probs in
+:mod:`clo.train.logprobs`, cached reference log-probs in :mod:`clo.train.reference`.
+"""
+
+from __future__ import annotations
+
+
+def train(cfg, train_path, val_path, output_dir, **kwargs):
+    from clo.train.trainer import train as _train
+
+    return _train(cfg, train_path, val_path, output_dir, **kwargs)
+
+
+def __getattr__(name):
+    if name in ("TrainResult", "TrainingDiverged"):
+        from clo.train import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(name)
+
+
+__all__ = ["train", "TrainResult", "TrainingDiverged"]

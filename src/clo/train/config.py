@@ -30,3 +30,12 @@ class TrainConfig(StrictModel):
     gradient_checkpointing: bool = False
     lora_r: int = Field(16, gt=0)
     lora_alpha: int = Field(32, gt=0)
+    max_grad_norm: float | None = Field(1.0, gt=0.0, description="gradient clipping; null disables")
+    pack_length: int | None = Field(
+        None, gt=0, description="tokens per packed row; null: one row with flash/flex attention, "
+        "else rows as long as the batch's longest sequence (mask-based attention is quadratic in row length)")
+    logit_chunk: int = Field(1024, gt=0, description="response tokens per LM-head chunk")
+    attn_implementation: str | None = Field(None, description="eager | sdpa | flash_attention_2 | flex_attention")
+    reference_cache: str | None = Field(None, description="directory of cached reference log-probs "
+                                        "(default $CLO_CACHE/reference)")
+    log_every: int = Field(1, gt=0)

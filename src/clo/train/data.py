@@ -1,0 +1,110 @@
+"""Cross-lingual records -> token ids of the four sequences, with rejection reasons.
+
+Every record becomes an :class:`EncodedExample` holding ``(prompt_ids, response_ids)`` for each
+key ``en_en``, ``en_tgt``, ``tgt_tgt``, ``tgt_en`` (``<prompt lang>_<response lang>``), tokenised
+by :func:`clo.formatting.encode_pair`, the formatting evaluation uses too. Responses longer than
+``max_length`` minus the prompt are cut at the end (counted); a record whose prompt alone does
+not fit, or whose language is not the run's, is rejected with its id and the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from clo.data.records import CrossLingualRecord, read_records
+from clo.formatting import PromptTooLong, encode_pair
+
+log = logging.getLogger(__name__)
+
+# key -> (prompt field, response field)
+SEQUENCES = {
+    "en_en": ("x_en", "y_en"),
+    "en_tgt": ("x_en", "y_tgt"),
+    "tgt_tgt": ("x_tgt", "y_tgt"),
+    "tgt_en": ("x_tgt", "y_en"),
+}
+
+
+@dataclass
+class EncodedExample:
+    id: str
+    seqs: dict[str, tuple[list[int], list[int]]]
+    truncated: set[str] = field(default_factory=set)
+
+    def length(self, key: str) -> int:
+        p, r = self.seqs[key]
+        return len(p) + len(r)
+
+
+@dataclass
+class EncodedDataset:
+    path: str
+    examples: list[EncodedExample]
+    rejected: list[dict]  # {"id", "line", "reason"}
+    truncated: dict[str, int]  # key -> number of truncated responses
+
+    def fingerprint(self) -> str:
+        """A hash of exactly the token ids that are scored: the data part of the reference cache key."""
+        h = hashlib.sha256()
+        for ex in self.examples:
+            h.update(ex.id.encode())
+            for key in SEQUENCES:
+                p, r = ex.seqs[key]
+                h.update(json.dumps([p, r], separators=(",", ":")).encode())
+        return h.hexdigest()
+
+
+class DatasetError(ValueError):
+    pass
+
+
+def encode_records(
+    records: list[CrossLingualRecord], tokenizer, max_length: int, lang: str | None = None, path: str = "<memory>",
+    keys: tuple[str, ...] = tuple(SEQUENCES),
+) -> EncodedDataset:
+    examples, rejected = [], []
+    truncated = {k: 0 for k in keys}
+    for line, rec in enumerate(tqdm(records, desc=f"tokenising {Path(path).name}", unit="ex", leave=False), 1):
+        if lang is not None and rec.tgt_lang != lang:
+            rejected.append({"id": rec.id, "line": line, "field": "tgt_lang",
+                             "reason": f"tgt_lang is {rec.tgt_lang!r}, the run's language is {lang!r}"})
+            continue
+        seqs, cut, reason = {}, set(), None
+        for key in keys:
+            pf, rf = SEQUENCES[key]
+            try:
+                enc = encode_pair(tokenizer, getattr(rec, pf), getattr(rec, rf), max_length)
+            except PromptTooLong as e:
+                reason = {"id": rec.id, "line": line, "field": pf, "reason": f"{pf}: {e}"}
+                break
+            if not enc.response_ids:
+                reason = {"id": rec.id, "line": line, "field": rf, "reason": f"{rf}: response has no tokens"}
+                break
+            seqs[key] = (enc.prompt_ids, enc.response_ids)
+            if enc.truncated:
+                cut.add(key)
+        if reason is not None:
+            rejected.append(reason)
+            continue
+        for key in cut:
+            truncated[key] += 1
+        examples.append(EncodedExample(rec.id, seqs, cut))
+    for r in rejected:
+        log.warning("%s:%s: rejected record %r: %s", path, r["line"], r["id"], r["reason"])
+    if any(truncated.values()):
+        log.info("%s: responses truncated to max_length %d: %s", path, max_length, truncated)
+    if not examples:
+        raise DatasetError(f"{path}: no usable records ({len(rejected)} rejected; first: "
+                           f"{rejected[0]['reason'] if rejected else 'file is empty'})")
+    return EncodedDataset(path, examples, rejected, truncated)
+
+
+def load_dataset(path: str | Path, tokenizer, max_length: int, lang: str | None = None) -> EncodedDataset:
+    """Read (JSONL/Parquet, validated by :func:`clo.data.records.read_records`) and encode."""
+    return encode_records(read_records(path), tokenizer, max_length, lang, str(path))

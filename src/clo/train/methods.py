@@ -1,0 +1,80 @@
+"""The registry of training methods: what a training unit is and which objective scores it.
+
+A *unit* is what the sampler shuffles and a batch counts: for ``clo`` the whole quadruple (its
+four sequences always share a batch, which is the point of CLO), for ``dpo`` one preference row
+``(prompt, chosen, rejected)``, for the SFT baselines one ``(prompt, response)`` row. Units name
+their sequences by the keys of :data:`clo.train.data.SEQUENCES`; the objective sees their summed
+log-probs as a ``[batch, slots]`` tensor in the order of the unit's keys.
+
+Composite methods (``sft+dpo``) are listed in :data:`STAGES` and run their stages in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from clo.train.losses import KEYS, clo_loss, dpo_loss
+
+Objective = Callable[[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None", object], tuple]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    unit_keys: Callable[[object], list[tuple[str, ...]]]  # train config -> key tuples made per example
+    nll_slots: Callable[[object, tuple[str, ...]], list[int]]  # (train config, unit keys) -> NLL slots
+    objective: Callable  # (logps [b,k], ref [b,k] | None, nll scalar | None, train config) -> (loss, metrics)
+    needs_reference: bool
+
+
+def _sft_objective(logps, ref, nll, cfg):
+    return nll, {"loss": nll.detach(), "nll": nll.detach()}
+
+
+def _all_slots(cfg, keys):
+    return list(range(len(keys)))
+
+
+def _dpo_objective(logps, ref, nll, cfg):
+    return dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], beta=cfg.beta)
+
+
+def _clo_objective(logps, ref, nll, cfg):
+    return clo_loss(dict(zip(KEYS, logps.unbind(1))), dict(zip(KEYS, ref.unbind(1))), nll, cfg.beta, cfg.lam)
+
+
+def _clo_nll_slots(cfg, keys):
+    # nll_langs names response languages of the SAME-language pairs: tgt -> tgt_tgt, en -> en_en.
+    wanted = {f"{lang}_{lang}" for lang in cfg.nll_langs}
+    return [i for i, k in enumerate(keys) if k in wanted]
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("sft", "NLL on (x_en -> y_en) and (x_tgt -> y_tgt) rows",
+               lambda cfg: [("en_en",), ("tgt_tgt",)], _all_slots, _sft_objective, False),
+        Method("sft-eng", "NLL on (x_en -> y_en) rows only",
+               lambda cfg: [("en_en",)], _all_slots, _sft_objective, False),
+        Method("sft-tgt", "NLL on (x_tgt -> y_tgt) rows only",
+               lambda cfg: [("tgt_tgt",)], _all_slots, _sft_objective, False),
+        Method("dpo", "sigmoid DPO on independent rows (x_en, y_en > y_tgt) and (x_tgt, y_tgt > y_en)",
+               lambda cfg: [("en_en", "en_tgt"), ("tgt_tgt", "tgt_en")], lambda cfg, keys: [],
+               _dpo_objective, True),
+        Method("clo", "cross-lingual optimisation: lam * NLL(nll_langs) + (1 - lam) * (CL_en + CL_tgt)",
+               lambda cfg: [KEYS], _clo_nll_slots, _clo_objective, True),
+    )
+}
+
+STAGES: dict[str, list[str]] = {"sft+dpo": ["sft", "dpo"]}
+
+
+def get(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join([*METHODS, *STAGES])}") from None
