@@ -63,21 +63,42 @@ def test_dpo_loss_hand_derived():
     assert m["accuracy"].item() == 0.5
 
 
-def test_dpo_loss_equals_trl_sigmoid():
-    trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer", reason="trl is a dev dependency")  # noqa: F841
+def test_dpo_loss_and_logps_equal_trl_sigmoid(tmp_path):
+    """TRL's DPOTrainer (sigmoid loss) on the same model and rows: same sequence log-probs, same loss."""
+    from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    g = torch.Generator().manual_seed(0)
-    cp, rp, cr, rr = (torch.randn(16, generator=g, dtype=torch.float64) * 20 for _ in range(4))
-    ours, _ = dpo_loss(cp, rp, cr, rr, beta=0.1)
-    # TRL 1.x computes the sigmoid loss inside DPOTrainer.compute_loss; replicate its formula source
-    # would be copying, so instead run its loss on the same log-ratios through its public helper
-    # when present, else through the trainer's documented formula check below.
-    helper = getattr(DPOTrainer, "dpo_loss", None)
-    if helper is None:
-        pytest.fail("trl.DPOTrainer.dpo_loss not found; update this test for the installed TRL")
-    del DPOConfig
-    raise AssertionError(ours)  # placeholder replaced below
+    from clo.testing import tiny_model, tiny_tokenizer
+    from clo.train.logprobs import pack_sequences, packed_sequence_logps
+
+    tok = tiny_tokenizer(chat_template=False)
+    model = tiny_model("llama", vocab_size=512)
+    rows = [dict(prompt="What is the capital", chosen=" Paris is it.", rejected=" Der Hund."),
+            dict(prompt="Der schnelle", chosen=" Fuchs springt", rejected=" quick brown fox jumps over")]
+    args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, beta=0.1, loss_type=["sigmoid"],
+                     precompute_ref_log_probs=True, report_to=[], use_cpu=True, max_length=128)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    batch = next(iter(trainer.get_train_dataloader()))
+    seqs = []  # TRL's batch is [chosen rows..., rejected rows...]
+    for ids, att, comp in zip(batch["input_ids"], batch["attention_mask"], batch["completion_mask"]):
+        ids = ids[att.bool()].tolist()
+        n_prompt = int((att.bool() & ~comp.bool()).sum())
+        seqs.append((ids[:n_prompt], ids[n_prompt:]))
+    with torch.no_grad():
+        ours_logps, _ = packed_sequence_logps(model, pack_sequences(seqs, None))
+    # With our log-probs as its reference, TRL's policy log-ratios are all 0 (loss exactly log 2)
+    # only if its policy log-probs equal ours.
+    batch["ref_chosen_logps"], batch["ref_rejected_logps"] = ours_logps[:2], ours_logps[2:]
+    with torch.no_grad():
+        assert trainer.compute_loss(model, batch).item() == pytest.approx(math.log(2), abs=1e-5)
+    # Arbitrary reference values make the loss non-trivial (z far from 0, both signs).
+    batch["ref_chosen_logps"] = torch.tensor([-60.0, -40.0])
+    batch["ref_rejected_logps"] = torch.tensor([-30.0, -120.0])
+    with torch.no_grad():
+        trl_loss = trainer.compute_loss(model, batch)
+    ours, _ = dpo_loss(ours_logps[:2], ours_logps[2:], batch["ref_chosen_logps"], batch["ref_rejected_logps"], 0.1)
+    assert abs(trl_loss.item() - math.log(2)) > 0.1
+    assert ours.item() == pytest.approx(trl_loss.item(), abs=1e-5)
 
 
 def test_sft_nll_token_mean_and_global_normaliser():
