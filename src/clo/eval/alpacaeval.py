@@ -1,0 +1,171 @@
+"""Judged win rate on the AlpacaEval instructions, in the target language (DESIGN.md section 3).
+
+Instructions come from an alpaca_eval JSON file (list of ``{instruction, output, generator,
+dataset}``; ``<data_dir>/alpaca_eval/text_davinci_003.json`` by default) or the hub
+(``tatsu-lab/alpaca_eval``). For a target language other than English they are translated with
+the data pipeline's translator (``cfg.data.translator``, cached next to the results), or read from
+``translated_file`` (a JSON list of strings, or of objects with ``instruction``, in the same order).
+
+The baseline is a second model (``baseline=`` spec or ``(model, tokenizer)``), whose responses
+are generated exactly like the model's, or an alpaca_eval outputs file (``baseline_outputs=``);
+for English the instruction file's own ``output`` field serves when neither is given.
+
+Metrics are fractions in [0, 1]: ``win_rate`` = mean score over judged items (win 1, tie 0.5,
+loss 0) with its standard error; judge failures are excluded from ``n`` and counted in
+``failures``; ``lc_win_rate`` is :func:`clo.eval.stats.length_controlled_win_rate`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from clo.eval.core import EvalDataError, TaskContext, TaskResult, data_hash, model_identity, register_task
+from clo.eval.generation import iter_generate
+from clo.eval.judge import judge_item, make_judge
+from clo.eval.stats import length_controlled_win_rate, mean_stderr
+
+
+def _read_json_list(path: Path, what: str) -> list:
+    if not path.is_file():
+        raise EvalDataError(f"{path}: no such {what} file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise EvalDataError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
+    if not isinstance(data, list):
+        raise EvalDataError(f"{path}: expected a JSON list, got {type(data).__name__}")
+    return data
+
+
+def load_instructions(path: Path | None, data_dir: Path | None) -> list[dict]:
+    if path is None and data_dir is not None:
+        path = Path(data_dir) / "alpaca_eval" / "text_davinci_003.json"
+    if path is not None:
+        rows = _read_json_list(Path(path), "AlpacaEval")
+        for i, r in enumerate(rows):
+            if not isinstance(r, dict) or not isinstance(r.get("instruction"), str) or not r["instruction"].strip():
+                raise EvalDataError(f"{path}: item {i}: field 'instruction' missing or empty")
+        return rows
+    from datasets import load_dataset
+
+    return [dict(r) for r in load_dataset("tatsu-lab/alpaca_eval", "alpaca_eval", split="eval")]
+
+
+def _texts_from(path: Path, n: int, key: str, what: str) -> list[str]:
+    data = _read_json_list(path, what)
+    if len(data) < n:
+        raise EvalDataError(f"{path}: {len(data)} {what} entries, need {n} (one per instruction, same order)")
+    out = []
+    for i, x in enumerate(data[:n]):
+        text = x if isinstance(x, str) else (x.get(key) if isinstance(x, dict) else None)
+        if not isinstance(text, str):
+            raise EvalDataError(f"{path}: item {i}: field {key!r} missing (expected a string or an object with {key!r})")
+        out.append(text)
+    return out
+
+
+def _generate_cached(ctx: TaskContext, model, tok, prompts: list[str], prefix: str, desc: str,
+                     batch_size: int, max_new_tokens: int) -> list[str]:
+    ev = ctx.cfg.eval
+    out = [ctx.cache.get(f"{prefix}:{i}") for i in range(len(prompts))]
+    todo = [i for i, o in enumerate(out) if o is None]
+    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=desc, unit="resp")
+    if todo:
+        for idx, texts in iter_generate(model, tok, [prompts[i] for i in todo], max_new_tokens=max_new_tokens,
+                                        temperature=ev.temperature, top_p=ev.top_p, seed=ev.seed,
+                                        batch_size=batch_size):
+            for j, t in zip(idx, texts):
+                out[todo[j]] = t
+                ctx.cache.put(f"{prefix}:{todo[j]}", t)
+            bar.update(len(idx))
+    bar.close()
+    return out
+
+
+@register_task("alpacaeval", description="judged win rate against a baseline on the AlpacaEval instructions")
+def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | None = None,
+        translated_file: str | None = None, baseline=None, baseline_outputs: str | None = None,
+        baseline_name: str | None = None, batch_size: int | None = None, max_new_tokens: int | None = None,
+        judge=None) -> TaskResult:
+    ev = ctx.cfg.eval
+    limit = limit if limit is not None else ev.limit
+    rows = load_instructions(Path(instructions_file) if instructions_file else None, ctx.data_dir)[:limit]
+    english = [r["instruction"] for r in rows]
+    n = len(rows)
+    if ctx.lang.code == "en":
+        instructions = english
+    elif translated_file:
+        instructions = _texts_from(Path(translated_file), n, "instruction", "translated instruction")
+    else:
+        from clo.data.translate import translate_texts
+
+        instructions = translate_texts(english, "en", ctx.lang.code, ctx.cfg.data.translator,
+                                       ctx.output_dir / f"alpacaeval-instructions-{ctx.lang.code}.sqlite")
+    bs = batch_size or ev.batch_size
+    mnt = max_new_tokens or ev.max_new_tokens
+    outputs = _generate_cached(ctx, ctx.model, ctx.tokenizer, instructions, "model", "alpacaeval: model", bs, mnt)
+
+    if baseline is not None:
+        if isinstance(baseline, str):
+            from clo.models import load_model
+
+            b_model, b_tok = load_model(baseline)
+            b_name = baseline
+        else:
+            b_model, b_tok = baseline
+            b_name = model_identity(b_model, None)
+        base = _generate_cached(ctx, b_model, b_tok, instructions, "baseline", "alpacaeval: baseline", bs, mnt)
+    elif baseline_outputs:
+        base = _texts_from(Path(baseline_outputs), n, "output", "baseline output")
+        b_name = str(baseline_outputs)
+    elif ctx.lang.code == "en" and all(isinstance(r.get("output"), str) for r in rows):
+        base = [r["output"] for r in rows]
+        b_name = rows[0].get("generator", "reference") if rows else "reference"
+    else:
+        raise EvalDataError("alpacaeval: no baseline; pass baseline=<model> or baseline_outputs=<alpaca_eval JSON> "
+                            "(the instruction file's English reference outputs serve only for English)")
+    b_name = baseline_name or b_name
+
+    judge = judge if judge is not None else make_judge(ev.judge)
+    records, scores, lm, lb = [], [], [], []
+    failures = 0
+    bar = tqdm(total=n, desc="alpacaeval: judge", unit="pair")
+    for i in range(n):
+        item_id = str(i)
+        v = ctx.cache.get(f"verdict:{i}")
+        if v is None:
+            v = judge_item(judge, item_id, instructions[i], outputs[i], base[i], ctx.lang,
+                           seed=ev.seed, retries=ev.judge.retries)
+            ctx.cache.put(f"verdict:{i}", v)
+        bar.update(1)
+        if v["failed"]:
+            failures += 1
+        else:
+            scores.append(v["score"])
+            lm.append(len(outputs[i]))
+            lb.append(len(base[i]))
+        records.append({"id": item_id, "instruction": instructions[i], "instruction_en": english[i],
+                        "output": outputs[i], "baseline_output": base[i], **v})
+    bar.close()
+    wr, se = mean_stderr(scores)
+    metrics = {
+        "win_rate": wr, "stderr": se,
+        "lc_win_rate": length_controlled_win_rate(scores, lm, lb) if scores else float("nan"),
+        "n": len(scores),
+        "wins": sum(s == 1.0 for s in scores), "ties": sum(s == 0.5 for s in scores),
+        "losses": sum(s == 0.0 for s in scores), "failures": failures,
+    }
+    gen = ctx.model_name
+    extra = {
+        f"{ctx.name}.model_outputs.json": [
+            {"instruction": instructions[i], "output": outputs[i], "generator": gen,
+             "dataset": rows[i].get("dataset", "")} for i in range(n)],
+        f"{ctx.name}.baseline_outputs.json": [
+            {"instruction": instructions[i], "output": base[i], "generator": b_name,
+             "dataset": rows[i].get("dataset", "")} for i in range(n)],
+    }
+    md = f"baseline: `{b_name}`; judge: `{getattr(judge, 'name', type(judge).__name__)}`"
+    return TaskResult(metrics, records, data_hash(instructions), md, extra)

@@ -1,0 +1,161 @@
+"""BELEBELE: zero-shot multiple choice scored by log-likelihood (DESIGN.md section 3).
+
+Two templates (:data:`TEMPLATES`): ``native`` (the paper's Table 7 labels of the evaluated
+language, from :mod:`clo.languages`) and ``harness`` (lm-evaluation-harness's English template,
+the same for every language). The prompt is scored as raw text, without the chat template, as the
+harness does; ``chat=True`` wraps it in the model's chat template instead.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from tqdm.auto import tqdm
+
+from clo.eval.core import EvalDataError, TaskContext, TaskResult, data_hash, register_task
+from clo.eval.loglik import encode_pair, score_batch
+from clo.eval.stats import mean_stderr
+from clo.languages import Language
+
+FIELDS = ("flores_passage", "question", "mc_answer1", "mc_answer2", "mc_answer3", "mc_answer4",
+          "correct_answer_num")
+
+
+def _harness(row: dict, lang: Language) -> tuple[str, list[str]]:
+    ctx = (f"P: {row['flores_passage']}\nQ: {row['question'].strip()}\nA: {row['mc_answer1']}\n"
+           f"B: {row['mc_answer2']}\nC: {row['mc_answer3']}\nD: {row['mc_answer4']}\nAnswer:")
+    return ctx, [" A", " B", " C", " D"]
+
+
+def _native(row: dict, lang: Language) -> tuple[str, list[str]]:
+    lb = lang.belebele
+    lines = [f"{lb.passage}: {row['flores_passage']}", f"{lb.question}: {row['question'].strip()}"]
+    for label, k in zip(lb.options, range(1, 5)):
+        # Labels that carry their own delimiter (Korean "가)") take no colon.
+        sep = " " if label.endswith(")") else ": "
+        lines.append(f"{label}{sep}{row[f'mc_answer{k}']}")
+    lines.append(f"{lb.answer}:")
+    return "\n".join(lines), [f" {label}" for label in lb.options]
+
+
+TEMPLATES: dict[str, Callable[[dict, Language], tuple[str, list[str]]]] = {
+    "native": _native,
+    "harness": _harness,
+}
+
+
+def render(row: dict, lang: Language, template: str = "native") -> tuple[str, list[str]]:
+    """(context, the four continuations) of a BELEBELE row."""
+    try:
+        fn = TEMPLATES[template]
+    except KeyError:
+        raise ValueError(f"unknown BELEBELE template {template!r}; known: {', '.join(TEMPLATES)}") from None
+    return fn(row, lang)
+
+
+def load_rows(lang: Language, data_dir: Path | None, limit: int | None = None) -> list[dict]:
+    """Rows of ``<data_dir>/belebele/<flores>.jsonl``, or of the hub's ``facebook/belebele``."""
+    if data_dir is not None:
+        path = Path(data_dir) / "belebele" / f"{lang.flores}.jsonl"
+        if not path.is_file():
+            raise EvalDataError(f"{path}: no BELEBELE file for {lang.name} (expected belebele/{lang.flores}.jsonl "
+                                f"under the data directory)")
+        rows = []
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise EvalDataError(f"{path}:{lineno}: malformed JSON: {e.msg}") from None
+                _check(row, f"{path}:{lineno}")
+                rows.append(row)
+                if limit is not None and len(rows) >= limit:
+                    break
+        return rows
+    from datasets import load_dataset
+
+    ds = load_dataset("facebook/belebele", lang.flores, split="test")
+    rows = []
+    for i, row in enumerate(ds):
+        _check(row, f"facebook/belebele[{lang.flores}] row {i}")
+        rows.append(dict(row))
+        if limit is not None and len(rows) >= limit:
+            break
+    return rows
+
+
+def _check(row: dict, where: str) -> None:
+    for f in FIELDS:
+        if f not in row or row[f] is None:
+            raise EvalDataError(f"{where}: field {f!r} missing")
+    if str(row["correct_answer_num"]) not in ("1", "2", "3", "4"):
+        raise EvalDataError(f"{where}: field 'correct_answer_num' must be 1..4, got {row['correct_answer_num']!r}")
+
+
+def _output_name(lang: str, opts: dict) -> str:
+    template = opts.get("template", "native")
+    return f"belebele-{lang}" if template == "native" else f"belebele-{lang}-{template}"
+
+
+def predict(model, tokenizer, rows: list[dict], lang: Language, *, template: str = "native",
+            batch_size: int = 8, chat: bool = False, cache=None, progress: bool = True) -> list[dict]:
+    """Per-item predictions: ``{"id", "gold", "pred", "correct", "loglik"}`` in row order."""
+    from clo.formatting import render_prompt
+
+    items = []
+    for i, row in enumerate(rows):
+        ctx, conts = render(row, lang, template)
+        if chat:
+            ctx = render_prompt(tokenizer, ctx)
+        item_id = f"{row.get('link', '')}#{row.get('question_number', i)}"
+        items.append((i, item_id, ctx, conts, int(row["correct_answer_num"]) - 1))
+    out: dict[int, dict] = {}
+    pending = []
+    for i, item_id, ctx, conts, gold in items:
+        hit = cache.get(f"{i}:{item_id}") if cache is not None else None
+        if hit is not None:
+            out[i] = hit
+        else:
+            pairs = [encode_pair(tokenizer, ctx, c) for c in conts]
+            # The harness encodes the context per pair; with the whitespace rule every pair's
+            # context is the same string, so the first one stands for all.
+            pending.append((i, item_id, pairs[0][0], [p[1] for p in pairs], gold))
+    pending.sort(key=lambda p: -len(p[2]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    bar = tqdm(total=len(items), initial=len(out), desc=f"belebele {lang.code} ({template})", unit="q",
+               disable=not progress)
+    for start in range(0, len(pending), batch_size):
+        chunk = pending[start:start + batch_size]
+        scores = score_batch(model, [c[2] for c in chunk], [c[3] for c in chunk], pad_id)
+        for (i, item_id, _, _, gold), s in zip(chunk, scores):
+            pred = max(range(len(s)), key=lambda k: (s[k], -k))  # first of equal maxima, as argmax
+            rec = {"id": item_id, "gold": gold, "pred": pred, "correct": pred == gold,
+                   "loglik": [round(x, 6) for x in s]}
+            out[i] = rec
+            if cache is not None:
+                cache.put(f"{i}:{item_id}", rec)
+        bar.update(len(chunk))
+    bar.close()
+    return [out[i] for i in range(len(items))]
+
+
+@register_task("belebele", description="BELEBELE reading comprehension, log-likelihood", output_name=_output_name)
+def run(ctx: TaskContext, *, template: str = "native", limit: int | None = None, chat: bool = False,
+        batch_size: int | None = None) -> TaskResult:
+    limit = limit if limit is not None else ctx.cfg.eval.limit
+    rows = load_rows(ctx.lang, ctx.data_dir, limit)
+    if not rows:
+        raise EvalDataError(f"no BELEBELE rows for {ctx.lang.flores}")
+    records = predict(ctx.model, ctx.tokenizer, rows, ctx.lang, template=template,
+                      batch_size=batch_size or ctx.cfg.eval.batch_size, chat=chat, cache=ctx.cache)
+    acc, se = mean_stderr([float(r["correct"]) for r in records])
+    counts = [sum(r["pred"] == k for r in records) for k in range(4)]
+    metrics = {"accuracy": acc, "stderr": se, "n": len(records)}
+    md = "| option | share of predictions |\n|---|---|\n" + "\n".join(
+        f"| {'ABCD'[k]} | {counts[k] / len(records):.3f} |" for k in range(4))
+    hashed = [{f: r[f] for f in FIELDS} for r in rows]
+    return TaskResult(metrics, records, data_hash(hashed), markdown=md)

@@ -1,0 +1,75 @@
+"""``clo eval TASK``: run one evaluation task on one model and print its metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HELP = "evaluate a model: belebele, mmmlu, alpacaeval, fidelity, confusion"
+
+TASK_NAMES = ("belebele", "mmmlu", "alpacaeval", "fidelity", "confusion")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from clo.cli import add_config_arguments
+
+    parser.add_argument("task", choices=TASK_NAMES)
+    parser.add_argument("--model", help="model spec (offline name, local directory, hub id); default: config model")
+    parser.add_argument("--lang", help="language code (default: config lang)")
+    parser.add_argument("--data-dir", help="local data directory (default: eval.data_dir; unset reads the hub)")
+    parser.add_argument("--output", help="output directory (default: <output_dir>/eval)")
+    parser.add_argument("--limit", type=int, help="evaluate at most this many items (MMMLU: stratified)")
+    parser.add_argument("--template", choices=("native", "harness"), help="belebele: prompt template")
+    parser.add_argument("--max-new-tokens", type=int, help="generation length (default: eval.max_new_tokens)")
+    parser.add_argument("--prompts-file", help="fidelity: prompts (.txt/.json/.jsonl/.csv)")
+    parser.add_argument("--split", choices=("monolingual", "crosslingual", "all"), help="confusion: prompt split")
+    parser.add_argument("--baseline", help="alpacaeval: baseline model spec")
+    parser.add_argument("--baseline-outputs", help="alpacaeval: baseline outputs (alpaca_eval JSON)")
+    parser.add_argument("--instructions-file", help="alpacaeval: instructions (alpaca_eval JSON)")
+    parser.add_argument("--translated-file", help="alpacaeval: instructions already in the target language")
+    add_config_arguments(parser)
+
+
+# CLI flag -> (task option, tasks that take it)
+_OPTIONS = {
+    "template": ("template", {"belebele"}),
+    "max_new_tokens": ("max_new_tokens", {"mmmlu", "alpacaeval", "fidelity", "confusion"}),
+    "prompts_file": ("prompts_file", {"fidelity"}),
+    "split": ("split", {"confusion"}),
+    "baseline": ("baseline", {"alpacaeval"}),
+    "baseline_outputs": ("baseline_outputs", {"alpacaeval"}),
+    "instructions_file": ("instructions_file", {"alpacaeval"}),
+    "translated_file": ("translated_file", {"alpacaeval"}),
+}
+
+
+def main(args: argparse.Namespace) -> int:
+    from clo.config import load_config
+    from clo.eval import evaluate
+
+    overrides = list(args.overrides)
+    if args.model:
+        overrides.append(f"model={args.model}")
+    if args.lang:
+        overrides.append(f"lang={args.lang}")
+    if args.data_dir:
+        overrides.append(f"eval.data_dir={args.data_dir}")
+    cfg = load_config(args.config, overrides)
+    options = {}
+    for flag, (opt, tasks) in _OPTIONS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if args.task not in tasks:
+            print(f"clo eval {args.task}: --{flag.replace('_', '-')} applies only to {', '.join(sorted(tasks))}",
+                  file=sys.stderr)
+            return 2
+        options[opt] = value
+    if args.limit is not None:
+        options["limit"] = args.limit
+    out = Path(args.output) if args.output else Path(cfg.output_dir) / "eval"
+    metrics = evaluate(args.task, cfg.model, cfg, out, **options)
+    print(json.dumps(metrics, indent=2, ensure_ascii=False))
+    return 0

@@ -1,0 +1,250 @@
+"""MMMLU: generative multiple choice with a localised "<answer word>: $LETTER" instruction.
+
+The prompt is the language's ``mmmlu_instruction`` (clo.languages) followed by the question and
+options in OpenAI simple-evals' layout. The answer is extracted from the generated text
+(:func:`extract_answer`); when nothing can be extracted the model is asked again with a fresh
+sampling seed, up to ``retries`` times, after which the item counts as wrong and as an extraction
+failure.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import re
+import unicodedata
+from collections import defaultdict
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from clo import languages
+from clo.eval.core import EvalDataError, TaskContext, TaskResult, data_hash, register_task
+from clo.eval.generation import iter_generate
+from clo.eval.stats import mean_stderr
+from clo.languages import Language
+
+COLUMNS = ("Question", "A", "B", "C", "D", "Answer", "Subject")
+LETTERS = "ABCD"
+
+# MMLU's 57 subjects in the four categories of Hendrycks et al. (2021).
+_CATEGORIES = {
+    "STEM": "abstract_algebra anatomy astronomy college_biology college_chemistry college_computer_science "
+            "college_mathematics college_physics computer_security conceptual_physics electrical_engineering "
+            "elementary_mathematics high_school_biology high_school_chemistry high_school_computer_science "
+            "high_school_mathematics high_school_physics high_school_statistics machine_learning",
+    "humanities": "formal_logic high_school_european_history high_school_us_history high_school_world_history "
+                  "international_law jurisprudence logical_fallacies moral_disputes moral_scenarios philosophy "
+                  "prehistory professional_law world_religions",
+    "social sciences": "econometrics high_school_geography high_school_government_and_politics "
+                       "high_school_macroeconomics high_school_microeconomics high_school_psychology "
+                       "human_sexuality professional_psychology public_relations security_studies sociology "
+                       "us_foreign_policy",
+    "other": "business_ethics clinical_knowledge college_medicine global_facts human_aging management marketing "
+             "medical_genetics miscellaneous nutrition professional_accounting professional_medicine virology",
+}
+SUBJECT_CATEGORY = {s: cat for cat, subjects in _CATEGORIES.items() for s in subjects.split()}
+
+
+def render_prompt(row: dict, lang: Language) -> str:
+    """The user message: instruction, question, options (simple-evals' multiple-choice layout)."""
+    return (f"{lang.mmmlu_instruction}\n\n{row['Question'].strip()}\n\n"
+            f"A) {row['A']}\nB) {row['B']}\nC) {row['C']}\nD) {row['D']}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Answer extraction
+
+# Answer words of every registered language plus common variants models write instead.
+_EXTRA_ANSWER_WORDS = ["Answer", "Final Answer", "The answer is", "Correct answer", "正确答案", "答", "정답", "답",
+                       "Antwort", "Die Antwort ist", "Richtige Antwort", "Jawaban", "Jawabannya", "Jibu",
+                       "Ìdáhùn", "Idáhùn", "Idahun"]
+_KOREAN_LETTERS = {"가": "A", "나": "B", "다": "C", "라": "D"}
+
+
+def _answer_words() -> list[str]:
+    words = {languages.get(c).answer_word for c in languages.known()} | set(_EXTRA_ANSWER_WORDS)
+    # Longest first, so that "Final Answer" wins over "Answer" at the same position.
+    return sorted((unicodedata.normalize("NFKC", w) for w in words), key=len, reverse=True)
+
+
+def _pattern() -> re.Pattern:
+    words = "|".join(re.escape(w) for w in _answer_words())
+    return re.compile(
+        rf"(?i:{words})\s*(?:\*\*|\*|__)?\s*(?i:is|ist|adalah|ni|是|为|為|은|는)?\s*[:：]?\s*(?:\*\*|\*|__)?\s*"
+        # wrappers: markdown bold, LaTeX \boxed{..} / \text{..} / $..$, brackets, quotes
+        r"(?:\$?\s*\\boxed\s*\{\s*)?(?:\\text(?:bf)?\s*\{\s*)?[\(\[\{\"'「“]?\s*"
+        r"([A-D가나다라])"
+        # the letter must stand alone, not start a word ("Because", "다음"); Korean "다입니다" is
+        # the letter plus the copula
+        r"(?!(?!입니다)[A-Za-z\u00C0-\u024F\uAC00-\uD7A3])",
+    )
+
+
+_ANSWER_RE: re.Pattern | None = None
+_BOXED_RE = re.compile(r"\\boxed\s*\{\s*(?:\\text(?:bf)?\s*\{\s*)?([A-D])\s*\}")
+
+
+def normalize_response(text: str) -> str:
+    """NFKC folds full-width letters and colons (Ａ→A, ：→:) into their ASCII forms."""
+    return unicodedata.normalize("NFKC", text)
+
+
+def extract_answer(text: str) -> str | None:
+    """The letter (A-D) of the last ``<answer word>: X`` in ``text``, else a lone ``\\boxed{X}``;
+    None when neither occurs.
+
+    Handles the answer words of every registered language, full-width letters and colons,
+    Korean option letters 가/나/다/라, markdown bold and LaTeX ``\\boxed``/``\\text`` wrappers.
+    Only capital letters count: "the answer is a matter of taste" names no option.
+    """
+    global _ANSWER_RE
+    if _ANSWER_RE is None:
+        _ANSWER_RE = _pattern()
+    t = normalize_response(text)
+    matches = list(_ANSWER_RE.finditer(t))
+    if matches:
+        letter = matches[-1].group(1)
+        return _KOREAN_LETTERS.get(letter, letter.upper())
+    boxed = list(_BOXED_RE.finditer(t))
+    if boxed:
+        return boxed[-1].group(1)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def _file_code(lang: Language) -> str:
+    return "EN-US" if lang.mmmlu is None else lang.mmmlu.replace("_", "-")
+
+
+def load_rows(lang: Language, data_dir: Path | None) -> list[dict]:
+    """Rows of ``<data_dir>/mmlu/mmlu_<XX-YY>.csv`` (MMMLU's file names), or of the hub."""
+    if data_dir is not None:
+        path = Path(data_dir) / "mmlu" / f"mmlu_{_file_code(lang)}.csv"
+        if not path.is_file():
+            raise EvalDataError(f"{path}: no MMMLU file for {lang.name} (expected mmlu/mmlu_{_file_code(lang)}.csv "
+                                "in openai/MMMLU's columns under the data directory)")
+        rows = []
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise EvalDataError(f"{path}:1: missing column(s) {', '.join(missing)}")
+            for lineno, row in enumerate(reader, 2):
+                ans = (row["Answer"] or "").strip()
+                if ans not in LETTERS:
+                    raise EvalDataError(f"{path}:{lineno}: field 'Answer' must be one of A-D, got {ans!r}")
+                if not (row["Question"] or "").strip():
+                    raise EvalDataError(f"{path}:{lineno}: field 'Question' is empty")
+                rows.append({c: row[c] for c in COLUMNS} | {"Answer": ans, "id": str(len(rows))})
+        return rows
+    from datasets import load_dataset
+
+    if lang.mmmlu is None:
+        ds = load_dataset("cais/mmlu", "all", split="test")
+        return [{"Question": r["question"], **{LETTERS[k]: r["choices"][k] for k in range(4)},
+                 "Answer": LETTERS[r["answer"]], "Subject": r["subject"], "id": str(i)} for i, r in enumerate(ds)]
+    ds = load_dataset("openai/MMMLU", lang.mmmlu, split="test")
+    return [{c: str(r[c]) for c in COLUMNS} | {"id": str(i)} for i, r in enumerate(ds)]
+
+
+def stratified_sample(rows: list[dict], limit: int | None, seed: int = 0) -> list[dict]:
+    """``limit`` rows spread over subjects in proportion to their size (largest remainders),
+    each subject's rows chosen at random with ``seed``; the result keeps file order."""
+    if limit is None or limit >= len(rows):
+        return rows
+    by_subject: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        by_subject[r["Subject"]].append(i)
+    subjects = sorted(by_subject)
+    quotas = {s: limit * len(by_subject[s]) / len(rows) for s in subjects}
+    take = {s: int(quotas[s]) for s in subjects}
+    left = limit - sum(take.values())
+    for s in sorted(subjects, key=lambda s: (-(quotas[s] - take[s]), s))[:left]:
+        take[s] += 1
+    rng = random.Random(seed)
+    chosen = []
+    for s in subjects:
+        idx = list(by_subject[s])
+        rng.shuffle(idx)
+        chosen += idx[:take[s]]
+    return [rows[i] for i in sorted(chosen)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Task
+
+
+def _group(records: list[dict], key) -> dict:
+    groups: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        groups[key(r)].append(float(r["correct"]))
+    out = {}
+    for g in sorted(groups):
+        acc, se = mean_stderr(groups[g])
+        out[g] = {"accuracy": acc, "stderr": se, "n": len(groups[g])}
+    return out
+
+
+@register_task("mmmlu", description="MMMLU (MMLU in the target language), generative")
+def run(ctx: TaskContext, *, limit: int | None = None, max_new_tokens: int | None = None,
+        retries: int | None = None, batch_size: int | None = None, temperature: float | None = None) -> TaskResult:
+    ev = ctx.cfg.eval
+    limit = limit if limit is not None else ev.limit
+    rows = stratified_sample(load_rows(ctx.lang, ctx.data_dir), limit, ev.seed)
+    prompts = [render_prompt(r, ctx.lang) for r in rows]
+    max_new_tokens = max_new_tokens or ev.max_new_tokens
+    temperature = ev.temperature if temperature is None else temperature
+    bs = batch_size or ev.batch_size
+    retries = ev.mmmlu_retries if retries is None else retries
+
+    # attempts[i]: every response so far to item i; an item is done once one parses or it has
+    # had 1 + retries attempts.
+    attempts: dict[int, list[str]] = {i: list(ctx.cache.get(r["id"], {}).get("responses", []))
+                                      for i, r in enumerate(rows)}
+
+    def done(i: int) -> bool:
+        a = attempts[i]
+        return bool(a) and (extract_answer(a[-1]) is not None or len(a) > retries)
+
+    bar = tqdm(total=len(rows), initial=sum(done(i) for i in attempts), desc=f"mmmlu {ctx.lang.code}", unit="q")
+    for attempt in range(retries + 1):
+        todo = [i for i in range(len(rows)) if not done(i) and len(attempts[i]) == attempt]
+        if not todo:
+            continue
+        # Retries use a different seed: with the same seed a failed sample would repeat.
+        for idx, texts in iter_generate(ctx.model, ctx.tokenizer, [prompts[i] for i in todo],
+                                        max_new_tokens=max_new_tokens, temperature=temperature,
+                                        top_p=ev.top_p, seed=ev.seed + 1000 * attempt, batch_size=bs):
+            for j, text in zip(idx, texts):
+                i = todo[j]
+                attempts[i].append(text)
+                ctx.cache.put(rows[i]["id"], {"responses": attempts[i]})
+                if done(i):
+                    bar.update(1)
+    bar.close()
+
+    records = []
+    for i, r in enumerate(rows):
+        pred = extract_answer(attempts[i][-1])
+        records.append({
+            "id": r["id"], "subject": r["Subject"], "category": SUBJECT_CATEGORY.get(r["Subject"], "other"),
+            "gold": r["Answer"], "pred": pred, "correct": pred == r["Answer"], "failed": pred is None,
+            "attempts": len(attempts[i]), "responses": attempts[i],
+        })
+    acc, se = mean_stderr([float(x["correct"]) for x in records])
+    metrics = {
+        "accuracy": acc, "stderr": se,
+        "failure_rate": sum(x["failed"] for x in records) / len(records) if records else float("nan"),
+        "n": len(records),
+        "per_subject": _group(records, lambda x: x["subject"]),
+        "per_category": _group(records, lambda x: x["category"]),
+    }
+    md = ["| category | accuracy | ± SE | n |", "|---|---|---|---|"]
+    md += [f"| {c} | {v['accuracy']:.4f} | {v['stderr']:.4f} | {v['n']} |" for c, v in metrics["per_category"].items()]
+    md += ["", "| subject | accuracy | n |", "|---|---|---|"]
+    md += [f"| {s} | {v['accuracy']:.4f} | {v['n']} |" for s, v in metrics["per_subject"].items()]
+    return TaskResult(metrics, records, data_hash([{c: r[c] for c in COLUMNS} for r in rows]), "\n".join(md))
