@@ -79,7 +79,7 @@ def test_chunked_head_matches_autograd(softcap, head_trainable):
     got = [x.grad for x in (h, w, b) if x.requires_grad]
     assert len(got) == len(want) == (3 if head_trainable else 1)
     for a, e in zip(got, want):
-        torch.testing.assert_close(a, e, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)  # logits are fp32 by design
 
 
 def test_packed_gradients_equal_padded_gradients():
