@@ -1,0 +1,26 @@
+"""``clo report GRID_DIR``: the paper's tables and Figure 3 from a grid's stored metrics."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "the paper's tables (Markdown, CSV) and Figure 3 (PNG) from finished runs of a grid"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("grid_dir", metavar="GRID_DIR", help="a grid directory written by `clo run` (its output_dir)")
+    parser.add_argument("--out", help="where to write (default GRID_DIR/report)")
+    parser.add_argument("--print", dest="show", action="store_true", help="print report.md")
+
+
+def main(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from clo.report import write_report
+
+    out = write_report(args.grid_dir, args.out)
+    runs = ", ".join(f"{n} {s}" for s, n in sorted(out["runs"].items()))
+    print(f"report: {out['dir']}/report.md ({runs})")
+    if args.show:
+        print((Path(out["dir"]) / "report.md").read_text(encoding="utf-8"))
+    return 0
