@@ -1,0 +1,142 @@
+"""The judge against a local OpenAI-compatible HTTP server with scripted rankings."""
+
+import json
+import math
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from clo import languages
+from clo.config import load_config
+from clo.eval import evaluate
+from clo.eval.judge import build_messages, parse_ranking, score_from_ranking, swap_order
+
+
+class ScriptedJudge(BaseHTTPRequestHandler):
+    """Ranks first the output containing WIN; TIE in both: tie; GARBAGE: no JSON; FLAKY: no JSON the
+    first time it sees an instruction."""
+
+    requests: list = []
+    seen: dict = {}
+
+    def log_message(self, *a):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        user = body["messages"][-1]["content"]
+        ScriptedJudge.requests.append(body)
+        seg1 = user.split('"model_1": ')[1].split('"model_2": ')[0]
+        seg2 = user.split('"model_2": ')[1].split("## Your task")[0]
+        instr = user.split('{"instruction": ')[1].split("}")[0]
+        first_time = instr not in ScriptedJudge.seen
+        ScriptedJudge.seen[instr] = True
+        if "GARBAGE" in user or ("FLAKY" in user and first_time):
+            content = "Both answers have merits; I cannot decide."
+        elif "TIE" in seg1 and "TIE" in seg2:
+            content = '[{"model": "model_1", "rank": 1}, {"model": "model_2", "rank": 1}]'
+        else:
+            w = "model_1" if "WIN" in seg1 else "model_2"
+            l = "model_2" if w == "model_1" else "model_1"
+            content = f"Ranking:\n```json\n[{{\"model\": \"{w}\", \"rank\": 1}}, {{\"model\": \"{l}\", \"rank\": 2}}]\n```"
+        out = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+               "choices": [{"index": 0, "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": content}}],
+               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+        data = json.dumps(out).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture()
+def judge_server():
+    ScriptedJudge.requests, ScriptedJudge.seen = [], {}
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedJudge)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    srv.shutdown()
+
+
+MODEL_OUT = ["WIN a", "WIN b", "WIN c", "LOSE d", "TIE e", "GARBAGE f", "FLAKY WIN g"]
+BASE_OUT = ["LOSE 0", "LOSE 1", "LOSE 2", "WIN 3", "TIE 4", "LOSE 5", "LOSE 6"]
+
+
+def _scripted_generate(model, tok, prompts, **kw):
+    # Responses keyed by prompt ("Anweisung k" -> MODEL_OUT[k]), one batch.
+    yield list(range(len(prompts))), [MODEL_OUT[int(p.split()[-1])] for p in prompts]
+
+
+def test_judged_win_rate_end_to_end(judge_server, tmp_path, monkeypatch):
+    from clo.testing import tiny_model, tiny_tokenizer
+
+    monkeypatch.setattr("clo.eval.alpacaeval.iter_generate", _scripted_generate)
+    monkeypatch.delenv("CLO_TEST_JUDGE_KEY", raising=False)
+    n = len(MODEL_OUT)
+    (tmp_path / "instr.json").write_text(json.dumps(
+        [{"instruction": f"instruction {k}", "output": "ref", "generator": "ref", "dataset": "t"} for k in range(n)]))
+    (tmp_path / "de.json").write_text(json.dumps([f"Anweisung {k}" for k in range(n)]))
+    (tmp_path / "base.json").write_text(json.dumps([{"instruction": "", "output": o} for o in BASE_OUT]))
+    cfg = load_config(None, [f"eval.judge.base_url={judge_server}", "eval.judge.api_key_env=CLO_TEST_JUDGE_KEY",
+                             "eval.judge.max_retries=0", "eval.judge.retries=2", "eval.seed=3", "lang=de"])
+    model = (tiny_model("llama", vocab_size=512), tiny_tokenizer())
+    opts = dict(instructions_file=str(tmp_path / "instr.json"), translated_file=str(tmp_path / "de.json"),
+                baseline_outputs=str(tmp_path / "base.json"))
+    m = evaluate("alpacaeval", model, cfg, tmp_path / "out", **opts)
+
+    # item 5 never parses (failure), item 6 parses on the retry; scores 1,1,1,0,0.5,1
+    assert m["n"] == 6 and m["failures"] == 1
+    assert (m["wins"], m["ties"], m["losses"]) == (4, 1, 1)
+    assert m["win_rate"] == 0.75
+    assert m["stderr"] == pytest.approx(math.sqrt(0.875 / 30), abs=1e-12)
+    assert len(ScriptedJudge.requests) == 5 * 1 + 3 + 2
+
+    doc = json.loads((tmp_path / "out" / "alpacaeval-de.json").read_text())
+    recs = doc["records"]
+    swapped = [r["swapped"] for r in recs]
+    assert swapped == [swap_order(3, str(k)) for k in range(n)]
+    assert True in swapped and False in swapped  # both display orders were exercised
+    for r in recs[:3]:  # model won: it sat in position 2 exactly when swapped
+        assert r["ranking"] == (2 if r["swapped"] else 1) and r["score"] == 1.0
+    assert recs[5]["failed"] and recs[5]["attempts"] == 3 and recs[5]["score"] is None
+    assert recs[6]["attempts"] == 2 and recs[6]["score"] == 1.0
+    # the judge was told the instruction's language
+    assert all("written in German" in b["messages"][-1]["content"] for b in ScriptedJudge.requests)
+    assert ScriptedJudge.requests[0]["messages"][0]["role"] == "system"
+
+    outs = json.loads((tmp_path / "out" / "alpacaeval-de.model_outputs.json").read_text())
+    assert [o["output"] for o in outs] == MODEL_OUT and outs[0]["instruction"] == "Anweisung 0"
+    assert set(outs[0]) == {"instruction", "output", "generator", "dataset"}
+
+    # verdicts are cached: a rerun asks the judge nothing
+    before = len(ScriptedJudge.requests)
+    assert evaluate("alpacaeval", model, cfg, tmp_path / "out", **opts) == m
+    assert len(ScriptedJudge.requests) == before
+
+
+def test_parse_ranking_variants():
+    assert parse_ranking('[{"model": "model_1", "rank": 2}, {"model": "model_2", "rank": 1}]') == 2
+    assert parse_ranking("[{'model': 'model_1', 'rank': 1}, {'model': 'model_2', 'rank': 2}]") == 1
+    assert parse_ranking('[{"model": "model_2", "rank": 1}, {"model": "model_1", "rank": 1}]') == 0
+    assert parse_ranking('[{"model": "model_1", "rank": 1}]') is None
+    assert parse_ranking("model_1 is better") is None
+    assert parse_ranking('[{"model": "model_3", "rank": 1}, {"model": "model_2", "rank": 2}]') is None
+
+
+def test_score_from_ranking_undoes_order():
+    assert score_from_ranking(1, swapped=False) == 1.0
+    assert score_from_ranking(1, swapped=True) == 0.0
+    assert score_from_ranking(2, swapped=True) == 1.0
+    assert score_from_ranking(0, swapped=True) == 0.5
+
+
+def test_language_rule_only_for_non_english():
+    en = build_messages("hi", "a", "b", languages.get("en"))[1]["content"]
+    ko = build_messages("안녕", "a", "b", languages.get("ko"))[1]["content"]
+    assert "written in" not in en
+    assert "The instruction is written in Korean. A response that is not written in Korean" in ko
+    assert '"model_1": "a"' in ko and '"model_2": "b"' in ko
