@@ -1,0 +1,126 @@
+import json
+from collections import Counter
+
+import pytest
+
+from clo.config import load_config
+from clo.eval import evaluate
+from clo.eval import mmmlu
+from clo.eval.mmmlu import extract_answer, stratified_sample
+
+# (response, expected letter or None): realistic model outputs in the seven languages.
+TABLE = [
+    # English
+    ("Let's think. 2+2 is 4, which is option B.\nAnswer: B", "B"),
+    ("The correct choice is clearly the second one.\n\n**Answer:** B", "B"),
+    ("Answer: A\nWait, that is wrong.\nAnswer: D", "D"),
+    ("Therefore the final answer is $\\boxed{C}$.", "C"),
+    ("Final Answer: \\boxed{\\text{A}}", "A"),
+    ("Answer: Because the question is ambiguous, none.", None),
+    ("I think it's either B or C.", None),
+    ("The answer is a matter of opinion.", None),
+    # Chinese (full-width letter and colon)
+    ("首先计算……所以选 C。\n答案：Ｃ", "C"),
+    ("答案是 **B**。", "B"),
+    ("这个问题没有正确答案。", None),
+    # German
+    ("Schritt für Schritt: ...\nAntwort: D", "D"),
+    ("Die Antwort ist C.", "C"),
+    ("**Antwort:** (A)", "A"),
+    ("Antwort: Das hängt davon ab.", None),
+    # Korean (Latin and Hangul option letters)
+    ("단계별로 생각해 봅시다.\n답변: B", "B"),
+    ("정답은 다입니다.", "C"),
+    ("답변: 라", "D"),
+    ("답변: 다음과 같이 생각합니다.", None),
+    # Indonesian
+    ("Mari kita pikirkan langkah demi langkah.\nJawaban: A", "A"),
+    ("Jawabannya adalah D.", "D"),
+    ("Jawaban: Bukan salah satunya.", None),
+    # Swahili
+    ("Tufikiri hatua kwa hatua.\nJibu: C", "C"),
+    ("Jibu ni B.", "B"),
+    ("Sijui jibu.", None),
+    # Yoruba
+    ("Ẹ jẹ́ ká ronú.\nIdahun: B", "B"),
+    ("Ìdáhùn: Ａ", "A"),
+    ("Mi ò mọ̀.", None),
+]
+
+
+@pytest.mark.parametrize("text,expected", TABLE)
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_stratified_sample_proportional_and_deterministic():
+    rows = [{"Subject": s, "id": str(i)} for i, s in enumerate(["a"] * 50 + ["b"] * 30 + ["c"] * 20)]
+    got = stratified_sample(rows, 10, seed=1)
+    assert Counter(r["Subject"] for r in got) == {"a": 5, "b": 3, "c": 2}
+    assert got == stratified_sample(rows, 10, seed=1)
+    assert [int(r["id"]) for r in got] == sorted(int(r["id"]) for r in got)  # file order kept
+    # quotas 3.5/2.1/1.4 -> 3/2/1 + the largest remainder (a: .5) -> 4/2/1
+    assert Counter(r["Subject"] for r in stratified_sample(rows, 7, seed=0)) == {"a": 4, "b": 2, "c": 1}
+    assert stratified_sample(rows, None) is rows
+
+
+def test_regeneration_path(tmp_path, monkeypatch):
+    """Item 0 answers at once; item 1 on the 2nd try; item 2 never (1 + 3 attempts, then wrong)."""
+    (tmp_path / "mmlu").mkdir()
+    (tmp_path / "mmlu" / "mmlu_DE-DE.csv").write_text(
+        ",Question,A,B,C,D,Answer,Subject\n"
+        "0,Q0,a,b,c,d,A,anatomy\n1,Q1,a,b,c,d,B,anatomy\n2,Q2,a,b,c,d,C,philosophy\n", encoding="utf-8")
+    calls = []
+
+    def scripted(model, tok, prompts, *, seed, **kw):
+        attempt = seed // 1000
+        calls.append((attempt, len(prompts)))
+        texts = []
+        for p in prompts:
+            q = p.split("\n\n")[1]
+            if q == "Q0":
+                texts.append("Antwort: A")
+            elif q == "Q1":
+                texts.append("Hmm." if attempt == 0 else "Antwort: D")
+            else:
+                texts.append("Ich weiß es nicht.")
+        yield list(range(len(prompts))), texts
+
+    monkeypatch.setattr(mmmlu, "iter_generate", scripted)
+    from clo.testing import tiny_model, tiny_tokenizer
+
+    cfg = load_config(None, [f"eval.data_dir={tmp_path}", "lang=de"])
+    m = evaluate("mmmlu", (tiny_model("llama", vocab_size=512), tiny_tokenizer()), cfg, tmp_path / "out")
+    assert calls == [(0, 3), (1, 2), (2, 1), (3, 1)]
+    assert m["n"] == 3
+    assert m["accuracy"] == pytest.approx(1 / 3)  # Q1's retry answered D, gold B
+    assert m["failure_rate"] == pytest.approx(1 / 3)
+    assert m["per_subject"]["anatomy"]["accuracy"] == 0.5 and m["per_subject"]["philosophy"]["n"] == 1
+    assert m["per_category"] == {
+        "STEM": {"accuracy": 0.5, "stderr": 0.5, "n": 2},
+        "humanities": {"accuracy": 0.0, "stderr": 0.0, "n": 1},
+    }
+    recs = json.loads((tmp_path / "out" / "mmmlu-de.json").read_text())["records"]
+    assert [r["attempts"] for r in recs] == [1, 2, 4]
+    assert recs[2]["failed"] and recs[2]["pred"] is None and not recs[2]["correct"]
+    # resumed from the cache: nothing is generated again
+    calls.clear()
+    assert evaluate("mmmlu", (tiny_model("llama", vocab_size=512), tiny_tokenizer()), cfg, tmp_path / "out") == m
+    assert calls == []
+
+
+def test_bad_answer_names_file_line_field(tmp_path):
+    (tmp_path / "mmlu").mkdir()
+    (tmp_path / "mmlu" / "mmlu_EN-US.csv").write_text(
+        ",Question,A,B,C,D,Answer,Subject\n0,Q,a,b,c,d,A,x\n1,Q,a,b,c,d,E,x\n", encoding="utf-8")
+    from clo import languages
+
+    with pytest.raises(ValueError, match=r"mmlu_EN-US.csv:3: field 'Answer' must be one of A-D, got 'E'"):
+        mmmlu.load_rows(languages.get("en"), tmp_path)
+
+
+def test_every_subject_of_the_local_file_has_a_category(shared_data):
+    from clo import languages
+
+    subjects = {r["Subject"] for r in mmmlu.load_rows(languages.get("en"), shared_data)}
+    assert len(subjects) == 57 and subjects <= set(mmmlu.SUBJECT_CATEGORY)
