@@ -104,6 +104,27 @@ def short_local_pairs(shared: Path, out: Path, max_chars: int) -> tuple[Path, in
     return out, len(keep)
 
 
+def heldout_prompts(shared: Path, out: Path, n: int, max_chars: int = 300) -> Path:
+    """``n`` German prompts of the Language Confusion Benchmark, half monolingual (written in
+    German), half cross-lingual (English, asking for a German answer), evenly spread over each
+    split; none of them is in the training data. Prompts longer than ``max_chars`` are left out:
+    the benchmark has a few of thousands of tokens, which would dominate a CPU demo's time."""
+    from clo.eval.fidelity import load_lcb
+
+    prompts = []
+    for split, k in (("monolingual", n - n // 2), ("crosslingual", n // 2)):
+        rows = [r for r in load_lcb(shared, LANG, split) if len(r["prompt"]) <= max_chars]
+        if len(rows) < k:
+            raise ValueError(f"{shared}/language_confusion/{split}: only {len(rows)} German prompts of "
+                             f"<= {max_chars} characters, the demo needs {k}")
+        prompts += [rows[i * len(rows) // k]["prompt"] for i in range(k)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(prompts, ensure_ascii=False, indent=1)
+    if not out.is_file() or out.read_text(encoding="utf-8") != text:
+        out.write_text(text, encoding="utf-8")
+    return out
+
+
 def demo_tree(output_dir: Path, shared: Path, pairs: int, source: dict) -> dict:
     """The demo as a grid config (``clo demo --print-config`` shows it as YAML)."""
     return {
@@ -116,10 +137,12 @@ def demo_tree(output_dir: Path, shared: Path, pairs: int, source: dict) -> dict:
         "include_base": True,
         "baseline": "sft",
         "eval_jobs": [
-            {"task": "fidelity", "opts": {"limit": FIDELITY_LIMIT}},
+            {"task": "fidelity", "opts": {"prompts_file": str(heldout_prompts(
+                shared, output_dir / "heldout_prompts_de.json", FIDELITY_LIMIT))}},
             {"task": "belebele", "opts": {"limit": BELEBELE_LIMIT}},
             {"task": "belebele", "lang": "en", "opts": {"limit": BELEBELE_LIMIT}},
-            {"task": "mmmlu", "lang": "en", "opts": {"limit": MMLU_LIMIT}},
+            # One attempt: a 135M model rarely writes "Answer: X", and retries triple the cost.
+            {"task": "mmmlu", "lang": "en", "opts": {"limit": MMLU_LIMIT, "retries": 0}},
         ],
         "samples": SAMPLE_PROMPTS,
         "base": {
