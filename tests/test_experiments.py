@@ -87,7 +87,7 @@ def test_prebuilt_dataset_split_and_nested_subsets(tmp_path):
 
     cfg = config_from_dict({"lang": "de", "data": {"val_fraction": 0.25, "subsets": [4, 8, 16], "seed": 3}})
     out = prebuilt_dataset(FIXTURES / "de_records.jsonl", cfg, tmp_path)
-    assert out["n_train"] == 9 and out["n_validation"] == 3  # round(12 * 0.25) = 3
+    assert out["train"] == 9 and out["validation"] == 3  # round(12 * 0.25) = 3
     train = [r.id for r in read_records(tmp_path / "train.jsonl")]
     val = [r.id for r in read_records(tmp_path / "validation.jsonl")]
     every = [r.id for r in read_records(FIXTURES / "de_records.jsonl")]
@@ -241,3 +241,13 @@ def test_pairwise_jobs_get_the_baseline_of_the_same_size(tmp_path):
     by_id = {r["run_id"]: r for r in plan["runs"]}
     assert by_id["Tiny-1/de/clo/n4"]["evals"] == ["belebele_en", "alpacaeval_de", "alpacaeval_en"]
     assert by_id["Tiny-1/de/sft/n4"]["evals"] == ["belebele_en"]
+
+
+def test_size_beyond_the_training_split_trains_on_all_of_it(tmp_path):
+    # 12 records, 3 for validation: size 16 (a configured subset) exceeds the 9 training records.
+    tree = _grid(tmp_path, sizes=[4, 16], methods=["sft"], include_base=False)
+    tree["base"]["data"]["subsets"] = [4, 16]
+    fake = FakeStages()
+    res = run_grid(grid_from_dict(tree), fake.functions(), progress=False)
+    assert res.ok, res.failures
+    assert fake.calls["train:sft:train_4.jsonl"] == 1 and fake.calls["train:sft:train.jsonl"] == 1

@@ -79,7 +79,7 @@ def prebuilt_dataset(path: Path, cfg: Config, out_dir: Path) -> dict:
     for n in cfg.data.subsets:
         if n <= len(train):
             write_records(train[:n], out_dir / "subsets" / f"train_{n}.jsonl")
-    return {"source": str(path), "n_train": len(train), "n_validation": len(val)}
+    return {"source": str(path), "train": len(train), "validation": len(val)}
 
 
 def _train(cfg: Config, train_path: Path, val_path: Path, out_dir: Path) -> dict:
@@ -300,10 +300,18 @@ def run_grid(
                     dres, dfp = data[run.lang]
                     ddir = data_dir(grid_dir, run.lang)
                     train_path = ddir / "train.jsonl" if run.size is None else ddir / "subsets" / f"train_{run.size}.jsonl"
+                    n_train = dres.get("train") if isinstance(dres, dict) else None  # a count, as build_dataset's summary
+                    if not train_path.is_file() and run.size is not None and n_train and run.size >= n_train:
+                        # The build names the largest subset after the training set's real size
+                        # (6400 requested, 6080 left after validation and checks): that is the
+                        # whole training split.
+                        log.warning("%s: size %d >= the %d training records; training on all of them",
+                                    run.run_id, run.size, n_train)
+                        train_path = ddir / "train.jsonl"
                     if not train_path.is_file():
                         raise FileNotFoundError(
                             f"{train_path}: no training subset of size {run.size} (the dataset has "
-                            f"{dres.get('n_train', '?')} training records)"
+                            f"{n_train if n_train is not None else '?'} training records)"
                         )
                     inputs = {"model": run.model_spec, "lang": run.lang, "size": run.size, "data": dfp,
                               "train": run.config.train.model_dump(mode="json")}
