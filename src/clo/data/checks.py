@@ -1,0 +1,99 @@
+"""Quality checks on a translated record: language, length ratio, degeneration.
+
+Each check is a pure function; :func:`check_record` runs them all and returns what goes into the
+record's ``meta["checks"]``: the measured values and the list of failure reasons. A record with
+any reason goes to the rejects file, and the build summary counts every reason.
+
+Reasons (stable strings, counted in ``summary.json``):
+
+- ``empty_<field>``: a text is empty or whitespace (source or translation);
+- ``lang_<field>``: the detected language of ``x_tgt`` / ``y_tgt`` is not the target language
+  (undecidable text, e.g. only code or numbers, passes);
+- ``length_ratio_<field>``: the length ratio leaves its bounds;
+- ``repetition_<field>``: the translation repeats itself far more than its source does.
+"""
+
+from __future__ import annotations
+
+import re
+
+from clo.data.config import ChecksConfig
+from clo.data.segment import _split_code_blocks
+
+# Characters of target text per character of English text, for a faithful translation (rough
+# medians over parallel corpora); the length-ratio bounds are multiples of it. Latin, Cyrillic
+# and most alphabetic scripts: about 1.
+EXPECTED_CHAR_RATIO: dict[str, float] = {"zh": 0.3, "ja": 0.4, "ko": 0.45}
+
+_INLINE_CODE = re.compile(r"`[^`\n]*`")
+
+
+def prose(text: str) -> str:
+    """The text without fenced code blocks and inline code: what language ID should look at."""
+    kept = "".join(chunk for chunk, is_code in _split_code_blocks(text) if not is_code)
+    return _INLINE_CODE.sub(" ", kept)
+
+
+def length_ratio(source: str, target: str) -> float:
+    """r = len(target) / len(source), in characters of the stripped texts (source non-empty)."""
+    return len(target.strip()) / max(1, len(source.strip()))
+
+
+def repetition(text: str, n: int = 10) -> float:
+    """Share of duplicate character n-grams: ``1 - |distinct n-grams| / |n-grams|``.
+
+    Computed on the text with whitespace runs collapsed; 0 for a text shorter than ``n + 1``.
+    A translation stuck in a loop ("the the the ..." or a sentence over and over) scores near 1;
+    ordinary prose near 0.
+    """
+    t = " ".join(text.split())
+    total = len(t) - n + 1
+    if total <= 1:
+        return 0.0
+    grams = {t[i:i + n] for i in range(total)}
+    return 1.0 - len(grams) / total
+
+
+def check_pair(
+    field: str, source: str, target: str, tgt_lang: str, cfg: ChecksConfig, detect=None
+) -> tuple[dict, list[str]]:
+    """Checks of one translated text (``field`` is ``x_tgt`` or ``y_tgt``)."""
+    values: dict = {}
+    reasons: list[str] = []
+    if not target.strip():
+        return {"lang": None}, [f"empty_{field}"]
+    if cfg.langid:
+        if detect is None:
+            from clo.langid import detect_language as detect
+        lang = detect(prose(target))
+        values["lang"] = lang
+        if lang is not None and lang != tgt_lang:
+            reasons.append(f"lang_{field}")
+    ratio = length_ratio(source, target)
+    values["length_ratio"] = round(ratio, 4)
+    if len(source.strip()) >= cfg.length_ratio_min_chars:
+        expected = EXPECTED_CHAR_RATIO.get(tgt_lang, 1.0)
+        if not cfg.length_ratio_min * expected <= ratio <= cfg.length_ratio_max * expected:
+            reasons.append(f"length_ratio_{field}")
+    rep_src, rep_tgt = repetition(source, cfg.repetition_ngram), repetition(target, cfg.repetition_ngram)
+    values["repetition"] = round(rep_tgt, 4)
+    if rep_tgt > cfg.repetition_max and rep_tgt > rep_src + cfg.repetition_margin:
+        reasons.append(f"repetition_{field}")
+    return values, reasons
+
+
+def check_record(x_en: str, y_en: str, x_tgt: str, y_tgt: str, tgt_lang: str, cfg: ChecksConfig,
+                 detect=None) -> dict:
+    """``{"x_tgt": {...}, "y_tgt": {...}, "passed": bool, "reasons": [...]}`` for ``meta["checks"]``."""
+    out: dict = {}
+    reasons: list[str] = []
+    for name, text in (("x_en", x_en), ("y_en", y_en)):
+        if not text.strip():
+            reasons.append(f"empty_{name}")
+    for name, src, tgt in (("x_tgt", x_en, x_tgt), ("y_tgt", y_en, y_tgt)):
+        values, rs = check_pair(name, src, tgt, tgt_lang, cfg, detect)
+        out[name] = values
+        reasons += rs
+    out["passed"] = not reasons
+    out["reasons"] = reasons
+    return out

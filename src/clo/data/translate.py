@@ -1,0 +1,529 @@
+"""Machine translation of texts: segmented, deduplicated, batched by length, cached, resumable.
+
+:func:`translate_texts` is the one entry point. Translators sit in one registry
+(:data:`TRANSLATORS`, extend it with :func:`register_translator`):
+
+- ``seq2seq``: M2M100 / NLLB-200 through transformers, the source language set on the tokenizer
+  and the target language forced as the first generated token (``forced_bos_token_id``); with the
+  ``ctranslate2`` package installed (``backend: auto``) the same model runs on CTranslate2,
+  converted once from the transformers weights and cached;
+- ``causal``: a causal LM prompted with a few-shot translation prompt, one line at a time,
+  greedy, stopping at the first generated line break (offline default ``gemma-3-270m``);
+- ``openai``: an OpenAI-compatible chat endpoint; the official client retries 429, 5xx and
+  connection errors with exponential backoff (honouring ``Retry-After``), requests run
+  ``concurrency`` at a time;
+- ``identity``: returns the text (dry runs; every record then fails the language check).
+
+How a call runs: every text is cut into segments (:mod:`clo.data.segment`); identical segments
+are translated once; the unique segments are sorted by token length and packed into batches of
+at most ``batch_tokens`` padded source tokens (and ``batch_size`` segments). The batch plan is a
+function of the whole input only, and each batch is written to the SQLite cache in one
+transaction, so a run killed at any moment and started again recomputes exactly the batches it
+had not finished, with the same composition: its output is byte-identical to an uninterrupted
+run's (given deterministic kernels, which CPU inference and CTranslate2 greedy decoding are).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from clo import languages
+from clo.data.cache import TranslationCache
+from clo.data.config import TranslatorConfig
+from clo.data.segment import Piece, reassemble, segment_text, segments_of
+
+log = logging.getLogger(__name__)
+
+# Bump when a translator's prompt or decoding changes: the cache must not serve old outputs.
+PROMPT_VERSION = 1
+
+
+class TranslationError(RuntimeError):
+    pass
+
+
+def _device(spec: str) -> str:
+    if spec != "auto":
+        return spec
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Translator(ABC):
+    """Translates batches of single segments. Subclasses set :attr:`kind`."""
+
+    kind: str = ""
+
+    def __init__(self, cfg: TranslatorConfig):
+        self.cfg = cfg
+
+    def fingerprint(self) -> str:
+        """Everything that changes the output: the cache key's translator part."""
+        c = self.cfg
+        return (f"{self.kind}/v{PROMPT_VERSION}|model={c.model}|greedy|new={c.max_new_tokens_ratio}x+"
+                f"{c.max_new_tokens_extra}|seg={c.max_segment_tokens}")
+
+    def count_tokens(self, text: str) -> int:
+        """Source tokens of a segment (segmentation limit and batch budget)."""
+        from clo.data.segment import _approx_tokens
+
+        return _approx_tokens(text)
+
+    def max_new_tokens(self, n_source_tokens: int) -> int:
+        return int(math.ceil(self.cfg.max_new_tokens_ratio * n_source_tokens)) + self.cfg.max_new_tokens_extra
+
+    @abstractmethod
+    def translate_batch(self, texts: list[str], src_lang: str, tgt_lang: str) -> list[str]:
+        """One translation per text, in order."""
+
+    def close(self) -> None:
+        """Free the model (GPU memory)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# identity
+
+
+class IdentityTranslator(Translator):
+    kind = "identity"
+
+    def fingerprint(self) -> str:
+        return f"identity/v{PROMPT_VERSION}"
+
+    def translate_batch(self, texts, src_lang, tgt_lang):
+        return list(texts)
+
+
+# ---------------------------------------------------------------------------------------------
+# seq2seq: M2M100 / NLLB-200
+
+
+def _lang_token(tokenizer, code: str) -> str:
+    """The language token of ``code`` in an M2M100 (``__de__``) or NLLB (``deu_Latn``) vocabulary."""
+    lang = languages.get(code)
+    # M2M100Tokenizer keeps its language tokens apart from the vocabulary (lang_token_to_id).
+    vocab = set(tokenizer.get_vocab()) | set(getattr(tokenizer, "lang_token_to_id", {}))
+    candidates = [f"__{lang.m2m100}__" if lang.m2m100 else None, lang.nllb]
+    for tok in candidates:
+        if tok and tok in vocab:
+            return tok
+    raise TranslationError(
+        f"the tokenizer of this seq2seq model has no language token for {code!r} (looked for "
+        f"{[c for c in candidates if c]}); is it an M2M100 or NLLB-200 model?"
+    )
+
+
+class Seq2SeqTranslator(Translator):
+    kind = "seq2seq"
+
+    def __init__(self, cfg: TranslatorConfig):
+        super().__init__(cfg)
+        from transformers import AutoTokenizer
+
+        from clo.models import resolve
+
+        self.path = resolve(cfg.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.device = _device(cfg.device)
+        self.backend = self._choose_backend(cfg.backend)
+        self._model = None
+
+    @staticmethod
+    def _choose_backend(backend: str) -> str:
+        if backend != "auto":
+            return backend
+        try:
+            import ctranslate2  # noqa: F401
+        except ImportError:
+            return "transformers"
+        return "ctranslate2"
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _set_src(self, src_lang: str) -> None:
+        tok = _lang_token(self.tokenizer, src_lang)
+        # M2M100Tokenizer takes the bare code ("de"), NLLB the FLORES code (the token itself).
+        self.tokenizer.src_lang = tok.strip("_") if tok.startswith("__") else tok
+
+    def _hf_model(self):
+        if self._model is None:
+            import torch
+            from transformers import AutoModelForSeq2SeqLM
+
+            from clo.models import resolve_dtype
+
+            dtype = resolve_dtype(self.cfg.dtype, self.device)
+            self._model = AutoModelForSeq2SeqLM.from_pretrained(self.path, dtype=dtype).to(self.device).eval()
+            torch.set_grad_enabled(False)
+        return self._model
+
+    def _ct2_model(self):
+        if self._model is None:
+            self._model = load_ctranslate2(self.path, self.device, self.cfg.dtype)
+        return self._model
+
+    def translate_batch(self, texts, src_lang, tgt_lang):
+        self._set_src(src_lang)
+        tgt_tok = _lang_token(self.tokenizer, tgt_lang)
+        if self.backend == "ctranslate2":
+            return self._translate_ct2(texts, tgt_tok)
+        return self._translate_hf(texts, tgt_tok)
+
+    def _translate_hf(self, texts, tgt_tok):
+        import torch
+
+        model = self._hf_model()
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True).to(self.device)
+        n_src = int(enc["attention_mask"].sum(1).max())
+        with torch.inference_mode():
+            out = model.generate(
+                **enc, forced_bos_token_id=self.tokenizer.convert_tokens_to_ids(tgt_tok),
+                do_sample=False, num_beams=1, max_new_tokens=self.max_new_tokens(n_src),
+            )
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def _translate_ct2(self, texts, tgt_tok):
+        model = self._ct2_model()
+        sources = [self.tokenizer.convert_ids_to_tokens(self.tokenizer(t)["input_ids"]) for t in texts]
+        n_src = max(len(s) for s in sources)
+        results = model.translate_batch(
+            sources, target_prefix=[[tgt_tok]] * len(texts), beam_size=1,
+            max_decoding_length=self.max_new_tokens(n_src) + 1, max_batch_size=len(texts),
+        )
+        out = []
+        for r in results:
+            toks = r.hypotheses[0][1:]  # drop the forced language token
+            ids = self.tokenizer.convert_tokens_to_ids(toks)
+            out.append(self.tokenizer.decode(ids, skip_special_tokens=True).strip())
+        return out
+
+    def close(self):
+        self._model = None
+
+
+def load_ctranslate2(model_path: str, device: str, dtype: str = "auto"):
+    """A CTranslate2 translator for a transformers M2M100/NLLB checkpoint, converted once.
+
+    The converted model is cached under ``$CLO_CACHE/ct2/<hash of the checkpoint path and its
+    config>``; conversion writes to a temporary directory that is renamed when complete.
+    """
+    import shutil
+
+    import ctranslate2
+
+    from clo.models import cache_root
+
+    src = Path(model_path)
+    ident = model_path
+    if (src / "config.json").is_file():
+        ident += (src / "config.json").read_text(encoding="utf-8")
+    target = cache_root() / "ct2" / hashlib.sha256(ident.encode()).hexdigest()[:16]
+    if not (target / "model.bin").is_file():
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.info("converting %s to CTranslate2 (once) in %s", model_path, target)
+        ctranslate2.converters.TransformersConverter(model_path).convert(str(tmp), force=True)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    compute = {"auto": "default", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[dtype]
+    return ctranslate2.Translator(str(target), device="cuda" if device.startswith("cuda") else "cpu",
+                                  compute_type=compute)
+
+
+# ---------------------------------------------------------------------------------------------
+# causal: few-shot prompting of a (base) LM
+
+# Parallel example sentences: the few-shot prompt for src->tgt takes FEW_SHOT[src][i] ->
+# FEW_SHOT[tgt][i]. Short, everyday, one line each, as the segments are.
+FEW_SHOT: dict[str, tuple[str, ...]] = {
+    "en": ("How do I make a good cup of tea?", "Water boils at 100 degrees Celsius.",
+           "Here are three tips for better sleep:"),
+    "de": ("Wie mache ich eine gute Tasse Tee?", "Wasser kocht bei 100 Grad Celsius.",
+           "Hier sind drei Tipps für besseren Schlaf:"),
+    "zh": ("我怎样才能泡一杯好茶？", "水在摄氏100度时沸腾。", "以下是改善睡眠的三个建议："),
+    "ko": ("맛있는 차 한 잔은 어떻게 만드나요?", "물은 섭씨 100도에서 끓습니다.", "더 나은 수면을 위한 세 가지 팁은 다음과 같습니다:"),
+    "id": ("Bagaimana cara membuat secangkir teh yang enak?", "Air mendidih pada suhu 100 derajat Celsius.",
+           "Berikut tiga tips untuk tidur yang lebih nyenyak:"),
+    "sw": ("Ninawezaje kutengeneza kikombe kizuri cha chai?", "Maji huchemka kwa nyuzi joto 100 za Selsiasi.",
+           "Hapa kuna vidokezo vitatu vya kulala vizuri zaidi:"),
+    "yo": ("Báwo ni mo ṣe lè ṣe ife tii tó dára?", "Omi máa ń hó ní ìwọ̀n ọgọ́rùn-ún Celsius.",
+           "Àwọn ìmọ̀ràn mẹ́ta fún oorun tó dára jù nìyí:"),
+}
+
+
+def few_shot_prompt(text: str, src_lang: str, tgt_lang: str, shots: int = 3) -> str:
+    """The causal translator's prompt; the model continues it with the translation and a newline."""
+    for code in (src_lang, tgt_lang):
+        if code not in FEW_SHOT:
+            raise TranslationError(
+                f"the causal translator has no few-shot examples for {code!r}; add them to "
+                "clo.data.translate.FEW_SHOT (known: " + ", ".join(sorted(FEW_SHOT)) + ")"
+            )
+    s, t = languages.get(src_lang).name, languages.get(tgt_lang).name
+    lines = [f"Translate {s} to {t}.", ""]
+    for a, b in list(zip(FEW_SHOT[src_lang], FEW_SHOT[tgt_lang]))[:shots]:
+        lines += [f"{s}: {a}", f"{t}: {b}", ""]
+    lines += [f"{s}: {text}", f"{t}:"]
+    return "\n".join(lines)
+
+
+class CausalTranslator(Translator):
+    kind = "causal"
+
+    def __init__(self, cfg: TranslatorConfig):
+        super().__init__(cfg)
+        from clo.models import load_tokenizer
+
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.device = _device(cfg.device)
+        self._model = None
+        self._stop_ids: list[int] | None = None
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _load(self):
+        if self._model is None:
+            from clo.models import load_model
+
+            self._model, _ = load_model(self.cfg.model, dtype=self.cfg.dtype, device=self.device)
+        return self._model
+
+    def stop_token_ids(self) -> list[int]:
+        """EOS and every vocabulary token that contains a line break (the end of a translation)."""
+        if self._stop_ids is None:
+            ids = set()
+            for tok, i in self.tokenizer.get_vocab().items():
+                # sentencepiece spells it "\n" or "<0x0A>", byte-level BPE "Ċ".
+                if "\n" in tok or "Ċ" in tok or tok == "<0x0A>":
+                    ids.add(i)
+            for name in ("eos_token_id",):
+                v = getattr(self.tokenizer, name, None)
+                if v is not None:
+                    ids.add(v)
+            self._stop_ids = sorted(ids)
+        return self._stop_ids
+
+    def translate_batch(self, texts, src_lang, tgt_lang):
+        import torch
+
+        model = self._load()
+        prompts = [few_shot_prompt(t, src_lang, tgt_lang) for t in texts]
+        self.tokenizer.padding_side = "left"
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        n_src = max(self.count_tokens(t) for t in texts)
+        with torch.inference_mode():
+            out = model.generate(
+                **enc, do_sample=False, num_beams=1, max_new_tokens=self.max_new_tokens(n_src),
+                eos_token_id=self.stop_token_ids(), pad_token_id=self.tokenizer.pad_token_id,
+            )
+        new = out[:, enc["input_ids"].shape[1]:]
+        decoded = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return [d.split("\n", 1)[0].strip() for d in decoded]
+
+    def close(self):
+        self._model = None
+
+
+# ---------------------------------------------------------------------------------------------
+# openai-compatible endpoints
+
+SYSTEM_PROMPT = (
+    "You are a professional translator. Translate the user's text from {src} to {tgt}. Keep the "
+    "meaning, tone and formatting. Reply with the translation only: no notes, no quotes, no preamble."
+)
+
+
+class OpenAITranslator(Translator):
+    kind = "openai"
+
+    def __init__(self, cfg: TranslatorConfig):
+        super().__init__(cfg)
+        key = os.environ.get(cfg.api_key_env)
+        if not key:
+            raise TranslationError(
+                f"the openai translator reads its API key from ${cfg.api_key_env}, which is not set"
+            )
+        from openai import OpenAI
+
+        self.client = OpenAI(base_url=cfg.base_url, api_key=key, max_retries=cfg.max_retries,
+                             timeout=cfg.timeout)
+
+    def fingerprint(self) -> str:
+        return f"openai/v{PROMPT_VERSION}|model={self.cfg.model}|base={self.cfg.base_url or 'api.openai.com'}|t=0"
+
+    def _one(self, text: str, src: str, tgt: str) -> str:
+        resp = self.client.chat.completions.create(
+            model=self.cfg.model, temperature=0,
+            messages=[{"role": "system", "content": SYSTEM_PROMPT.format(src=src, tgt=tgt)},
+                      {"role": "user", "content": text}],
+        )
+        content = resp.choices[0].message.content
+        if content is None:
+            raise TranslationError(f"{self.cfg.base_url}: empty answer for a segment of {len(text)} characters")
+        return content.strip()
+
+    def translate_batch(self, texts, src_lang, tgt_lang):
+        src, tgt = languages.get(src_lang).name, languages.get(tgt_lang).name
+        with ThreadPoolExecutor(max_workers=self.cfg.concurrency) as pool:
+            return list(pool.map(lambda t: self._one(t, src, tgt), texts))
+
+
+# ---------------------------------------------------------------------------------------------
+# registry and the entry point
+
+TRANSLATORS: dict[str, Callable[[TranslatorConfig], Translator]] = {
+    "seq2seq": Seq2SeqTranslator,
+    "causal": CausalTranslator,
+    "openai": OpenAITranslator,
+    "identity": IdentityTranslator,
+}
+
+
+def register_translator(kind: str, factory: Callable[[TranslatorConfig], Translator], *, replace: bool = False):
+    if kind in TRANSLATORS and not replace:
+        raise ValueError(f"translator {kind!r} is already registered (pass replace=True)")
+    TRANSLATORS[kind] = factory
+
+
+def make_translator(cfg: TranslatorConfig) -> Translator:
+    try:
+        factory = TRANSLATORS[cfg.kind]
+    except KeyError:
+        raise ValueError(f"unknown translator kind {cfg.kind!r}; known: {', '.join(sorted(TRANSLATORS))}") from None
+    return factory(cfg)
+
+
+@dataclass
+class TranslationStats:
+    texts: int = 0
+    segments: int = 0  # translatable segments, with repeats
+    unique_segments: int = 0
+    cache_hits: int = 0  # unique segments found in the cache
+    translated: int = 0  # unique segments translated in this call
+    batches_run: int = 0
+    seconds: float = 0.0
+    translate_seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def segments_per_second(self) -> float:
+        return self.translated / self.translate_seconds if self.translate_seconds else 0.0
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        d["segments_per_second"] = round(self.segments_per_second, 3)
+        d["seconds"] = round(self.seconds, 3)
+        d["translate_seconds"] = round(self.translate_seconds, 3)
+        return d
+
+
+def plan_batches(lengths: dict[str, int], batch_tokens: int, batch_size: int) -> list[list[str]]:
+    """Pack segments, sorted by (token length, text), into batches.
+
+    A batch holds at most ``batch_size`` segments and ``n * max_len <= batch_tokens`` padded
+    source tokens (a single segment longer than the budget is a batch of its own). The plan is a
+    pure function of its input: the same segments always give the same batches.
+    """
+    order = sorted(lengths, key=lambda s: (lengths[s], s))
+    batches: list[list[str]] = []
+    cur: list[str] = []
+    for s in order:
+        n = len(cur) + 1
+        if cur and (n > batch_size or n * lengths[s] > batch_tokens):
+            batches.append(cur)
+            cur = []
+        cur.append(s)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def translate_texts(
+    texts: list[str],
+    src_lang: str,
+    tgt_lang: str,
+    translator: TranslatorConfig | Translator,
+    cache_path: str | Path,
+    *,
+    progress: bool = True,
+    stats: TranslationStats | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[str]:
+    """Translate ``texts`` from ``src_lang`` to ``tgt_lang`` (ISO 639-1), one output per input.
+
+    Segments, deduplicates, batches by length and caches (see the module docstring). Pass a
+    :class:`Translator` instead of its config to reuse a loaded model across calls; from a
+    config the model is loaded only when some segment is not cached yet. ``stats`` (optional)
+    is filled in; ``on_batch(done, total)`` is called after each translated batch.
+    """
+    t0 = time.perf_counter()
+    for code in (src_lang, tgt_lang):
+        languages.get(code)  # an unknown code fails here, naming the known ones
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise TypeError("translate_texts expects a list of str")
+    st = stats if stats is not None else TranslationStats()
+    own = not isinstance(translator, Translator)
+    tr = make_translator(translator) if own else translator
+    cfg = tr.cfg
+    fp = tr.fingerprint()
+    length_cache: dict[str, int] = {}
+
+    def count(s: str) -> int:
+        if s not in length_cache:
+            length_cache[s] = tr.count_tokens(s)
+        return length_cache[s]
+
+    pieces: list[list[Piece]] = [segment_text(t, cfg.max_segment_tokens, count) for t in texts]
+    all_segments = [s for p in pieces for s in segments_of(p)]
+    unique = list(dict.fromkeys(all_segments))
+    st.texts += len(texts)
+    st.segments += len(all_segments)
+    st.unique_segments += len(unique)
+    with TranslationCache(cache_path) as cache:
+        done = cache.get_many(fp, src_lang, tgt_lang, unique)
+        st.cache_hits += len(done)
+        plan = plan_batches({s: count(s) for s in unique}, cfg.batch_tokens, cfg.batch_size)
+        todo = [[s for s in b if s not in done] for b in plan]
+        todo = [b for b in todo if b]
+        bar = None
+        if progress and todo:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(unique), initial=len(done), unit="seg", desc=f"translate {src_lang}->{tgt_lang}",
+                       dynamic_ncols=True)
+        try:
+            for i, batch in enumerate(todo):
+                t1 = time.perf_counter()
+                outs = tr.translate_batch(batch, src_lang, tgt_lang)
+                if len(outs) != len(batch):
+                    raise TranslationError(f"{tr.kind} returned {len(outs)} translations for {len(batch)} segments")
+                new = dict(zip(batch, outs))
+                cache.put_many(fp, src_lang, tgt_lang, new)
+                done.update(new)
+                st.translate_seconds += time.perf_counter() - t1
+                st.translated += len(batch)
+                st.batches_run += 1
+                if bar is not None:
+                    bar.update(len(batch))
+                    bar.set_postfix(hits=st.cache_hits, seg_s=f"{st.segments_per_second:.2f}")
+                if on_batch is not None:
+                    on_batch(i + 1, len(todo))
+        finally:
+            if bar is not None:
+                bar.close()
+            if own:
+                tr.close()
+    st.seconds += time.perf_counter() - t0
+    return [reassemble(p, done) for p in pieces]
