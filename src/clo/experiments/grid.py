@@ -85,6 +85,7 @@ def prebuilt_dataset(path: Path, cfg: Config, out_dir: Path) -> dict:
 def _train(cfg: Config, train_path: Path, val_path: Path, out_dir: Path) -> dict:
     from clo.train import train
 
+    _MODELS.clear()  # an evaluated model must not sit in (GPU) memory while the next one trains
     res = train(cfg, train_path, val_path, out_dir)
     return {"checkpoint": str(res.best_checkpoint), "metrics": res.metrics}
 
@@ -105,6 +106,16 @@ class _ModelCache:
             self.value = load_model(spec, dtype=cfg.train.dtype)
             self.key = key
         return self.value
+
+    def clear(self) -> None:
+        self.key = self.value = None
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 _MODELS = _ModelCache()
@@ -365,6 +376,7 @@ def run_grid(
     except Exception as e:  # noqa: BLE001
         fail("report", None, e)
     bar.close()
+    _MODELS.clear()
     result.seconds = time.perf_counter() - t_start
     write_json_atomic(grid_dir / "status.json", {
         "ok": result.ok, "failures": result.failures, "ran": result.ran, "skipped": result.skipped,
