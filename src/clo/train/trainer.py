@@ -373,13 +373,17 @@ class _Stage:
                                                    b.seq_index, b.n_seqs))
                         self.acc.backward(loss * self.world)
                     n_tok += nt
+                    # The loss itself, not only its metrics: a non-finite loss with finite
+                    # metrics would still poison the weights through backward.
+                    m = {**m, "_objective": loss.detach()}
                     for k, v in m.items():
                         totals[k] = totals.get(k, 0) + v
                 totals = self._reduce(totals)
                 metrics = {k: float(v) for k, v in totals.items()}
-                if not all(math.isfinite(v) for v in metrics.values()):
+                objective = metrics.pop("_objective")
+                if not math.isfinite(objective) or not all(math.isfinite(v) for v in metrics.values()):
                     raise TrainingDiverged(
-                        f"non-finite loss at step {step + 1} ({metrics}); stopped before the optimiser step. "
+                        f"non-finite loss at step {step + 1} (loss {objective}, {metrics}); stopped before the optimiser step. "
                         f"The last good state is {self.out / 'last'} (step {step - step % save_every}), "
                         f"the best model {self.out / 'best'}")
                 if tc.max_grad_norm is not None:
