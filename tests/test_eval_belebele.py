@@ -8,7 +8,7 @@ from clo import languages
 from clo.config import load_config
 from clo.eval import evaluate
 from clo.eval import belebele as bb
-from clo.eval.loglik import direct_loglik, encode_pair, score_batch
+from clo.eval.loglik import direct_loglik, encode_pair, has_sliding_window, score_batch, score_shared
 from clo.testing import tiny_model, tiny_tokenizer
 
 
@@ -25,6 +25,41 @@ def test_score_batch_equals_direct_computation(arch):
     for c, opts, row in zip(contexts, options, got):
         for o, s in zip(opts, row):
             assert s == pytest.approx(direct_loglik(model, c, o), abs=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_score_shared_equals_direct_computation(arch):
+    model = tiny_model(arch, vocab_size=512)
+    p1, p2 = list(range(5, 25)), [60, 61, 62]
+    items = [(p1 + [30, 31], [[40], [41, 42], [43, 44, 45], [46]]),
+             (p1 + [32], [[50, 51], [52], [53], [54, 55, 56, 57]]),
+             (p2 + [70, 71, 72, 73], [[7], [8], [9], [10, 11]]),
+             ([80, 81], [[7], [8], [9], [10]])]
+    got = score_shared(model, [[0, 1], [2], [3]], items, pad_id=0)
+    for (c, opts), row in zip(items, got):
+        for o, s in zip(opts, row):
+            assert s == pytest.approx(direct_loglik(model, c, o), abs=1e-4)
+
+
+def test_passage_sharing_runs_each_passage_once(shared_data):
+    model, tok = tiny_model("llama", vocab_size=512), tiny_tokenizer()
+    rows = _rows(shared_data, 4)  # rows 0-1 and 2-3 share passages
+    assert rows[0]["flores_passage"] == rows[1]["flores_passage"] != rows[2]["flores_passage"]
+    shapes = []
+    h = model.register_forward_hook(lambda m, a, k, out: shapes.append(tuple(k["input_ids"].shape)), with_kwargs=True)
+    en = languages.get("en")
+    shared = bb.predict(model, tok, rows, en, template="harness", batch_size=4, progress=False)
+    h.remove()
+    assert shapes[0][0] == 2 and shapes[1][0] == 4  # 2 passages, then 4 question suffixes
+    whole = bb.predict(model, tok, rows, en, template="harness", batch_size=4, progress=False, share_passages=False)
+    assert [r["pred"] for r in shared] == [r["pred"] for r in whole]
+    for a, b in zip(shared, whole):
+        assert a["loglik"] == pytest.approx(b["loglik"], abs=1e-4)
+
+
+def test_sliding_window_models_do_not_share():
+    assert has_sliding_window(tiny_model("gemma3", vocab_size=512))
+    assert not has_sliding_window(tiny_model("llama", vocab_size=512))
 
 
 def test_score_batch_single_token_options_one_forward():
@@ -69,8 +104,8 @@ def test_predictions_and_resume(shared_data, tmp_path, monkeypatch):
     (data / "deu_Latn.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = load_config(None, [f"eval.data_dir={tmp_path / 'data'}", "lang=de", "eval.batch_size=4"])
     scored = []
-    real = bb.score_batch
-    monkeypatch.setattr(bb, "score_batch", lambda m, c, o, p: scored.append(len(c)) or real(m, c, o, p))
+    real = bb.score_shared
+    monkeypatch.setattr(bb, "score_shared", lambda m, g, it, p: scored.append(len(it)) or real(m, g, it, p))
     m1 = evaluate("belebele", (model, tok), cfg, tmp_path / "out", limit=3)
     assert m1["n"] == 3 and sum(scored) == 3
     m2 = evaluate("belebele", (model, tok), cfg, tmp_path / "out")  # resumes: scores only the 3 new items

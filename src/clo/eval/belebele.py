@@ -15,7 +15,7 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from clo.eval.core import EvalDataError, TaskContext, TaskResult, data_hash, register_task
-from clo.eval.loglik import encode_pair, score_batch
+from clo.eval.loglik import encode_pair, has_sliding_window, score_batch, score_shared
 from clo.eval.stats import mean_stderr
 from clo.languages import Language
 
@@ -102,8 +102,15 @@ def _output_name(lang: str, opts: dict) -> str:
 
 
 def predict(model, tokenizer, rows: list[dict], lang: Language, *, template: str = "native",
-            batch_size: int = 8, chat: bool = False, cache=None, progress: bool = True) -> list[dict]:
-    """Per-item predictions: ``{"id", "gold", "pred", "correct", "loglik"}`` in row order."""
+            batch_size: int = 8, chat: bool = False, cache=None, progress: bool = True,
+            share_passages: bool = True) -> list[dict]:
+    """Per-item predictions: ``{"id", "gold", "pred", "correct", "loglik"}`` in row order.
+
+    ``batch_size`` questions per forward; with ``share_passages`` (and a model without
+    sliding-window attention) the questions of one passage share one pass over the passage tokens
+    (:func:`clo.eval.loglik.score_shared`), otherwise every context runs whole
+    (:func:`clo.eval.loglik.score_batch`).
+    """
     from clo.formatting import render_prompt
 
     items = []
@@ -124,13 +131,11 @@ def predict(model, tokenizer, rows: list[dict], lang: Language, *, template: str
             # The harness encodes the context per pair; with the whitespace rule every pair's
             # context is the same string, so the first one stands for all.
             pending.append((i, item_id, pairs[0][0], [p[1] for p in pairs], gold))
-    pending.sort(key=lambda p: -len(p[2]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     bar = tqdm(total=len(items), initial=len(out), desc=f"belebele {lang.code} ({template})", unit="q",
                disable=not progress)
-    for start in range(0, len(pending), batch_size):
-        chunk = pending[start:start + batch_size]
-        scores = score_batch(model, [c[2] for c in chunk], [c[3] for c in chunk], pad_id)
+
+    def finish(chunk, scores):
         for (i, item_id, _, _, gold), s in zip(chunk, scores):
             pred = max(range(len(s)), key=lambda k: (s[k], -k))  # first of equal maxima, as argmax
             rec = {"id": item_id, "gold": gold, "pred": pred, "correct": pred == gold,
@@ -139,6 +144,29 @@ def predict(model, tokenizer, rows: list[dict], lang: Language, *, template: str
             if cache is not None:
                 cache.put(f"{i}:{item_id}", rec)
         bar.update(len(chunk))
+
+    if share_passages and not has_sliding_window(model):
+        # Questions on the same passage share the passage's tokens: run them once per passage.
+        by_passage: dict[str, list] = {}
+        for p in pending:
+            by_passage.setdefault(rows[p[0]]["flores_passage"], []).append(p)
+        groups = sorted(by_passage.values(), key=lambda g: -len(g[0][2]))
+        batch: list[list] = []
+        for g_i, g in enumerate(groups):
+            batch.append(g)
+            if sum(len(x) for x in batch) >= batch_size or g_i == len(groups) - 1:
+                chunk = [p for grp in batch for p in grp]
+                idx, k = [], 0
+                for grp in batch:
+                    idx.append(list(range(k, k + len(grp))))
+                    k += len(grp)
+                finish(chunk, score_shared(model, idx, [(c[2], c[3]) for c in chunk], pad_id))
+                batch = []
+    else:
+        pending.sort(key=lambda p: -len(p[2]))
+        for start in range(0, len(pending), batch_size):
+            chunk = pending[start:start + batch_size]
+            finish(chunk, score_batch(model, [c[2] for c in chunk], [c[3] for c in chunk], pad_id))
     bar.close()
     return [out[i] for i in range(len(items))]
 
