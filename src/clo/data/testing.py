@@ -47,8 +47,11 @@ def tiny_m2m100(out_dir: str | Path, *, d_model: int = 32, layers: int = 2, seed
     # tokenizer config; the constructor alone does not add them.
     lang_tokens = [f"__{c}__" for c in FAIRSEQ_LANGUAGE_CODES["m2m100"]]
     tok = M2M100Tokenizer(vocab_file=str(work / "vocab.json"), spm_file=str(work / "spm.model"),
-                          src_lang="en", tgt_lang="de", additional_special_tokens=lang_tokens)
-    vocab_size = max(tok.lang_token_to_id.values()) + 1 + tok.num_madeup_words
+                          src_lang="en", tgt_lang="de", additional_special_tokens=lang_tokens,
+                          num_madeup_words=0)
+    # No "madeupword" padding slots: a random model could emit them, and they decode differently
+    # in transformers ("<unk>") and CTranslate2 ("").
+    vocab_size = max(tok.lang_token_to_id.values()) + 1
     cfg = M2M100Config(
         vocab_size=vocab_size, d_model=d_model, encoder_layers=layers, decoder_layers=layers,
         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=2 * d_model,

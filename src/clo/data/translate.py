@@ -174,36 +174,46 @@ class Seq2SeqTranslator(Translator):
         return self._model
 
     def translate_batch(self, texts, src_lang, tgt_lang):
-        self._set_src(src_lang)
-        tgt_tok = _lang_token(self.tokenizer, tgt_lang)
         if self.backend == "ctranslate2":
-            return self._translate_ct2(texts, tgt_tok)
-        return self._translate_hf(texts, tgt_tok)
+            self._set_src(src_lang)
+            return self._translate_ct2(texts, _lang_token(self.tokenizer, tgt_lang))
+        return self._translate_hf(texts, src_lang, tgt_lang)
 
-    def _translate_hf(self, texts, tgt_tok):
+    def generate_ids(self, texts: list[str], src_lang: str, tgt_lang: str):
+        """transformers backend: the generated ids (decoder start, target language token, ...)."""
         import torch
 
+        self._set_src(src_lang)
+        tgt_tok = _lang_token(self.tokenizer, tgt_lang)
         model = self._hf_model()
         enc = self.tokenizer(texts, return_tensors="pt", padding=True).to(self.device)
-        n_src = int(enc["attention_mask"].sum(1).max())
         with torch.inference_mode():
-            out = model.generate(
+            return model.generate(
                 **enc, forced_bos_token_id=self.tokenizer.convert_tokens_to_ids(tgt_tok),
-                do_sample=False, num_beams=1, max_new_tokens=self.max_new_tokens(n_src),
+                do_sample=False, num_beams=1, max_new_tokens=1 + max(self._bounds(texts)),
             )
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def _bounds(self, texts: list[str]) -> list[int]:
+        return [self.max_new_tokens(self.count_tokens(t)) for t in texts]
+
+    def _translate_hf(self, texts, src_lang, tgt_lang):
+        out = self.generate_ids(texts, src_lang, tgt_lang)
+        # Row i keeps at most its own bound of tokens after the decoder start and language
+        # token: a translation does not depend on the batch it was in.
+        return [self.tokenizer.decode(row[2:2 + b], skip_special_tokens=True).strip()
+                for row, b in zip(out.tolist(), self._bounds(texts))]
 
     def _translate_ct2(self, texts, tgt_tok):
         model = self._ct2_model()
         sources = [self.tokenizer.convert_ids_to_tokens(self.tokenizer(t)["input_ids"]) for t in texts]
-        n_src = max(len(s) for s in sources)
+        bounds = self._bounds(texts)
         results = model.translate_batch(
             sources, target_prefix=[[tgt_tok]] * len(texts), beam_size=1,
-            max_decoding_length=self.max_new_tokens(n_src) + 1, max_batch_size=len(texts),
+            max_decoding_length=1 + max(bounds), max_batch_size=len(texts),
         )
         out = []
-        for r in results:
-            toks = r.hypotheses[0][1:]  # drop the forced language token
+        for r, b in zip(results, bounds):
+            toks = r.hypotheses[0][1:1 + b]  # drop the forced language token
             ids = self.tokenizer.convert_tokens_to_ids(toks)
             out.append(self.tokenizer.decode(ids, skip_special_tokens=True).strip())
         return out
@@ -322,14 +332,15 @@ class CausalTranslator(Translator):
         prompts = [few_shot_prompt(t, src_lang, tgt_lang) for t in texts]
         self.tokenizer.padding_side = "left"
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
-        n_src = max(self.count_tokens(t) for t in texts)
+        bounds = [self.max_new_tokens(self.count_tokens(t)) for t in texts]
         with torch.inference_mode():
             out = model.generate(
-                **enc, do_sample=False, num_beams=1, max_new_tokens=self.max_new_tokens(n_src),
+                **enc, do_sample=False, num_beams=1, max_new_tokens=max(bounds),
                 eos_token_id=self.stop_token_ids(), pad_token_id=self.tokenizer.pad_token_id,
             )
-        new = out[:, enc["input_ids"].shape[1]:]
-        decoded = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        new = out[:, enc["input_ids"].shape[1]:].tolist()
+        # Each row keeps its own bound: a translation does not depend on its batch.
+        decoded = [self.tokenizer.decode(row[:b], skip_special_tokens=True) for row, b in zip(new, bounds)]
         return [d.split("\n", 1)[0].strip() for d in decoded]
 
     def close(self):
