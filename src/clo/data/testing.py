@@ -21,9 +21,15 @@ _CORPUS = [
 ]
 
 
-def tiny_m2m100(out_dir: str | Path, *, d_model: int = 32, layers: int = 2, seed: int = 0,
-                max_positions: int = 256) -> Path:
-    """Save a random M2M100 model and its M2M100Tokenizer to ``out_dir``; return the directory."""
+def tiny_m2m100(out_dir: str | Path, *, d_model: int = 32, layers: int = 2, heads: int = 4,
+                ffn: int | None = None, vocab_size: int | None = None, seed: int = 0,
+                max_positions: int = 256, dtype=None) -> Path:
+    """Save a random M2M100 model and its M2M100Tokenizer to ``out_dir``; return the directory.
+
+    ``vocab_size`` larger than the tokenizer's (about 250) pads the embedding with fairseq's
+    "madeupword" slots, as the real checkpoints do; the throughput bench uses it for the
+    M2M100-1.2B shapes (``d_model=1024, layers=24, heads=16, ffn=8192, vocab_size=128112``).
+    """
     import sentencepiece as spm
     import torch
     from transformers import M2M100Config, M2M100ForConditionalGeneration, M2M100Tokenizer
@@ -49,17 +55,21 @@ def tiny_m2m100(out_dir: str | Path, *, d_model: int = 32, layers: int = 2, seed
     tok = M2M100Tokenizer(vocab_file=str(work / "vocab.json"), spm_file=str(work / "spm.model"),
                           src_lang="en", tgt_lang="de", additional_special_tokens=lang_tokens,
                           num_madeup_words=0)
-    # No "madeupword" padding slots: a random model could emit them, and they decode differently
-    # in transformers ("<unk>") and CTranslate2 ("").
-    vocab_size = max(tok.lang_token_to_id.values()) + 1
+    base = max(tok.lang_token_to_id.values()) + 1
+    # By default no "madeupword" slots: a random model could emit them, and they decode
+    # differently in transformers ("<unk>") and CTranslate2 ("").
+    tok.num_madeup_words = max(0, (vocab_size or base) - base)
+    vocab_size = base + tok.num_madeup_words
     cfg = M2M100Config(
         vocab_size=vocab_size, d_model=d_model, encoder_layers=layers, decoder_layers=layers,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=2 * d_model,
-        decoder_ffn_dim=2 * d_model, max_position_embeddings=max_positions, pad_token_id=1,
+        encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=ffn or 2 * d_model,
+        decoder_ffn_dim=ffn or 2 * d_model, max_position_embeddings=max_positions, pad_token_id=1,
         bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
     )
     torch.manual_seed(seed)
     model = M2M100ForConditionalGeneration(cfg).eval()
+    if dtype is not None:
+        model = model.to(dtype)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
