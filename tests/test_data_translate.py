@@ -155,13 +155,18 @@ def tiny_causal(tmp_path_factory):
 
 
 def test_causal_translator_batches_like_single_calls(tiny_causal):
-    cfg = TranslatorConfig(kind="causal", model=str(tiny_causal), device="cpu", max_new_tokens_ratio=1.0,
-                           max_new_tokens_extra=3)
-    tr = T.make_translator(cfg)
     texts = ["Hello world.", "The quick brown fox jumps over the lazy dog."]
-    together = tr.translate_batch(texts, "en", "de")
-    alone = [tr.translate_batch([t], "en", "de")[0] for t in texts]
-    assert together == alone  # left padding does not change a greedy translation
+    results = {}
+    for prefix_cache in (False, True):
+        cfg = TranslatorConfig(kind="causal", model=str(tiny_causal), device="cpu", max_new_tokens_ratio=1.0,
+                               max_new_tokens_extra=3, prefix_cache=prefix_cache)
+        tr = T.make_translator(cfg)
+        together = tr.translate_batch(texts, "en", "de")
+        alone = [tr.translate_batch([t], "en", "de")[0] for t in texts]
+        assert together == alone  # padding (left, or between prefix and segment) changes nothing
+        results[prefix_cache] = together
+    # The shared few-shot prefix cache gives the translations of the full prompt.
+    assert results[True] == results[False]
     assert all("\n" not in t for t in together)
     nl = [i for t, i in tr.tokenizer.get_vocab().items() if "Ċ" in t]
     assert nl and set(nl) <= set(tr.stop_token_ids())

@@ -25,6 +25,7 @@ class TranslatorConfig(StrictModel):
     concurrency: int = Field(8, gt=0, description="openai: requests in flight")
     max_retries: int = Field(6, ge=0, description="openai: retries on 429 / 5xx / connection errors")
     timeout: float = Field(120.0, gt=0, description="openai: seconds per request")
+    prefix_cache: bool = Field(True, description="causal: compute the few-shot prefix once per language pair")
     device: str = "auto"
     dtype: str = Field("auto", description="auto, float32, bfloat16, float16")
 

@@ -25,11 +25,13 @@ run's (given deterministic kernels, which CPU inference and CTranslate2 greedy d
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import math
 import os
 import time
+import warnings
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -272,8 +274,8 @@ FEW_SHOT: dict[str, tuple[str, ...]] = {
 }
 
 
-def few_shot_prompt(text: str, src_lang: str, tgt_lang: str, shots: int = 3) -> str:
-    """The causal translator's prompt; the model continues it with the translation and a newline."""
+def few_shot_prefix(src_lang: str, tgt_lang: str, shots: int = 3) -> str:
+    """The part of the causal prompt shared by every segment of a language pair."""
     for code in (src_lang, tgt_lang):
         if code not in FEW_SHOT:
             raise TranslationError(
@@ -284,8 +286,17 @@ def few_shot_prompt(text: str, src_lang: str, tgt_lang: str, shots: int = 3) -> 
     lines = [f"Translate {s} to {t}.", ""]
     for a, b in list(zip(FEW_SHOT[src_lang], FEW_SHOT[tgt_lang]))[:shots]:
         lines += [f"{s}: {a}", f"{t}: {b}", ""]
-    lines += [f"{s}: {text}", f"{t}:"]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
+
+
+def few_shot_suffix(text: str, src_lang: str, tgt_lang: str) -> str:
+    s, t = languages.get(src_lang).name, languages.get(tgt_lang).name
+    return f"{s}: {text}\n{t}:"
+
+
+def few_shot_prompt(text: str, src_lang: str, tgt_lang: str, shots: int = 3) -> str:
+    """The causal translator's prompt; the model continues it with the translation and a newline."""
+    return few_shot_prefix(src_lang, tgt_lang, shots) + few_shot_suffix(text, src_lang, tgt_lang)
 
 
 class CausalTranslator(Translator):
@@ -299,6 +310,7 @@ class CausalTranslator(Translator):
         self.device = _device(cfg.device)
         self._model = None
         self._stop_ids: list[int] | None = None
+        self._prefixes: dict = {}
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -325,26 +337,62 @@ class CausalTranslator(Translator):
             self._stop_ids = sorted(ids)
         return self._stop_ids
 
+    def fingerprint(self) -> str:
+        return super().fingerprint() + ("|prefix-cache" if self.cfg.prefix_cache else "")
+
+    def _prefix(self, src_lang: str, tgt_lang: str):
+        """(prefix ids, KV cache of the prefix) for a language pair, computed once."""
+        import torch
+
+        key = (src_lang, tgt_lang)
+        if key not in self._prefixes:
+            ids = self.tokenizer(few_shot_prefix(src_lang, tgt_lang), return_tensors="pt")["input_ids"].to(self.device)
+            with torch.inference_mode():
+                cache = self._load()(input_ids=ids, use_cache=True).past_key_values
+            self._prefixes[key] = (ids, cache)
+        return self._prefixes[key]
+
     def translate_batch(self, texts, src_lang, tgt_lang):
         import torch
 
         model = self._load()
-        prompts = [few_shot_prompt(t, src_lang, tgt_lang) for t in texts]
-        self.tokenizer.padding_side = "left"
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
         bounds = [self.max_new_tokens(self.count_tokens(t)) for t in texts]
-        with torch.inference_mode():
-            out = model.generate(
-                **enc, do_sample=False, num_beams=1, max_new_tokens=max(bounds),
-                eos_token_id=self.stop_token_ids(), pad_token_id=self.tokenizer.pad_token_id,
-            )
-        new = out[:, enc["input_ids"].shape[1]:].tolist()
+        self.tokenizer.padding_side = "left"
+        gen = dict(do_sample=False, num_beams=1, max_new_tokens=max(bounds), eos_token_id=self.stop_token_ids(),
+                   pad_token_id=self.tokenizer.pad_token_id)
+        if self.cfg.prefix_cache:
+            # The few-shot examples are the same for every segment: their keys and values are
+            # computed once and copied into each batch, which then only prefills its own
+            # segments. Padding sits between the prefix and each segment, masked out; position
+            # ids follow the mask, so every segment sees exactly the unpadded prompt.
+            prefix_ids, prefix_cache = self._prefix(src_lang, tgt_lang)
+            enc = self.tokenizer([few_shot_suffix(t, src_lang, tgt_lang) for t in texts], return_tensors="pt",
+                                 padding=True, add_special_tokens=False).to(self.device)
+            n = len(texts)
+            input_ids = torch.cat([prefix_ids.expand(n, -1), enc["input_ids"]], dim=1)
+            mask = torch.cat([torch.ones_like(prefix_ids).expand(n, -1), enc["attention_mask"]], dim=1)
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(n)
+            with torch.inference_mode(), warnings.catch_warnings():
+                # transformers 5 renames the argument to `cache` (old name kept until 6.0, which
+                # pyproject excludes); the old name works on every supported version.
+                warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
+                out = model.generate(input_ids=input_ids, attention_mask=mask, past_key_values=cache, **gen)
+            start = input_ids.shape[1]
+        else:
+            enc = self.tokenizer([few_shot_prompt(t, src_lang, tgt_lang) for t in texts], return_tensors="pt",
+                                 padding=True).to(self.device)
+            with torch.inference_mode():
+                out = model.generate(**enc, **gen)
+            start = enc["input_ids"].shape[1]
+        new = out[:, start:].tolist()
         # Each row keeps its own bound: a translation does not depend on its batch.
         decoded = [self.tokenizer.decode(row[:b], skip_special_tokens=True) for row, b in zip(new, bounds)]
         return [d.split("\n", 1)[0].strip() for d in decoded]
 
     def close(self):
         self._model = None
+        self._prefixes = {}
 
 
 # ---------------------------------------------------------------------------------------------
