@@ -27,19 +27,6 @@ def test_hub_is_not_asked_when_offline(monkeypatch):
     assert demo.hub_reachable() is False
 
 
-def test_short_local_pairs_keeps_exactly_the_short_ones(tmp_path, shared_data):
-    rows = json.loads((shared_data / "sft_en" / "alpaca_en_demo.json").read_text(encoding="utf-8"))
-    expected = [r for r in rows if len(r["instruction"] + r["input"] + r["output"]) <= 200]
-    path, n = demo.short_local_pairs(shared_data, tmp_path / "p.json", 200)
-    kept = json.loads(path.read_text(encoding="utf-8"))
-    assert n == len(expected) == len(kept) and kept == expected
-    assert 0 < n < len(rows)
-    # A second call with the same selection leaves the file alone (the data stage stays cached).
-    mtime = path.stat().st_mtime_ns
-    demo.short_local_pairs(shared_data, tmp_path / "p.json", 200)
-    assert path.stat().st_mtime_ns == mtime
-
-
 def test_heldout_prompts_half_monolingual_half_crosslingual(tmp_path, shared_data):
     path = demo.heldout_prompts(shared_data, tmp_path / "h.json", 6, max_chars=300)
     prompts = json.loads(path.read_text(encoding="utf-8"))
@@ -63,6 +50,7 @@ def test_demo_grid_config(tmp_path, shared_data):
     runs = expand(grid)
     assert {r.config.train.trainable for r in runs} == {"attention"}
     assert runs[2].config.train.method == "clo" and runs[2].config.data.n == 48
+    assert runs[2].config.data.max_chars == demo.MAX_PAIR_CHARS
     assert runs[2].config.data.translator.kind == "causal" and runs[2].config.data.translator.model == "gemma-3-270m"
     assert plan(grid)["runs"][0]["evals"] == ["fidelity_de", "belebele_de", "belebele_en", "mmmlu_en"]
     assert grid.samples == demo.SAMPLE_PROMPTS
@@ -104,4 +92,4 @@ def test_print_config_runs_without_models(tmp_path, capsys, monkeypatch, shared_
     assert main(["demo", "--output-dir", str(tmp_path / "d"), "--pairs", "8", "--print-config"]) == 0
     out = capsys.readouterr().out
     assert "name: demo" in out and "n: 8" in out and "source: alpaca" in out
-    assert Path(tmp_path / "d" / "english_pairs.json").is_file()
+    assert f"path: {shared_data / 'sft_en' / 'alpaca_en_demo.json'}" in out

@@ -95,7 +95,9 @@ def test_prebuilt_dataset_split_and_nested_subsets(tmp_path):
     assert train == [i for i in every if i in set(train)]  # file order kept
     assert [r.id for r in read_records(tmp_path / "subsets" / "train_4.jsonl")] == train[:4]
     assert [r.id for r in read_records(tmp_path / "subsets" / "train_8.jsonl")] == train[:8]
-    assert not (tmp_path / "subsets" / "train_16.jsonl").exists()  # 16 > 9: no such subset
+    # 16 > 9 training records: the largest subset is the whole training split, named by its size
+    assert [r.id for r in read_records(tmp_path / "subsets" / "train_9.jsonl")] == train
+    assert not (tmp_path / "subsets" / "train_16.jsonl").exists()
     # Same seed, same split.
     out2 = prebuilt_dataset(FIXTURES / "de_records.jsonl", cfg, tmp_path / "again")
     assert (tmp_path / "again" / "validation.jsonl").read_text() == (tmp_path / "validation.jsonl").read_text()

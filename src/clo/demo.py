@@ -4,7 +4,8 @@ What it does (a grid run underneath, so an interrupted demo resumes where it sto
 
 1. English instruction pairs: oasst1 from the hub when it is reachable, else the local Alpaca-style
    set ``sft_en/alpaca_en_demo.json`` of the shared data directory (``$CLO_SHARED_DATA``, else
-   ``../shared/data`` next to the repository), keeping short pairs so that the CPU budget holds.
+   ``../shared/data`` next to the repository); only short pairs (``data.max_chars``), so that
+   the CPU budget holds.
 2. Translation into German with the offline causal translator (Gemma 3 270M, few-shot).
 3. SFT and CLO training of the attention projections.
 4. Evaluation of the base, SFT and CLO models: the share of answers in German to held-out German
@@ -82,28 +83,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def short_local_pairs(shared: Path, out: Path, max_chars: int) -> tuple[Path, int]:
-    """Write the local Alpaca-style pairs with ``len(instruction + input + output) <= max_chars``."""
-    src = shared / "sft_en" / "alpaca_en_demo.json"
-    if not src.is_file():
-        raise FileNotFoundError(f"{src}: the local English instruction set is missing")
-    rows = json.loads(src.read_text(encoding="utf-8"))
-    if not isinstance(rows, list):
-        raise ValueError(f"{src}: expected a JSON list of {{instruction, input, output}} objects")
-    keep = []
-    for i, r in enumerate(rows):
-        for key in ("instruction", "output"):
-            if not isinstance(r.get(key), str):
-                raise ValueError(f"{src}: item {i}: field {key!r} missing or not a string")
-        if len(r["instruction"]) + len(r.get("input") or "") + len(r["output"]) <= max_chars:
-            keep.append(r)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(keep, ensure_ascii=False, indent=1)
-    if not out.is_file() or out.read_text(encoding="utf-8") != text:  # unchanged file: data stays cached
-        out.write_text(text, encoding="utf-8")
-    return out, len(keep)
-
-
 def heldout_prompts(shared: Path, out: Path, n: int, max_chars: int = 300) -> Path:
     """``n`` German prompts of the Language Confusion Benchmark, half monolingual (written in
     German), half cross-lingual (English, asking for a German answer), evenly spread over each
@@ -149,6 +128,7 @@ def demo_tree(output_dir: Path, shared: Path, pairs: int, source: dict) -> dict:
             "data": {
                 **source,
                 "n": pairs,
+                "max_chars": MAX_PAIR_CHARS,  # short pairs: translation and training time grow with length
                 "val_fraction": 0.125,
                 "subsets": [],
                 "translator": {"kind": "causal", "model": "gemma-3-270m", "device": "cpu"},
@@ -234,8 +214,8 @@ def main(args: argparse.Namespace) -> int:
     if hub_reachable():
         source, where = {"source": "oasst1", "path": None}, "oasst1 (hub)"
     else:
-        path, n_short = short_local_pairs(shared, out / "english_pairs.json", MAX_PAIR_CHARS)
-        source, where = {"source": "alpaca", "path": str(path)}, f"{path} ({n_short} short local pairs)"
+        path = shared / "sft_en" / "alpaca_en_demo.json"
+        source, where = {"source": "alpaca", "path": str(path)}, str(path)
     grid = grid_from_dict(demo_tree(out, shared, args.pairs, source), "clo demo", args.overrides)
     if args.print_config:
         print(dump_grid(grid))

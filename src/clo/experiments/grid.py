@@ -24,7 +24,6 @@ The stage functions come from a :class:`StageFunctions` (by default the real ``c
 from __future__ import annotations
 
 import logging
-import random
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -53,32 +52,29 @@ def _data_build(cfg: Config, out_dir: Path) -> dict:
 
 
 def prebuilt_dataset(path: Path, cfg: Config, out_dir: Path) -> dict:
-    """Split a prebuilt cross-lingual JSONL like the data build does.
+    """Split a prebuilt cross-lingual JSONL exactly as the data build splits translated records.
 
-    Validation takes ``round(n * val_fraction)`` records (at least one when the fraction is
-    positive), drawn with ``data.seed``; training keeps the rest in file order, and the nested
-    subsets are its first ``n`` records for every ``data.subsets`` size it can fill.
+    Validation is :func:`clo.data.build.split_indices` (a ``data.seed`` sample of
+    ``round(n * val_fraction)`` records), training the rest in file order, and the nested subsets
+    are :func:`clo.data.build.subset_sizes` of ``data.subsets``.
     """
+    from clo.data.build import split_indices, subset_sizes
     from clo.data.records import RecordError, read_records, write_records
 
     records = read_records(path)
     for i, r in enumerate(records, 1):
         if r.tgt_lang != cfg.lang:
             raise RecordError(path, i, "tgt_lang", f"is {r.tgt_lang!r}, the grid expects {cfg.lang!r}")
-    n_val = round(len(records) * cfg.data.val_fraction)
-    if cfg.data.val_fraction > 0:
-        n_val = max(1, n_val)
-    if len(records) - n_val < 1:
-        raise ValueError(f"{path}: {len(records)} records leave nothing to train on after the validation split")
-    val_idx = set(random.Random(cfg.data.seed).sample(range(len(records)), n_val))
+    val_idx = set(split_indices(len(records), cfg.data.val_fraction, cfg.data.seed))
     train = [r for i, r in enumerate(records) if i not in val_idx]
     val = [r for i, r in enumerate(records) if i in val_idx]
+    if not train:
+        raise ValueError(f"{path}: {len(records)} records leave nothing to train on after the validation split")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_records(train, out_dir / "train.jsonl")
     write_records(val, out_dir / "validation.jsonl")
-    for n in cfg.data.subsets:
-        if n <= len(train):
-            write_records(train[:n], out_dir / "subsets" / f"train_{n}.jsonl")
+    for n in subset_sizes(cfg.data.subsets, len(train)):
+        write_records(train[:n], out_dir / "subsets" / f"train_{n}.jsonl")
     return {"source": str(path), "train": len(train), "validation": len(val)}
 
 
