@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 
@@ -60,7 +59,7 @@ def test_summary_prints_headline_numbers_and_answers_side_by_side(tmp_path, shar
     tree = demo.demo_tree(tmp_path, shared_data, 48, {"source": "alpaca", "path": "x.json"})
     grid = grid_from_dict(tree, "demo")
     write_json_atomic(tmp_path / "plan.json", plan(grid))
-    put = lambda rid, key, m: write_json_atomic(  # noqa: E731
+    put = lambda rid, key, m: write_json_atomic(
         tmp_path / "runs" / rid / "eval" / f"{key}.done.json", {"fingerprint": "f", "result": m})
     put("smollm2-135m/de/base", "fidelity_de", {"rate": 0.25, "n": 24})
     put("smollm2-135m/de/clo/nall", "fidelity_de", {"rate": 0.75, "n": 24})

@@ -153,7 +153,7 @@ class FakeStages:
         self.calls["train"] += 1
         self.calls[f"train:{cfg.train.method}:{Path(train_path).name}"] += 1
         out_dir.mkdir(parents=True, exist_ok=True)
-        n = sum(1 for _ in open(train_path, encoding="utf-8"))
+        n = len(Path(train_path).read_text(encoding="utf-8").splitlines())
         return {"checkpoint": str(out_dir / "best"), "metrics": {"n_train": n}}
 
     def evaluate(self, task, model, cfg, out_dir, opts):

@@ -166,8 +166,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _side_by_side(columns: list[tuple[str, str]], width: int) -> str:
     col = max(20, (width - 3 * (len(columns) - 1)) // len(columns))
-    wrapped = [[h.upper(), "-" * min(col, len(h))] + sum(
-        (textwrap.wrap(par, col) or [""] for par in (text or "—").splitlines()), []) for h, text in columns]
+    wrapped = []
+    for head, text in columns:
+        lines = [head.upper(), "-" * min(col, len(head))]
+        for par in (text or "—").splitlines():
+            lines += textwrap.wrap(par, col) or [""]
+        wrapped.append(lines)
     height = max(len(w) for w in wrapped)
     lines = []
     for i in range(height):

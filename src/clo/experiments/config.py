@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, get_args
+from typing import Any, get_args
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator

@@ -26,15 +26,22 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from clo.config import Config, dump_config
 from clo.experiments.config import (
-    BASE_VARIANT, PAIRWISE_TASKS, EvalJob, GridConfig, RunSpec, dump_grid, expand,
+    BASE_VARIANT,
+    PAIRWISE_TASKS,
+    EvalJob,
+    GridConfig,
+    RunSpec,
+    dump_grid,
+    expand,
 )
 from clo.experiments.stages import fingerprint, marker_path, run_stage, write_json_atomic
 
@@ -279,10 +286,10 @@ def run_grid(
         if grid.dataset:
             src = Path(grid.dataset[lang])
             inputs = {"lang": lang, "data": cfg.data.model_dump(mode="json"), "prebuilt": _file_digest(src)}
-            fn = lambda src=src, cfg=cfg, ddir=ddir: stages.prebuilt(src, cfg, ddir)  # noqa: E731
+            fn = lambda src=src, cfg=cfg, ddir=ddir: stages.prebuilt(src, cfg, ddir)
         else:
             inputs = {"lang": lang, "data": cfg.data.model_dump(mode="json")}
-            fn = lambda cfg=cfg, ddir=ddir: stages.build_data(cfg, ddir)  # noqa: E731
+            fn = lambda cfg=cfg, ddir=ddir: stages.build_data(cfg, ddir)
         try:
             out, fp = stage(f"data/{lang}", marker_path(ddir, "data"), inputs, fn)
             data[lang] = (out, fp)
