@@ -107,8 +107,7 @@ def main(argv=None) -> int:
                       "device": rows[0]["device"]}), flush=True)
     if a.out:
         with open(a.out, "a", encoding="utf-8") as f:
-            for r in rows + [{"ratio_ours_over_generate": round(ratio, 2)}]:
-                f.write(json.dumps(r) + "\n")
+            f.writelines(json.dumps(r) + "\n" for r in rows + [{"ratio_ours_over_generate": round(ratio, 2)}])
     return 0
 
 

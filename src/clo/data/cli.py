@@ -50,7 +50,7 @@ def main(args) -> int:
 
         cfg = load_config(args.config, _overrides(args))
         out = Path(args.out) if args.out else Path(cfg.output_dir) / "data"
-        summary = build_dataset(cfg, out, progress=not args.no_progress)
+        build_dataset(cfg, out, progress=not args.no_progress)
         print((out / "summary.md").read_text(encoding="utf-8"))
         return 0
     if args.data_command == "view":

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-_INLINE_CODE = re.compile(r"(`+)(?!`).+?(?<!`)\1(?!`)", re.S)
+_INLINE_CODE = re.compile(r"(`+)(?!`).+?(?<!`)\1(?!`)", re.DOTALL)
 # Indentation, then one or more markdown markers: headings, quotes, bullets, ordered items,
 # task-list boxes and table pipes.
 _LINE_PREFIX = re.compile(r"^[ \t]*(?:(?:#{1,6}|>|[-*+]|\d{1,9}[.)]|\[[ xX]\]|\|)[ \t]+)*")
@@ -53,7 +53,7 @@ def _split_code_blocks(text: str) -> list[tuple[str, bool]]:
     """(chunk, is_code) for fenced code blocks; an unclosed fence runs to the end of the text."""
     out: list[tuple[str, bool]] = []
     pos = 0
-    fence_open = re.compile(r"^( {0,3})(`{3,}|~{3,})", re.M)
+    fence_open = re.compile(r"^( {0,3})(`{3,}|~{3,})", re.MULTILINE)
     while True:
         m = fence_open.search(text, pos)
         if m is None:
@@ -64,7 +64,7 @@ def _split_code_blocks(text: str) -> list[tuple[str, bool]]:
         if line_end == -1:  # a fence on the last line with nothing after it
             end = len(text)
         else:
-            close = re.compile(r"^ {0,3}" + re.escape(fence[0]) + "{" + str(len(fence)) + r",}[ \t]*$", re.M)
+            close = re.compile(r"^ {0,3}" + re.escape(fence[0]) + "{" + str(len(fence)) + r",}[ \t]*$", re.MULTILINE)
             c = close.search(text, line_end + 1)
             end = len(text) if c is None else c.end()
         if start > pos:

@@ -33,10 +33,10 @@ import os
 import time
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from clo import languages
 from clo.data.cache import TranslationCache
@@ -82,7 +82,7 @@ class Translator(ABC):
         return _approx_tokens(text)
 
     def max_new_tokens(self, n_source_tokens: int) -> int:
-        return int(math.ceil(self.cfg.max_new_tokens_ratio * n_source_tokens)) + self.cfg.max_new_tokens_extra
+        return math.ceil(self.cfg.max_new_tokens_ratio * n_source_tokens) + self.cfg.max_new_tokens_extra
 
     @abstractmethod
     def translate_batch(self, texts: list[str], src_lang: str, tgt_lang: str) -> list[str]:

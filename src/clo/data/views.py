@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from clo.data.records import CrossLingualRecord
 
