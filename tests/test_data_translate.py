@@ -252,3 +252,26 @@ def test_openai_translator_needs_its_key(monkeypatch):
     monkeypatch.delenv("CLO_MISSING_KEY", raising=False)
     with pytest.raises(T.TranslationError, match=r"\$CLO_MISSING_KEY, which is not set"):
         T.make_translator(TranslatorConfig(kind="openai", api_key_env="CLO_MISSING_KEY"))
+
+
+def test_seq2seq_nllb_language_codes(tmp_path):
+    """NLLB-200 names languages by FLORES code (deu_Latn) and runs on the M2M100 architecture."""
+    import torch
+    from transformers import M2M100Config, M2M100ForConditionalGeneration, NllbTokenizer
+
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "▁": 4, ".": 5}
+    for ch in "abcdefghijklmnopqrstuvwxyzHW":
+        vocab.setdefault(ch, len(vocab))
+    tok = NllbTokenizer(vocab=vocab, merges=[], src_lang="eng_Latn", tgt_lang="deu_Latn")
+    torch.manual_seed(0)
+    cfg = M2M100Config(vocab_size=len(tok), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                       decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=128,
+                       pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
+    M2M100ForConditionalGeneration(cfg).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    tr = T.make_translator(TranslatorConfig(kind="seq2seq", model=str(tmp_path), backend="transformers", device="cpu",
+                                            max_new_tokens_extra=2))
+    ids = tr.generate_ids(["Hello world."], "en", "sw")
+    assert ids[0, 1].item() == tr.tokenizer.convert_tokens_to_ids("swh_Latn")
+    assert tr.tokenizer("Hello").input_ids[0] == tr.tokenizer.convert_tokens_to_ids("eng_Latn")
+    assert T._lang_token(tr.tokenizer, "zh") == "zho_Hans"
