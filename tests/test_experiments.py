@@ -223,7 +223,8 @@ def test_changed_training_setting_redoes_training_and_evaluation_only(tmp_path):
 
 def test_pairwise_jobs_get_the_baseline_of_the_same_size(tmp_path):
     tree = _grid(tmp_path, eval_jobs=[{"task": "belebele", "lang": "en"}, {"task": "alpacaeval"},
-                                      {"task": "alpacaeval", "lang": "en"}],
+                                      {"task": "alpacaeval", "lang": "en"},
+                                      {"task": "confusion", "only_langs": ["zh", "ko"]}],
                  samples=["Wie geht es dir?"])
     fake = FakeStages()
     res = run_grid(grid_from_dict(tree), fake.functions(), progress=False)

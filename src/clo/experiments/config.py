@@ -88,6 +88,19 @@ class EvalJob(StrictModel):
     task: str
     lang: str = Field("tgt", description="tgt, en or an ISO 639-1 code")
     opts: dict[str, Any] = Field(default_factory=dict, description="extra keyword options of clo.eval.evaluate")
+    only_langs: list[str] | None = Field(
+        None, description="run only for these target languages (e.g. the benchmark has no data for the others)"
+    )
+
+    @field_validator("only_langs")
+    @classmethod
+    def _known_langs(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        try:
+            return [languages.get(c).code for c in v]
+        except KeyError as e:
+            raise ValueError(e.args[0]) from None
 
     @field_validator("lang")
     @classmethod

@@ -193,6 +193,8 @@ def plan(grid: GridConfig, runs: list[RunSpec] | None = None) -> dict:
 
 
 def _job_applies(grid: GridConfig, run: RunSpec, job: EvalJob) -> bool:
+    if job.only_langs is not None and run.lang not in job.only_langs:
+        return False
     # A pairwise task compares a trained run with the baseline of the same size; the untrained
     # model has no size and the baseline is not compared with itself.
     if job.task in PAIRWISE_TASKS:
