@@ -140,7 +140,14 @@ class FakeStages:
 
     def functions(self) -> StageFunctions:
         return StageFunctions(build_data=self.build_data, prebuilt=self.prebuilt, train=self.train,
-                              evaluate=self.evaluate, samples=self.samples, report=self.report)
+                              evaluate=self.evaluate, samples=self.samples, report=self.report,
+                              translate_instructions=self.translate_instructions)
+
+    def translate_instructions(self, cfg, lang, out_path, instructions_file=None):
+        self.calls[f"translate:{lang}"] += 1
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps([{"instruction": f"[{lang}] hello"}]), encoding="utf-8")
+        return {"n": 1}
 
     def build_data(self, cfg, out_dir):
         raise AssertionError("the grid has a prebuilt dataset; the build must not run")
@@ -236,7 +243,10 @@ def test_pairwise_jobs_get_the_baseline_of_the_same_size(tmp_path):
     for o in pairwise:
         size = Path(o["model"]).parent.parent.name
         assert o["baseline"] == str(gdir / f"runs/Tiny-1/de/sft/{size}/train/best")
-    assert {o["lang"] for o in pairwise} == {"de", "en"}
+        # German instructions are translated once for the grid; English ones are the originals.
+        assert o.get("translated_file") == (str(gdir / "alpacaeval/instructions_de.json") if o["lang"] == "de" else None)
+    assert sorted(o["lang"] for o in pairwise) == ["de", "de", "en", "en"]
+    assert fake.calls["translate:de"] == 1 and fake.calls["translate:en"] == 0
     assert {o["lang"] for o in fake.seen_opts if o["task"] == "belebele"} == {"en"}
     samples = json.loads((gdir / "runs/Tiny-1/de/base/samples.json").read_text())
     assert samples == [{"prompt": "Wie geht es dir?", "answer": "Tiny-1: Wie geht es dir?"}]
@@ -254,3 +264,17 @@ def test_size_beyond_the_training_split_trains_on_all_of_it(tmp_path):
     res = run_grid(grid_from_dict(tree), fake.functions(), progress=False)
     assert res.ok, res.failures
     assert fake.calls["train:sft:train_4.jsonl"] == 1 and fake.calls["train:sft:train.jsonl"] == 1
+
+
+def test_translate_instructions_writes_one_translation_per_instruction(tmp_path, shared_data):
+    from clo.config import config_from_dict
+    from clo.experiments.grid import translate_instructions
+
+    cfg = config_from_dict({"lang": "de", "data": {"translator": {"kind": "identity"}},
+                            "eval": {"data_dir": str(shared_data)}})
+    out = translate_instructions(cfg, "de", tmp_path / "instructions_de.json")
+    rows = json.loads((tmp_path / "instructions_de.json").read_text(encoding="utf-8"))
+    english = json.loads((shared_data / "alpaca_eval" / "text_davinci_003.json").read_text(encoding="utf-8"))
+    assert out["n"] == len(rows) == len(english) == 805
+    assert [r["instruction_en"] for r in rows] == [e["instruction"] for e in english]
+    assert all(r["instruction"] == r["instruction_en"] for r in rows)  # the identity translator

@@ -139,6 +139,23 @@ def _samples(model: str, cfg: Config, prompts: list[str]) -> list[str]:
                          top_p=1.0, seed=cfg.eval.seed))
 
 
+def translate_instructions(cfg: Config, lang: str, out_path: Path, instructions_file: str | None = None) -> dict:
+    """The AlpacaEval instructions in ``lang``, translated once per grid with ``data.translator``.
+
+    Every run of a language is then judged on the same prompts, and the translation is not
+    repeated per run. Writes ``[{"instruction": translated, "instruction_en": original}, ...]``.
+    """
+    from clo.data.translate import translate_texts
+    from clo.eval.alpacaeval import load_instructions
+
+    rows = load_instructions(Path(instructions_file) if instructions_file else None,
+                             Path(cfg.eval.data_dir) if cfg.eval.data_dir else None)
+    english = [r["instruction"] for r in rows]
+    out = translate_texts(english, "en", lang, cfg.data.translator, out_path.with_suffix(".sqlite"))
+    write_json_atomic(out_path, [{"instruction": t, "instruction_en": e} for t, e in zip(out, english)])
+    return {"n": len(out), "path": str(out_path)}
+
+
 def _report(grid_dir: Path) -> dict:
     from clo.report import write_report
 
@@ -154,6 +171,7 @@ class StageFunctions:
     train: Callable[[Config, Path, Path, Path], dict] = _train
     evaluate: Callable[[str, str, Config, Path, dict], dict] = _evaluate
     samples: Callable[[str, Config, list[str]], list[str]] = _samples
+    translate_instructions: Callable[..., dict] = translate_instructions
     report: Callable[[Path], dict] = _report
 
 
@@ -349,6 +367,30 @@ def run_grid(
             except Exception as e:  # noqa: BLE001 - recorded in failed.json, the grid goes on
                 fail(run.run_id, rdir, e)
 
+    # -- AlpacaEval instructions: translated once per language, shared by its runs ------------
+    translated: dict[tuple[str, str | None], tuple[str, str]] = {}  # (lang, file) -> (path, fp)
+    for job in pairwise:
+        if job.task != "alpacaeval" or "translated_file" in job.opts:
+            continue
+        for lang in grid.langs:
+            lang_runs = [r for r in runs if r.lang == lang and _job_applies(grid, r, job)]
+            key = (job.resolve_lang(lang), job.opts.get("instructions_file"))
+            if key[0] == "en" or not lang_runs or key in translated:
+                continue
+            cfg = lang_runs[0].config
+            path = grid_dir / "alpacaeval" / f"instructions_{key[0]}.json" if key[1] is None else (
+                grid_dir / "alpacaeval" / f"instructions_{key[0]}_{fingerprint(key[1])}.json")
+            inputs = {"lang": key[0], "translator": cfg.data.translator.model_dump(mode="json"),
+                      "instructions_file": key[1], "data_dir": cfg.eval.data_dir}
+            bar.total += 1
+            try:
+                _, fp = stage(f"instructions/{path.stem}", path.with_suffix(".done.json"), inputs,
+                              lambda cfg=cfg, key=key, path=path: stages.translate_instructions(
+                                  cfg, key[0], path, key[1]))
+                translated[key] = (str(path), fp)
+            except Exception as e:  # noqa: BLE001 - the runs of this language report the gap
+                fail(f"instructions/{key[0]}", None, e)
+
     # -- pairwise evaluations: need the baseline run's outputs -----------------------------
     if pairwise:
         by_cell = {(r.model, r.lang, r.size, r.variant): r for r in runs}
@@ -366,8 +408,14 @@ def run_grid(
                             raise RuntimeError(f"{job.task}: baseline run {grid.baseline} of this cell did not finish")
                         b_model, b_fp = trained[base_run.run_id]
                         model, model_fp = trained[run.run_id]
+                        opts, extra = {"baseline": b_model}, {"baseline": b_fp}
+                        tkey = (job.resolve_lang(run.lang), job.opts.get("instructions_file"))
+                        if job.task == "alpacaeval" and "translated_file" not in job.opts and tkey[0] != "en":
+                            if tkey not in translated:
+                                raise RuntimeError(f"{job.task}: the {tkey[0]} instructions were not translated")
+                            opts["translated_file"], extra["instructions"] = translated[tkey]
                         _eval_job(grid, run, job, model, model_fp, rdir, stages, stage, eval_fps,
-                                  opts={"baseline": b_model}, extra={"baseline": b_fp})
+                                  opts=opts, extra=extra)
                     (rdir / "failed.json").unlink(missing_ok=True)
                 except Exception as e:  # noqa: BLE001
                     fail(run.run_id, rdir, e)
