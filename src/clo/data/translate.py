@@ -26,12 +26,12 @@ run's (given deterministic kernels, which CPU inference and CTranslate2 greedy d
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import logging
 import math
 import os
 import time
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -299,6 +299,17 @@ def few_shot_prompt(text: str, src_lang: str, tgt_lang: str, shots: int = 3) -> 
     return few_shot_prefix(src_lang, tgt_lang, shots) + few_shot_suffix(text, src_lang, tgt_lang)
 
 
+@functools.cache
+def _cache_kw() -> str:
+    """Recent transformers name the KV cache ``cache`` (``past_key_values`` is deprecated); older ones
+    only know ``past_key_values``."""
+    try:
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+    except ImportError:  # pragma: no cover
+        return "past_key_values"
+    return "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
+
+
 class CausalTranslator(Translator):
     kind = "causal"
 
@@ -348,7 +359,8 @@ class CausalTranslator(Translator):
         if key not in self._prefixes:
             ids = self.tokenizer(few_shot_prefix(src_lang, tgt_lang), return_tensors="pt")["input_ids"].to(self.device)
             with torch.inference_mode():
-                cache = self._load()(input_ids=ids, use_cache=True).past_key_values
+                out = self._load()(input_ids=ids, use_cache=True)
+                cache = out.cache if _cache_kw() == "cache" else out.past_key_values
             self._prefixes[key] = (ids, cache)
         return self._prefixes[key]
 
@@ -373,11 +385,8 @@ class CausalTranslator(Translator):
             mask = torch.cat([torch.ones_like(prefix_ids).expand(n, -1), enc["attention_mask"]], dim=1)
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(n)
-            with torch.inference_mode(), warnings.catch_warnings():
-                # transformers 5 renames the argument to `cache` (old name kept until 6.0, which
-                # pyproject excludes); the old name works on every supported version.
-                warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
-                out = model.generate(input_ids=input_ids, attention_mask=mask, past_key_values=cache, **gen)
+            with torch.inference_mode():
+                out = model.generate(input_ids=input_ids, attention_mask=mask, **{_cache_kw(): cache}, **gen)
             start = input_ids.shape[1]
         else:
             enc = self.tokenizer([few_shot_prompt(t, src_lang, tgt_lang) for t in texts], return_tensors="pt",
