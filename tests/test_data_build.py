@@ -224,3 +224,7 @@ def test_cli_build_and_view(fake, tmp_path, capsys):
     rc = main(["data", "build", "--source", "alpaca", "--path", str(src), "--translator", "nope", "--out", str(out)])
     assert rc == 2
     assert "unknown translator kind 'nope'" in capsys.readouterr().err
+    (tmp_path / "bad.jsonl").write_text('{"id": "r0", "tgt_lang": "de"}\n')
+    rc = main(["data", "view", str(tmp_path / "bad.jsonl"), "--view", "sft", "--out", str(tmp_path / "v.jsonl")])
+    assert rc == 2
+    assert "bad.jsonl:1: field 'x_en' missing field" in capsys.readouterr().err

@@ -44,6 +44,20 @@ def _overrides(args) -> list[str]:
 
 
 def main(args) -> int:
+    from clo.config_base import ConfigError
+
+    try:
+        return _run(args)
+    except ConfigError:
+        raise  # clo.cli prints configuration errors
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        # Bad input names its file, line and field; no traceback for the user's mistakes.
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"clo data {args.data_command}: {msg}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     if args.data_command == "build":
         from clo.config import load_config
         from clo.data.build import build_dataset
