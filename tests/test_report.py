@@ -124,3 +124,14 @@ def test_report_errors_name_the_file(tmp_path):
     (tmp_path / "plan.json").write_text(json.dumps({"runs": [{"run_id": "a"}]}))
     with pytest.raises(ValueError, match=r"plan.json: runs\[0\]: field 'model' missing"):
         write_report(tmp_path)
+
+
+def test_report_command_line(grid_dir, capsys):
+    from clo.cli import main
+
+    assert main(["report", str(grid_dir), "--out", str(grid_dir / "elsewhere")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"report: {grid_dir / 'elsewhere'}/report.md (1 done, 1 failed, 3 missing, 6 partial)")
+    assert (grid_dir / "elsewhere" / "table2_belebele.csv").is_file()
+    assert main(["report", str(grid_dir / "nope")]) == 2
+    assert "no plan.json; is this a grid directory written by `clo run`?" in capsys.readouterr().err

@@ -131,7 +131,8 @@ def demo_tree(output_dir: Path, shared: Path, pairs: int, source: dict) -> dict:
                 "max_chars": MAX_PAIR_CHARS,  # short pairs: translation and training time grow with length
                 "val_fraction": 0.125,
                 "subsets": [],
-                "translator": {"kind": "causal", "model": "gemma-3-270m", "device": "cpu"},
+                # Small batches on a CPU: progress shows (and is cached) every few seconds.
+                "translator": {"kind": "causal", "model": "gemma-3-270m", "device": "cpu", "batch_size": 16},
             },
             "train": {
                 "trainable": "attention",

@@ -14,11 +14,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import sys
     from pathlib import Path
 
     from clo.report import write_report
 
-    out = write_report(args.grid_dir, args.out)
+    try:
+        out = write_report(args.grid_dir, args.out)
+    except (FileNotFoundError, ValueError) as e:  # not a grid directory, or a damaged file in it
+        print(f"clo report: {e}", file=sys.stderr)
+        return 2
     runs = ", ".join(f"{n} {s}" for s, n in sorted(out["runs"].items()))
     print(f"report: {out['dir']}/report.md ({runs})")
     if args.show:
