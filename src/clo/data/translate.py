@@ -349,7 +349,7 @@ class CausalTranslator(Translator):
         return self._stop_ids
 
     def fingerprint(self) -> str:
-        return super().fingerprint() + ("|prefix-cache" if self.cfg.prefix_cache else "")
+        return super().fingerprint() + "|nonempty" + ("|prefix-cache" if self.cfg.prefix_cache else "")
 
     def _prefix(self, src_lang: str, tgt_lang: str):
         """(prefix ids, KV cache of the prefix) for a language pair, computed once."""
@@ -370,8 +370,10 @@ class CausalTranslator(Translator):
         model = self._load()
         bounds = [self.max_new_tokens(self.count_tokens(t)) for t in texts]
         self.tokenizer.padding_side = "left"
+        # A line break (or EOS) as the very first token would be an empty translation: the model
+        # must say something before it stops.
         gen = dict(do_sample=False, num_beams=1, max_new_tokens=max(bounds), eos_token_id=self.stop_token_ids(),
-                   pad_token_id=self.tokenizer.pad_token_id)
+                   begin_suppress_tokens=self.stop_token_ids(), pad_token_id=self.tokenizer.pad_token_id)
         if self.cfg.prefix_cache:
             # The few-shot examples are the same for every segment: their keys and values are
             # computed once and copied into each batch, which then only prefills its own
