@@ -275,3 +275,16 @@ def test_seq2seq_nllb_language_codes(tmp_path):
     assert ids[0, 1].item() == tr.tokenizer.convert_tokens_to_ids("swh_Latn")
     assert tr.tokenizer("Hello").input_ids[0] == tr.tokenizer.convert_tokens_to_ids("eng_Latn")
     assert T._lang_token(tr.tokenizer, "zh") == "zho_Hans"
+
+
+@pytest.mark.slow
+def test_gemma_few_shot_translates_into_german(tmp_path):
+    """The offline default (Gemma 3 270M, few-shot) turns simple sentences into German."""
+    from clo.langid import detect_languages
+
+    texts = ["He installed the software.", "Jupiter is a planet.", "The children are playing in the garden."]
+    cfg = TranslatorConfig(kind="causal", model="gemma-3-270m", device="cpu", batch_size=4)
+    st = T.TranslationStats()
+    out = T.translate_texts(texts, "en", "de", cfg, tmp_path / "c.sqlite", progress=False, stats=st)
+    assert detect_languages(out) == ["de", "de", "de"], out
+    assert st.translated == 3 and all(o and "\n" not in o for o in out)

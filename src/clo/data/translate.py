@@ -72,8 +72,9 @@ class Translator(ABC):
     def fingerprint(self) -> str:
         """Everything that changes the output: the cache key's translator part."""
         c = self.cfg
+        # Not the segmentation limit: a segment's translation does not depend on it.
         return (f"{self.kind}/v{PROMPT_VERSION}|model={c.model}|greedy|new={c.max_new_tokens_ratio}x+"
-                f"{c.max_new_tokens_extra}|seg={c.max_segment_tokens}")
+                f"{c.max_new_tokens_extra}")
 
     def count_tokens(self, text: str) -> int:
         """Source tokens of a segment (segmentation limit and batch budget)."""
@@ -113,11 +114,12 @@ class IdentityTranslator(Translator):
 def _lang_token(tokenizer, code: str) -> str:
     """The language token of ``code`` in an M2M100 (``__de__``) or NLLB (``deu_Latn``) vocabulary."""
     lang = languages.get(code)
-    # M2M100Tokenizer keeps its language tokens apart from the vocabulary (lang_token_to_id).
-    vocab = set(tokenizer.get_vocab()) | set(getattr(tokenizer, "lang_token_to_id", {}))
     candidates = [f"__{lang.m2m100}__" if lang.m2m100 else None, lang.nllb]
+    # M2M100Tokenizer keeps its language tokens apart from the vocabulary (lang_token_to_id).
+    special = getattr(tokenizer, "lang_token_to_id", {})
+    unk = tokenizer.unk_token_id
     for tok in candidates:
-        if tok and tok in vocab:
+        if tok and (tok in special or tokenizer.convert_tokens_to_ids(tok) not in (None, unk)):
             return tok
     raise TranslationError(
         f"the tokenizer of this seq2seq model has no language token for {code!r} (looked for "
