@@ -1,17 +1,14 @@
-import os
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("CLO_SHARED_DATA", REPO.parent / "shared" / "data"))
+from clo.paths import shared_data_dir
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"shared data directory {SHARED_DATA} not found (set CLO_SHARED_DATA)")
-    return SHARED_DATA
+def shared_data():
+    try:
+        return shared_data_dir()
+    except FileNotFoundError as e:
+        pytest.fail(str(e))
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ def test_shared_data_dir_from_environment(monkeypatch, tmp_path, shared_data):
     monkeypatch.setenv("CLO_SHARED_DATA", str(shared_data))
     assert demo.shared_data_dir() == shared_data
     monkeypatch.setenv("CLO_SHARED_DATA", str(tmp_path / "nope"))
-    with pytest.raises(FileNotFoundError, match=r"nope not found; set CLO_SHARED_DATA"):
+    with pytest.raises(FileNotFoundError, match=r"looked in \S*nope\); set CLO_SHARED_DATA"):
         demo.shared_data_dir()
 
 

@@ -30,6 +30,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from clo.paths import repo_root, shared_data_dir  # noqa: F401  (re-exported for callers)
+
 log = logging.getLogger(__name__)
 
 HELP = "end-to-end demo on SmolLM2-135M-Instruct, German, on a laptop CPU (resumable)"
@@ -51,23 +53,6 @@ BELEBELE_LIMIT = 24
 MMLU_LIMIT = 16
 FIDELITY_LIMIT = 24
 MAX_NEW_TOKENS = 64
-
-
-def repo_root() -> Path:
-    # src/clo/demo.py -> the repository (an editable or source install); the working directory otherwise.
-    here = Path(__file__).resolve().parents[2]
-    return here if (here / "pyproject.toml").is_file() else Path.cwd()
-
-
-def shared_data_dir() -> Path:
-    env = os.environ.get("CLO_SHARED_DATA")
-    path = Path(env) if env else repo_root().parent / "shared" / "data"
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"shared data directory {path} not found; set CLO_SHARED_DATA to a directory laid out like "
-            "../shared/data (belebele/, mmlu/, language_confusion/, sft_en/)"
-        )
-    return path
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

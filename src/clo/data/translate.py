@@ -162,14 +162,12 @@ class Seq2SeqTranslator(Translator):
 
     def _hf_model(self):
         if self._model is None:
-            import torch
             from transformers import AutoModelForSeq2SeqLM
 
             from clo.models import resolve_dtype
 
             dtype = resolve_dtype(self.cfg.dtype, self.device)
             self._model = AutoModelForSeq2SeqLM.from_pretrained(self.path, dtype=dtype).to(self.device).eval()
-            torch.set_grad_enabled(False)
         return self._model
 
     def _ct2_model(self):

@@ -1,0 +1,36 @@
+"""Where the development data lives: ``$CLO_SHARED_DATA``, else a ``shared/data`` folder beside
+the repository or any of its parents (a checkout at ``/work/main`` finds ``/work/shared/data``;
+a clone elsewhere on the same machine finds it through the fallback list)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Searched after the environment variable and the repository's ancestors.
+FALLBACK_SHARED_DATA = (Path("/work/shared/data"),)
+
+
+def repo_root() -> Path:
+    # src/clo/paths.py -> the repository (an editable or source install); the working directory otherwise.
+    here = Path(__file__).resolve().parents[2]
+    return here if (here / "pyproject.toml").is_file() else Path.cwd()
+
+
+def shared_data_candidates() -> list[Path]:
+    env = os.environ.get("CLO_SHARED_DATA")
+    if env:
+        return [Path(env)]
+    root = repo_root()
+    return [p / "shared" / "data" for p in (root, *root.parents)] + list(FALLBACK_SHARED_DATA)
+
+
+def shared_data_dir() -> Path:
+    candidates = shared_data_candidates()
+    for path in candidates:
+        if path.is_dir():
+            return path
+    raise FileNotFoundError(
+        f"shared data directory not found (looked in {', '.join(map(str, candidates))}); set "
+        "CLO_SHARED_DATA to a directory laid out like shared/data (belebele/, mmlu/, language_confusion/, sft_en/)"
+    )
