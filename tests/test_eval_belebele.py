@@ -48,7 +48,7 @@ def test_passage_sharing_runs_each_passage_once(shared_data):
     shapes = []
     h = model.register_forward_hook(lambda m, a, k, out: shapes.append(tuple(k["input_ids"].shape)), with_kwargs=True)
     en = languages.get("en")
-    shared = bb.predict(model, tok, rows, en, template="harness", batch_size=4, progress=False)
+    shared = bb.predict(model, tok, rows, en, template="harness", batch_size=4, progress=False, share_passages=True)
     h.remove()
     assert shapes[0][0] == 2 and shapes[1][0] == 4  # 2 passages, then 4 question suffixes
     whole = bb.predict(model, tok, rows, en, template="harness", batch_size=4, progress=False, share_passages=False)
@@ -104,8 +104,8 @@ def test_predictions_and_resume(shared_data, tmp_path, monkeypatch):
     (data / "deu_Latn.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = load_config(None, [f"eval.data_dir={tmp_path / 'data'}", "lang=de", "eval.batch_size=4"])
     scored = []
-    real = bb.score_shared
-    monkeypatch.setattr(bb, "score_shared", lambda m, g, it, p: scored.append(len(it)) or real(m, g, it, p))
+    real = bb.score_batch
+    monkeypatch.setattr(bb, "score_batch", lambda m, c, o, p: scored.append(len(c)) or real(m, c, o, p))
     m1 = evaluate("belebele", (model, tok), cfg, tmp_path / "out", limit=3)
     assert m1["n"] == 3 and sum(scored) == 3
     m2 = evaluate("belebele", (model, tok), cfg, tmp_path / "out")  # resumes: scores only the 3 new items

@@ -103,13 +103,14 @@ def _output_name(lang: str, opts: dict) -> str:
 
 def predict(model, tokenizer, rows: list[dict], lang: Language, *, template: str = "native",
             batch_size: int = 8, chat: bool = False, cache=None, progress: bool = True,
-            share_passages: bool = True) -> list[dict]:
+            share_passages: bool = False) -> list[dict]:
     """Per-item predictions: ``{"id", "gold", "pred", "correct", "loglik"}`` in row order.
 
-    ``batch_size`` questions per forward; with ``share_passages`` (and a model without
+    ``batch_size`` questions per forward; every context runs whole
+    (:func:`clo.eval.loglik.score_batch`). With ``share_passages`` (and a model without
     sliding-window attention) the questions of one passage share one pass over the passage tokens
-    (:func:`clo.eval.loglik.score_shared`), otherwise every context runs whole
-    (:func:`clo.eval.loglik.score_batch`).
+    (:func:`clo.eval.loglik.score_shared`): about 25% fewer tokens on BELEBELE, but no faster on
+    the development CPU (two passes, extra padding), hence off by default.
     """
     from clo.formatting import render_prompt
 
@@ -173,13 +174,14 @@ def predict(model, tokenizer, rows: list[dict], lang: Language, *, template: str
 
 @register_task("belebele", description="BELEBELE reading comprehension, log-likelihood", output_name=_output_name)
 def run(ctx: TaskContext, *, template: str = "native", limit: int | None = None, chat: bool = False,
-        batch_size: int | None = None) -> TaskResult:
+        batch_size: int | None = None, share_passages: bool = False) -> TaskResult:
     limit = limit if limit is not None else ctx.cfg.eval.limit
     rows = load_rows(ctx.lang, ctx.data_dir, limit)
     if not rows:
         raise EvalDataError(f"no BELEBELE rows for {ctx.lang.flores}")
     records = predict(ctx.model, ctx.tokenizer, rows, ctx.lang, template=template,
-                      batch_size=batch_size or ctx.cfg.eval.batch_size, chat=chat, cache=ctx.cache)
+                      batch_size=batch_size or ctx.cfg.eval.batch_size, chat=chat, cache=ctx.cache,
+                      share_passages=share_passages)
     acc, se = mean_stderr([float(r["correct"]) for r in records])
     counts = [sum(r["pred"] == k for r in records) for k in range(4)]
     metrics = {"accuracy": acc, "stderr": se, "n": len(records)}

@@ -157,6 +157,15 @@ def model_identity(model, spec: str | None) -> str:
     """A string that changes when the weights change: the spec for a loaded spec, else the
     checkpoint name plus a digest of a sample of every parameter tensor."""
     if spec is not None:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            # A checkpoint directory can be overwritten by a new training run: name its files too.
+            h = hashlib.sha256()
+            for f in sorted(path.iterdir()):
+                if f.is_file():
+                    st = f.stat()
+                    h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+            return f"{spec}@{h.hexdigest()[:16]}"
         return spec
     h = hashlib.sha256()
     for name, p in model.named_parameters():
@@ -236,7 +245,7 @@ def evaluate(task: str, model, cfg, output_dir: Path, **task_options) -> dict:
     keyed = {k: v for k, v in shown.items() if k not in ("limit", "batch_size")}
     fingerprint = json.dumps(
         {"task": task, "lang": lang.code, "model": model_name, "options": keyed,
-         "eval": cfg.eval.model_dump(mode="json", exclude={"tasks", "limit"})},
+         "eval": cfg.eval.model_dump(mode="json", exclude={"tasks", "limit", "batch_size"})},
         sort_keys=True, default=str,
     )
     cache = ItemCache(output_dir / f"{name}.cache.jsonl", hashlib.sha256(fingerprint.encode()).hexdigest())

@@ -28,8 +28,9 @@ def _harness_template_config() -> dict:
 
 
 def harness_predict(model, tokenizer, rows: list[dict], lang: Language, *, template: str = "harness",
-                    batch_size: int = 8) -> tuple[list[int], list[list[float]], float]:
-    """(predictions, log-likelihoods per option, seconds in ``HFLM.loglikelihood``)."""
+                    batch_size: int = 8, timings: dict | None = None) -> tuple[list[int], list[list[float]], float]:
+    """(predictions, log-likelihoods per option, seconds in ``HFLM.loglikelihood``); ``timings``, if
+    given, receives that call's wall and process-CPU seconds (``wall``, ``cpu``)."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from lm_eval.api.task import ConfigurableTask
@@ -63,9 +64,11 @@ def harness_predict(model, tokenizer, rows: list[dict], lang: Language, *, templ
         task.build_all_requests(rank=0, world_size=1)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
         reqs = list(task.instances)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         resps = lm.loglikelihood(reqs, disable_tqdm=True)
         seconds = time.perf_counter() - t0
+        if timings is not None:
+            timings.update(wall=seconds, cpu=time.process_time() - c0)
     docs = list(task.test_docs())
     ll = [[0.0] * 4 for _ in docs]
     for req, (logp, _greedy) in zip(reqs, resps):

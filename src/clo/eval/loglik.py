@@ -172,9 +172,16 @@ def score_shared(model, groups: Sequence[Sequence[Sequence[int]]], options: Sequ
         raise ValueError("an option encodes to no tokens")
     prefixes, owner, suffixes = [], [], []
     order = [i for g in groups for i in g]
+    cut = []
+    for g in groups:
+        ctxs = [items[i][0] for i in g]
+        cut.append(min(common_prefix_len(ctxs), min(len(c) for c in ctxs) - 1))
+    # The suffix pass is padded to its longest suffix: a lone question, which shares nothing,
+    # splits where its suffix fills that width instead of leaving it padding.
+    width = max([max(len(items[i][0]) for i in g) - n for g, n in zip(groups, cut) if len(g) > 1] or [1])
     for g_idx, g in enumerate(groups):
         ctxs = [items[i][0] for i in g]
-        n = min(common_prefix_len(ctxs), min(len(c) for c in ctxs) - 1)
+        n = cut[g_idx] if len(g) > 1 else max(1, len(ctxs[0]) - width)
         if n < 1:
             raise ValueError("a context of fewer than 2 tokens cannot be split into prefix and suffix")
         prefixes.append(ctxs[0][:n])
