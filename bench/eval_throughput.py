@@ -94,10 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval_throughput.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     md = [f"# BELEBELE throughput: clo vs lm-evaluation-harness {lm_eval.__version__}", "",
-          f"model `{args.model}`, device {meta['device']}, {meta['torch_threads']} torch threads, "
-          f"median of {args.repeats} alternating runs", "",
-          "| template | data | n | batch | clo q/s | harness q/s | ratio (wall) | ratio (CPU time) | agreement "
-          "| max abs Δ log-lik |",
+          (f"model `{args.model}`, device {meta['device']}, {meta['torch_threads']} torch threads, "
+           f"median of {args.repeats} alternating runs"), "",
+          ("| template | data | n | batch | clo q/s | harness q/s | ratio (wall) | ratio (CPU time) | agreement "
+           "| max abs Δ log-lik |"),
           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         md.append(f"| {r['lang']}/{r['template']} | {r['data']} | {r['n']} | {r['batch_size']} | "

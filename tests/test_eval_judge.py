@@ -4,6 +4,7 @@ import json
 import math
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
@@ -17,8 +18,8 @@ class ScriptedJudge(BaseHTTPRequestHandler):
     """Ranks first the output containing WIN; TIE in both: tie; GARBAGE: no JSON; FLAKY: no JSON the
     first time it sees an instruction."""
 
-    requests: list = []
-    seen: dict = {}
+    requests: ClassVar[list] = []
+    seen: ClassVar[dict] = {}
 
     def log_message(self, *a):
         pass
@@ -84,8 +85,8 @@ def test_judged_win_rate_end_to_end(judge_server, tmp_path, monkeypatch):
     cfg = load_config(None, [f"eval.judge.base_url={judge_server}", "eval.judge.api_key_env=CLO_TEST_JUDGE_KEY",
                              "eval.judge.max_retries=0", "eval.judge.retries=2", "eval.seed=3", "lang=de"])
     model = (tiny_model("llama", vocab_size=512), tiny_tokenizer())
-    opts = dict(instructions_file=str(tmp_path / "instr.json"), translated_file=str(tmp_path / "de.json"),
-                baseline_outputs=str(tmp_path / "base.json"))
+    opts = {"instructions_file": str(tmp_path / "instr.json"), "translated_file": str(tmp_path / "de.json"),
+            "baseline_outputs": str(tmp_path / "base.json")}
     m = evaluate("alpacaeval", model, cfg, tmp_path / "out", **opts)
 
     # item 5 never parses (failure), item 6 parses on the retry; scores 1,1,1,0,0.5,1

@@ -4,8 +4,7 @@ from collections import Counter
 import pytest
 
 from clo.config import load_config
-from clo.eval import evaluate
-from clo.eval import mmmlu
+from clo.eval import evaluate, mmmlu
 from clo.eval.mmmlu import extract_answer, stratified_sample
 
 # (response, expected letter or None): realistic model outputs in the seven languages.

@@ -3,4 +3,4 @@ Language Confusion Benchmark. ``evaluate(task, model, cfg, output_dir, **options
 
 from clo.eval.core import TASKS, EvalDataError, evaluate, get_task
 
-__all__ = ["evaluate", "get_task", "TASKS", "EvalDataError"]
+__all__ = ["TASKS", "EvalDataError", "evaluate", "get_task"]

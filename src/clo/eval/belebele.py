@@ -9,8 +9,8 @@ harness does; ``chat=True`` wraps it in the model's chat template instead.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tqdm.auto import tqdm
 

@@ -22,8 +22,8 @@ import csv
 import json
 import string
 from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from tqdm.auto import tqdm
 

@@ -7,7 +7,7 @@ left-padded, and decoded back into the caller's order.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -71,8 +71,8 @@ def iter_generate(
     for b, start in enumerate(range(0, len(order), batch_size)):
         idx = order[start:start + batch_size]
         ids, mask = left_pad([encoded[i] for i in idx], pad_id)
-        kwargs = dict(do_sample=sample, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
-                      eos_token_id=eos or None)
+        kwargs = {"do_sample": sample, "max_new_tokens": max_new_tokens, "pad_token_id": pad_id,
+                  "eos_token_id": eos or None}
         if sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
         else:

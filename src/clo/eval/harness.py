@@ -20,8 +20,8 @@ from clo.languages import Language
 
 
 def _harness_template_config() -> dict:
-    import yaml
     import lm_eval
+    import yaml
 
     path = Path(lm_eval.__file__).parent / "tasks" / "belebele" / "_default_template_yaml"
     return yaml.safe_load(path.read_text(encoding="utf-8"))

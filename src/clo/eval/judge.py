@@ -16,7 +16,8 @@ import logging
 import os
 import random
 import re
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from clo.languages import Language
 

@@ -17,7 +17,7 @@ move to the continuation, the pair is encoded as one string and split at the con
 from __future__ import annotations
 
 import inspect
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
