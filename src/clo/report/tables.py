@@ -281,9 +281,11 @@ def table1_winrates(res: GridResults) -> Table:
         cols += [f"{_label(v)} {where}" for v in compared]
         if all(delta):
             cols.append(f"Δ {where}")
+    note = "Pairwise judge, ties count half; ± one standard error. "
+    if all(delta):
+        note += "Δ = CLO − SFT+DPO in points. "
     t = Table("table1_winrates", f"Table 1: win rate (%) against {_label(base)}", ["model", "lang"], cols,
-              note=f"Pairwise judge, ties count half; ± one standard error. Δ = CLO − SFT+DPO in points. "
-                   f"Training size: {_size_label(res.main_size)}.")
+              note=note + f"Training size: {_size_label(res.main_size)}.")
     for model, lang in res.cells():
         cells: list[Cell] = []
         for where in ("tgt", "en"):
