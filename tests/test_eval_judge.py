@@ -141,3 +141,19 @@ def test_language_rule_only_for_non_english():
     assert "written in" not in en
     assert "The instruction is written in Korean. A response that is not written in Korean" in ko
     assert '"model_1": "a"' in ko and '"model_2": "b"' in ko
+
+
+def test_local_judge_backend_counts_unparseable_verdicts(tmp_path):
+    # A tiny random chat model as the local judge: it cannot produce a ranking, so every verdict is
+    # retried and then counted as a failure.
+    from clo.eval.config import JudgeConfig
+    from clo.eval.judge import judge_item, make_judge
+    from clo.testing import tiny_model, tiny_tokenizer
+
+    tiny_model("llama", vocab_size=512).save_pretrained(tmp_path / "j")
+    tiny_tokenizer().save_pretrained(tmp_path / "j")
+    judge = make_judge(JudgeConfig(backend="local", model=str(tmp_path / "j"), max_tokens=8))
+    v = judge_item(judge, "0", "Say hi", "hi", "hello", languages.get("en"), seed=0, retries=1)
+    assert v["failed"] and v["attempts"] == 2 and len(v["raw"]) == 2 and v["score"] is None
+    with pytest.raises(ValueError, match="unknown judge backend 'x'; known: openai, local"):
+        make_judge(JudgeConfig(backend="x"))
