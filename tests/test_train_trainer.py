@@ -199,3 +199,23 @@ def test_non_finite_loss_stops_and_keeps_last_good_state(workdir, tmp_path, monk
     state = torch.load(tmp_path / "run" / "last" / "state.pt", weights_only=False)
     assert state["step"] == 2  # saved after step 2; the failed step 3 wrote nothing
     assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_cli_maps_flags_onto_the_config(workdir, tmp_path, capsys):
+    from clo.cli import main
+
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(workdir / "train.jsonl"), "--output", str(out), "--method", "clo",
+               "--nll-langs", "tgt,en", "--trainable", r"layers\.1\.self_attn\.(q|v)_proj",
+               "--set", f"model={workdir / 'model'}", "--set", "lang=de", "--set", "train.epochs=0.5",
+               "--set", "train.max_length=64", "--set", f"train.reference_cache={workdir / 'refcache'}"])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["method"] == "clo" and printed["steps"] == 1
+    metrics = json.loads((out / "result.json").read_text())["metrics"]
+    assert metrics["trainable"] == r"layers\.1\.self_attn\.(q|v)_proj"
+    assert metrics["trainable_params"] == 32 * 32 + 16 * 32  # q (32x32) and v (2 kv heads x 8 = 16 rows)
+    before, after = _params(workdir / "model"), _params(out / "best")
+    changed = sorted(n for n in before if not torch.equal(before[n], after[n]))
+    assert changed == ["model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.v_proj.weight"]
+    assert main(["train", "--data", str(workdir / "train.jsonl"), "--set", "train.beta=-1"]) == 2
