@@ -46,7 +46,7 @@ SAMPLE_PROMPTS = [
 ]
 
 #: Demo sizes. Measured on 2 shared CPU cores; see docs/experiments.md.
-DEFAULT_PAIRS = 64
+DEFAULT_PAIRS = 96
 MAX_PAIR_CHARS = 360  # prompt + response characters of a local English pair kept for the demo
 MAX_LENGTH = 192  # training tokens per sequence
 BELEBELE_LIMIT = 24
