@@ -151,8 +151,14 @@ def run_trl(a, mode) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"anchor failed ({mode}):\n{proc.stderr[-3000:]}")
-    lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    info, res = lines[0], lines[-1]
+    lines = []
+    for ln in proc.stdout.splitlines():
+        try:  # the trainer also prints Python dict reprs; only the anchor's JSON lines count
+            lines.append(json.loads(ln))
+        except json.JSONDecodeError:
+            continue
+    info = next(x for x in lines if "trl" in x)
+    res = next(x for x in lines if x.get("mode") == mode)
     if res.get("peak_mem_gib") is None:
         res["peak_mem_gib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 3)
         res["peak_kind"] = "process max RSS (largest child so far)"

@@ -38,4 +38,4 @@ class TrainConfig(StrictModel):
     attn_implementation: str | None = Field(None, description="eager | sdpa | flash_attention_2 | flex_attention")
     reference_cache: str | None = Field(None, description="directory of cached reference log-probs "
                                         "(default $CLO_CACHE/reference)")
-    log_every: int = Field(1, gt=0)
+    log_every: int = Field(10, gt=0, description="steps between console lines (the JSON log has every step)")

@@ -401,8 +401,10 @@ class _Stage:
                 tokens_done += n_tok * self.world
                 metrics.update(lr=lr, step_s=dt, units_per_s=len(idx) / dt)
                 last_metrics = metrics
+                trackers.log({f"train/{k}": v for k, v in metrics.items()}, step)
                 if step % tc.log_every == 0 or step == len(self.plan):
-                    trackers.log({f"train/{k}": v for k, v in metrics.items()}, step)
+                    log.info("step %d/%d: %s", step, len(self.plan),
+                             ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
                 bar.set_postfix({k: f"{metrics[k]:.4g}" for k in ("loss", "nll", "cl", "acc_en", "acc_tgt",
                                                                    "accuracy") if k in metrics})
                 bar.update(1)
