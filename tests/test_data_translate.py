@@ -141,6 +141,19 @@ def test_seq2seq_rejects_non_translation_tokenizer(tmp_path):
         T._lang_token(tiny_tokenizer(), "de")
 
 
+def test_loop_detection_exact():
+    import torch
+
+    rows = torch.tensor([
+        [7, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4],  # "1 2 3 4" three times: a loop
+        [7, 1, 2, 3, 4, 1, 2, 3, 4, 9, 2, 3, 4],  # last 4-gram "9 2 3 4" once
+        [5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5],  # "5 5 5 5" ten times
+    ])
+    assert T.loop_detected(rows).tolist() == [True, False, True]
+    assert T.loop_detected(rows[:, :12]).tolist() == [False, False, True]  # row 0 ends "4 1 2 3": twice only
+    assert T.loop_detected(rows[:, :11]).tolist() == [False, False, False]  # shorter than n * times = 12
+
+
 # --- causal on a tiny random Llama ---------------------------------------------------------------
 
 
@@ -171,6 +184,9 @@ def test_causal_translator_batches_like_single_calls(tiny_causal):
     nl = [i for t, i in tr.tokenizer.get_vocab().items() if "Ċ" in t]
     assert nl and set(nl) <= set(tr.stop_token_ids())
     assert tr.tokenizer.eos_token_id in tr.stop_token_ids()
+    # The random model loops ("ick...ick..."): generation stops at the third repeat, before the bound.
+    assert any(len(tr.tokenizer(o, add_special_tokens=False).input_ids) < tr.max_new_tokens(tr.count_tokens(t))
+               for t, o in zip(texts, together))
     # Output bounded by ratio * source tokens + extra.
     for t, o in zip(texts, together):
         assert len(tr.tokenizer(o, add_special_tokens=False).input_ids) <= tr.max_new_tokens(tr.count_tokens(t)) + 1

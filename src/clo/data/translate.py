@@ -310,6 +310,34 @@ def _cache_kw() -> str:
     return "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
 
 
+def loop_detected(generated, n: int = 4, times: int = 3):
+    """Per row: does the row's last ``n``-gram occur at least ``times`` times in the row?
+
+    ``generated``: (batch, steps) token ids. A few-shot translator that starts repeating itself
+    ("der/der/der/...") never reaches its line break and would hold its whole batch until the
+    length bound; such a row is stopped here (its translation fails the repetition check anyway).
+    """
+    import torch
+
+    b, steps = generated.shape
+    if steps < n * times:
+        return torch.zeros(b, dtype=torch.bool, device=generated.device)
+    windows = generated.unfold(1, n, 1)  # (batch, steps - n + 1, n)
+    last = generated[:, -n:].unsqueeze(1)
+    return (windows == last).all(-1).sum(-1) >= times
+
+
+def _loop_stop(start: int):
+    """A transformers stopping criterion around :func:`loop_detected` (generated part only)."""
+    from transformers import StoppingCriteria
+
+    class LoopStop(StoppingCriteria):
+        def __call__(self, input_ids, scores=None, **kwargs):
+            return loop_detected(input_ids[:, start:])
+
+    return LoopStop()
+
+
 class CausalTranslator(Translator):
     kind = "causal"
 
@@ -349,7 +377,7 @@ class CausalTranslator(Translator):
         return self._stop_ids
 
     def fingerprint(self) -> str:
-        return super().fingerprint() + "|nonempty" + ("|prefix-cache" if self.cfg.prefix_cache else "")
+        return super().fingerprint() + "|nonempty|loopstop" + ("|prefix-cache" if self.cfg.prefix_cache else "")
 
     def _prefix(self, src_lang: str, tgt_lang: str):
         """(prefix ids, KV cache of the prefix) for a language pair, computed once."""
@@ -366,6 +394,7 @@ class CausalTranslator(Translator):
 
     def translate_batch(self, texts, src_lang, tgt_lang):
         import torch
+        from transformers import StoppingCriteriaList
 
         model = self._load()
         bounds = [self.max_new_tokens(self.count_tokens(t)) for t in texts]
@@ -387,15 +416,16 @@ class CausalTranslator(Translator):
             mask = torch.cat([torch.ones_like(prefix_ids).expand(n, -1), enc["attention_mask"]], dim=1)
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(n)
-            with torch.inference_mode():
-                out = model.generate(input_ids=input_ids, attention_mask=mask, **{_cache_kw(): cache}, **gen)
             start = input_ids.shape[1]
+            with torch.inference_mode():
+                out = model.generate(input_ids=input_ids, attention_mask=mask, **{_cache_kw(): cache}, **gen,
+                                     stopping_criteria=StoppingCriteriaList([_loop_stop(start)]))
         else:
             enc = self.tokenizer([few_shot_prompt(t, src_lang, tgt_lang) for t in texts], return_tensors="pt",
                                  padding=True).to(self.device)
-            with torch.inference_mode():
-                out = model.generate(**enc, **gen)
             start = enc["input_ids"].shape[1]
+            with torch.inference_mode():
+                out = model.generate(**enc, **gen, stopping_criteria=StoppingCriteriaList([_loop_stop(start)]))
         new = out[:, start:].tolist()
         # Each row keeps its own bound: a translation does not depend on its batch.
         decoded = [self.tokenizer.decode(row[:b], skip_special_tokens=True) for row, b in zip(new, bounds)]
