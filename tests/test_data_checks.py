@@ -51,6 +51,13 @@ def test_short_and_letterless_texts_are_not_judged():
     assert c["passed"], c
 
 
+def test_too_few_letters_is_undecidable():
+    c = check_record("Convert 25°C to Fahrenheit.", "77.0°F", "Rechne 25°C in Fahrenheit um.", "77.0°F", "de", CFG)
+    assert c["y_tgt"]["lang"] is None and c["passed"], c
+    c = check_record("One word.", "Fog rolls in over the hills.", "Ein Wort.", "Fog rolls in over the hills.", "de", CFG)
+    assert c["y_tgt"]["lang"] == "en" and c["reasons"] == ["lang_y_tgt"]
+
+
 def test_cjk_ratio_uses_expected_ratio():
     en = "The weather is very nice today, let us go for a walk in the park."
     zh = "今天天气很好，我们去公园散步吧。"  # 16 characters for 66: ratio 0.24, fine for Chinese

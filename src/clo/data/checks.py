@@ -8,7 +8,8 @@ Reasons (stable strings, counted in ``summary.json``):
 
 - ``empty_<field>``: a text is empty or whitespace (source or translation);
 - ``lang_<field>``: the detected language of ``x_tgt`` / ``y_tgt`` is not the target language
-  (undecidable text, e.g. only code or numbers, passes);
+  (undecidable text passes: code and numbers only, or fewer than ``langid_min_letters`` letters,
+  "77.0°F", "Fog.", where language ID is a guess);
 - ``length_ratio_<field>``: the length ratio leaves its bounds;
 - ``repetition_<field>``: the translation repeats itself far more than its source does.
 """
@@ -65,7 +66,9 @@ def check_pair(
     if cfg.langid:
         if detect is None:
             from clo.langid import detect_language as detect
-        lang = detect(prose(target))
+        text = prose(target)
+        letters = sum(ch.isalpha() for ch in text)
+        lang = detect(text) if letters >= cfg.langid_min_letters else None
         values["lang"] = lang
         if lang is not None and lang != tgt_lang:
             reasons.append(f"lang_{field}")

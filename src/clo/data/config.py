@@ -43,6 +43,7 @@ class ChecksConfig(StrictModel):
     """Quality checks on every translated record (clo.data.checks)."""
 
     langid: bool = Field(True, description="x_tgt and y_tgt must be detected as the target language")
+    langid_min_letters: int = Field(8, ge=0, description="texts with fewer letters are undecidable (pass)")
     length_ratio_min: float = Field(0.4, gt=0, description="min of len(tgt)/len(en) / expected ratio")
     length_ratio_max: float = Field(2.5, gt=0, description="max of len(tgt)/len(en) / expected ratio")
     length_ratio_min_chars: int = Field(20, ge=0, description="English texts shorter than this skip the ratio check")
