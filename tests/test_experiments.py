@@ -278,3 +278,24 @@ def test_translate_instructions_writes_one_translation_per_instruction(tmp_path,
     assert out["n"] == len(rows) == len(english) == 805
     assert [r["instruction_en"] for r in rows] == [e["instruction"] for e in english]
     assert all(r["instruction"] == r["instruction_en"] for r in rows)  # the identity translator
+
+
+def test_clo_run_dry_run_lists_runs_and_evaluations(capsys, tmp_path):
+    from clo.cli import main
+
+    repo = Path(__file__).resolve().parents[1]
+    assert main(["run", str(repo / "configs" / "tiny.yaml"), "--dry-run", "--set", f"output_dir={tmp_path}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"grid tiny: 3 runs in {tmp_path}"
+    assert [ln.split()[0] for ln in lines[1:]] == ["tiny-llama/de/base", "tiny-llama/de/sft/nall", "tiny-llama/de/clo/nall"]
+    assert lines[1].split(None, 1)[1] == "belebele_de, belebele_en, mmmlu_en, fidelity_de"
+    assert not (tmp_path / "plan.json").exists()  # a dry run writes nothing
+
+
+def test_clo_run_reports_configuration_errors(capsys, tmp_path):
+    from clo.cli import main
+
+    bad = tmp_path / "g.yaml"
+    bad.write_text("models: [x]\nlangs: [de]\nmethods: [sft, clo]\nsizes: [7]\n", encoding="utf-8")
+    assert main(["run", str(bad)]) == 2
+    assert f"{bad}: sizes: 7 is not one of base.data.subsets" in capsys.readouterr().err
