@@ -61,6 +61,7 @@ def test_expand_crosses_axes_and_applies_variant_overrides(tmp_path):
     ({"methods": ["clo", "clo"]}, "methods: duplicate entries ['clo']"),
     ({"eval_jobs": [{"task": "alpacaeval"}], "methods": ["clo"]}, "baseline: 'sft' is not one of the methods"),
     ({"epochs": 3}, "g.yaml: epochs: unknown key"),
+    ({"base": {"model": "gpt2"}}, "g.yaml: base.model: set by the grid (models), not in base; remove it"),
 ])
 def test_bad_grid_config_names_source_and_key(tmp_path, change, message):
     with pytest.raises(ConfigError) as e:

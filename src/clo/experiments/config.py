@@ -191,6 +191,9 @@ class GridConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> GridConfig:
+        axis_owned = {"model": "models", "lang": "langs", "output_dir": "output_dir"}
+        for key in sorted(set(axis_owned) & self.base.model_fields_set):
+            raise ValueError(f"base.{key}: set by the grid ({axis_owned[key]}), not in base; remove it")
         for axis, names in (
             ("models", [m.name for m in self.models]),
             ("langs", self.langs),
