@@ -219,7 +219,7 @@ def collect(grid_dir: str | Path) -> GridResults:
         raise FileNotFoundError(f"{grid_dir}: no plan.json; is this a grid directory written by `clo run`?")
     plan = _read_json(plan_path)
     if not isinstance(plan, dict) or not isinstance(plan.get("runs"), list):
-        raise ValueError(f"{plan_path}: field 'runs' missing or not a list")
+        raise ValueError(f"{plan_path}: field 'runs' missing or not a list")  # noqa: TRY004 - bad file content
     runs: dict[str, RunResult] = {}
     for i, info in enumerate(plan["runs"]):
         for key in ("run_id", "model", "lang", "variant", "method", "size"):
