@@ -18,6 +18,9 @@ TABLE = [
     ("Answer: Because the question is ambiguous, none.", None),
     ("I think it's either B or C.", None),
     ("The answer is a matter of opinion.", None),
+    ("B) Rhinovirus", "B"),                                    # just the chosen option line
+    ("A) Wrong, Wrong\nC) Not wrong, Not wrong", None),          # two options named
+    ("Answer: $LADY SMALL\n\nA) Lisa 2", None),                 # garbage, option line not first
     # Chinese (full-width letter and colon)
     ("首先计算……所以选 C。\n答案：Ｃ", "C"),
     ("答案是 **B**。", "B"),

@@ -83,6 +83,8 @@ def _pattern() -> re.Pattern:
 
 _ANSWER_RE: re.Pattern | None = None
 _BOXED_RE = re.compile(r"\\boxed\s*\{\s*(?:\\text(?:bf)?\s*\{\s*)?([A-D])\s*\}")
+# A line that starts with an option label, as in the prompt's "B) text".
+_OPTION_LINE_RE = re.compile(r"^\s*(?:\*\*)?\(?([A-D])\)", re.MULTILINE)
 
 
 def normalize_response(text: str) -> str:
@@ -91,8 +93,9 @@ def normalize_response(text: str) -> str:
 
 
 def extract_answer(text: str) -> str | None:
-    """The letter (A-D) of the last ``<answer word>: X`` in ``text``, else a lone ``\\boxed{X}``;
-    None when neither occurs.
+    """The letter (A-D) of the last ``<answer word>: X`` in ``text``, else of the last
+    ``\\boxed{X}``, else of an opening option line (``X) ...``) when no other option is named that
+    way; None otherwise.
 
     Handles the answer words of every registered language, full-width letters and colons,
     Korean option letters 가/나/다/라, markdown bold and LaTeX ``\\boxed``/``\\text`` wrappers.
@@ -109,6 +112,12 @@ def extract_answer(text: str) -> str | None:
     boxed = list(_BOXED_RE.finditer(t))
     if boxed:
         return boxed[-1].group(1)
+    # Small models often reply with just the chosen option line ("B) Rhinovirus"): accept it when
+    # the response opens with it and names no other option that way.
+    labels = {m.group(1) for m in _OPTION_LINE_RE.finditer(t)}
+    opening = _OPTION_LINE_RE.match(t.lstrip("\n"))
+    if opening and labels == {opening.group(1)}:
+        return opening.group(1)
     return None
 
 
