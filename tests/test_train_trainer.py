@@ -88,9 +88,10 @@ def test_short_clo_run_learns_both_directions(workdir, tmp_path):
                 workdir / "train.jsonl", None, tmp_path / "run")
     log = _log(tmp_path / "run")
     first, last = log[0], log[-1]
-    # Step 1: policy = reference, so z = 0 in both directions and CL = 2 log 2 exactly.
-    assert first["train/cl"] == pytest.approx(2 * math.log(2), abs=1e-6)
-    assert first["train/acc_en"] == 0.0 and first["train/acc_tgt"] == 0.0
+    # Step 1: policy = reference, so z = 0 in both directions and CL = 2 log 2 (up to fp32 noise
+    # between the no-grad reference pass and the training forward, different kernels and layouts).
+    assert first["train/cl"] == pytest.approx(2 * math.log(2), abs=1e-4)
+    assert abs(first["train/margin_en"]) < 1e-3 and abs(first["train/margin_tgt"]) < 1e-3
     assert last["train/loss"] < first["train/loss"] - 0.1
     assert last["train/cl"] < 1.2 and last["train/nll"] < first["train/nll"]
     assert last["train/acc_en"] >= 0.75 and last["train/acc_tgt"] >= 0.75
@@ -141,10 +142,20 @@ def test_sft_plus_dpo_references_the_sft_model(workdir, tmp_path):
     assert set(res.metrics["stages"]) == {"sft", "dpo"}
     assert res.best_checkpoint == tmp_path / "run" / "dpo" / "best"
     assert res.metrics["stages"]["sft"]["units"] == 32  # 16 examples x (en row, tgt row)
+    # The DPO stage's cached reference is the SFT model's log-probs, not the base model's.
+    from clo.models import load_model
+    from clo.train.data import load_dataset
+    from clo.train.reference import compute_logps
+
+    key = res.metrics["stages"]["dpo"]["reference"]["train"]["key"]
+    cached = torch.load(workdir / "refcache" / f"{key}.pt", weights_only=True)
+    sft_model, tok = load_model(str(tmp_path / "run" / "sft" / "best"), dtype="float32", device="cpu")
+    base_model, _ = load_model(str(workdir / "model"), dtype="float32", device="cpu")
+    ds = load_dataset(workdir / "train.jsonl", tok, 64, "de")
+    torch.testing.assert_close(cached, compute_logps(sft_model, ds), atol=1e-3, rtol=0)
+    assert (cached - compute_logps(base_model, ds)).abs().max() > 0.1
     dpo_first = _log(tmp_path / "run" / "dpo")[0]
-    # The DPO policy starts as the SFT model; margins are 0 at step 1 only if the reference is it too.
-    assert dpo_first["train/margin"] == pytest.approx(0.0, abs=1e-6)
-    assert dpo_first["train/loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert dpo_first["train/loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert json.loads((tmp_path / "run" / "result.json").read_text())["metrics"]["method"] == "sft+dpo"
 
 
