@@ -97,8 +97,11 @@ def run_ours(a) -> dict:
         if cuda:
             torch.cuda.synchronize()
 
-    # Reference pass: every sequence once, no grad, the starting model.
+    # Reference pass: every sequence once, no grad, the starting model. One untimed forward
+    # first: TRL's timed steps come after warm-up steps too.
     model.eval()
+    with torch.no_grad():
+        packed_sequence_logps(model, pack([quads[0][k] for k in KEYS]))
     sync()
     t0 = time.perf_counter()
     ref = torch.empty(len(quads), 4)
@@ -132,14 +135,14 @@ def run_ours(a) -> dict:
     steady = times[a.warmup :]
     med = statistics.median(steady)
     ref_per_step = ref_s / len(quads) * a.pairs_per_step
-    return dict(
-        mode="ours-clo", step_s_median=round(med, 4), ref_pass_s=round(ref_s, 3),
-        ref_s_per_step=round(ref_per_step, 4),
-        pairs_per_s=round(a.pairs_per_step / (med + ref_per_step), 3),
-        pairs_per_s_without_ref=round(a.pairs_per_step / med, 3),
-        tokens_per_s=round(statistics.mean(tokens[a.warmup :]) / (med + ref_per_step), 1),
-        peak_mem_gib=round(_peak_gib(cuda), 3), peak_kind="cuda allocated" if cuda else "process max RSS",
-    )
+    return {
+        "mode": "ours-clo", "step_s_median": round(med, 4), "ref_pass_s": round(ref_s, 3),
+        "ref_s_per_step": round(ref_per_step, 4),
+        "pairs_per_s": round(a.pairs_per_step / (med + ref_per_step), 3),
+        "pairs_per_s_without_ref": round(a.pairs_per_step / med, 3),
+        "tokens_per_s": round(statistics.mean(tokens[a.warmup :]) / (med + ref_per_step), 1),
+        "peak_mem_gib": round(_peak_gib(cuda), 3), "peak_kind": "cuda allocated" if cuda else "process max RSS",
+    }
 
 
 def run_trl(a, mode) -> dict:
@@ -148,7 +151,7 @@ def run_trl(a, mode) -> dict:
            str(a.pairs_per_step), "--steps", str(a.steps), "--warmup", str(a.warmup), "--scale", str(a.scale)]
     if a.grad_ckpt:
         cmd.append("--grad-ckpt")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ}, check=False)
     if proc.returncode != 0:
         sys.exit(f"anchor failed ({mode}):\n{proc.stderr[-3000:]}")
     lines = []
@@ -179,9 +182,14 @@ def main() -> int:
     ap.add_argument("--grad-ckpt", action="store_true")
     ap.add_argument("--attn", default=None, help="attention implementation for ours (e.g. flash_attention_2)")
     ap.add_argument("--modes", default="ours,trl-clo,trl-sft")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="OMP_NUM_THREADS for both sides (on a shared CPU, 1 avoids OpenMP spin-waits)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", help="write results as JSON and Markdown (OUT.json, OUT.md)")
     a = ap.parse_args()
+    if a.threads is not None and os.environ.get("OMP_NUM_THREADS") != str(a.threads):
+        # Set before torch starts in the subprocesses (both sides inherit the environment).
+        os.environ["OMP_NUM_THREADS"] = str(a.threads)
     if a.worker:
         print(json.dumps(run_ours(a)), flush=True)
         return 0
@@ -189,7 +197,7 @@ def main() -> int:
     for mode in a.modes.split(","):
         if mode == "ours":
             cmd = [sys.executable, __file__, "--worker", *sys.argv[1:]]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ}, check=False)
             if proc.returncode != 0:
                 sys.exit(f"ours failed:\n{proc.stderr[-3000:]}")
             results["ours-clo"] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -209,10 +217,10 @@ def main() -> int:
     if a.out:
         import torch
 
-        meta = dict(config=a.config, scale=a.scale, pairs_per_step=a.pairs_per_step, steps=a.steps,
-                    warmup=a.warmup, grad_ckpt=a.grad_ckpt, torch=torch.__version__,
-                    device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
-        Path(a.out + ".json").write_text(json.dumps(dict(meta=meta, results=results, summary=summary), indent=1))
+        meta = {"threads": os.environ.get("OMP_NUM_THREADS"), "config": a.config, "scale": a.scale, "pairs_per_step": a.pairs_per_step, "steps": a.steps,
+                    "warmup": a.warmup, "grad_ckpt": a.grad_ckpt, "torch": torch.__version__,
+                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+        Path(a.out + ".json").write_text(json.dumps({"meta": meta, "results": results, "summary": summary}, indent=1))
         rows = ["| mode | examples/s | tokens/s | step s (median) | peak GiB |", "|---|---|---|---|---|"]
         for name, r in results.items():
             rows.append(f"| {name} | {r['pairs_per_s']} | {r.get('tokens_per_s')} | {r['step_s_median']} | "

@@ -5,7 +5,10 @@ import torch
 
 from clo.testing import tiny_model
 from clo.train.logprobs import (
-    pack_sequences, packed_sequence_logps, padded_sequence_logps, token_logps,
+    pack_sequences,
+    packed_sequence_logps,
+    padded_sequence_logps,
+    token_logps,
 )
 
 

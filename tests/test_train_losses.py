@@ -73,8 +73,8 @@ def test_dpo_loss_and_logps_equal_trl_sigmoid(tmp_path):
 
     tok = tiny_tokenizer(chat_template=False)
     model = tiny_model("llama", vocab_size=512)
-    rows = [dict(prompt="What is the capital", chosen=" Paris is it.", rejected=" Der Hund."),
-            dict(prompt="Der schnelle", chosen=" Fuchs springt", rejected=" quick brown fox jumps over")]
+    rows = [{"prompt": "What is the capital", "chosen": " Paris is it.", "rejected": " Der Hund."},
+            {"prompt": "Der schnelle", "chosen": " Fuchs springt", "rejected": " quick brown fox jumps over"}]
     args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, beta=0.1, loss_type=["sigmoid"],
                      precompute_ref_log_probs=True, report_to=[], use_cpu=True, max_length=128)
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)

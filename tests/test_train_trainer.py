@@ -3,7 +3,6 @@
 import json
 import math
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,9 +20,9 @@ def _records(prefix, n, seed):
     import random
 
     rng = random.Random(seed)
-    s = lambda ws, k: " ".join(rng.choice(ws) for _ in range(k))  # noqa: E731
-    return [dict(id=f"{prefix}{i}", tgt_lang="de", x_en=s(EN, 4), y_en=s(EN, 5), x_tgt=s(DE, 4), y_tgt=s(DE, 6))
-            for i in range(n)]
+    s = lambda ws, k: " ".join(rng.choice(ws) for _ in range(k))
+    return [{"id": f"{prefix}{i}", "tgt_lang": "de", "x_en": s(EN, 4), "y_en": s(EN, 5), "x_tgt": s(DE, 4),
+             "y_tgt": s(DE, 6)} for i in range(n)]
 
 
 def _write(path, rows):
@@ -45,8 +44,8 @@ def workdir(tmp_path_factory):
 
 
 def _cfg(workdir, **train):
-    base = dict(lr=5e-3, min_lr=5e-3, batch_size=8, eval_every=1, max_length=64,
-                reference_cache=str(workdir / "refcache"), max_grad_norm=None)
+    base = {"lr": 5e-3, "min_lr": 5e-3, "batch_size": 8, "eval_every": 1, "max_length": 64,
+            "reference_cache": str(workdir / "refcache"), "max_grad_norm": None}
     base.update(train)
     return config_from_dict({"model": str(workdir / "model"), "lang": "de", "train": base})
 
@@ -65,7 +64,8 @@ def _log(run, prefix="train/"):
 def test_plan_batches_shuffles_per_epoch_and_keeps_partial_batch():
     plan = plan_batches(5, 2, 2.0, seed=0)
     assert [len(b) for b in plan] == [2, 2, 1, 2, 2, 1]
-    assert sorted(sum(plan[:3], [])) == list(range(5)) and sorted(sum(plan[3:], [])) == list(range(5))
+    assert sorted(i for b in plan[:3] for i in b) == list(range(5))
+    assert sorted(i for b in plan[3:] for i in b) == list(range(5))
     assert plan == plan_batches(5, 2, 2.0, seed=0)
     assert plan_batches(5, 2, 0.5, seed=0) == plan[:2]
 

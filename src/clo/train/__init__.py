@@ -22,4 +22,4 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["train", "TrainResult", "TrainingDiverged"]
+__all__ = ["TrainResult", "TrainingDiverged", "train"]

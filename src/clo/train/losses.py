@@ -13,7 +13,7 @@ import torch.nn.functional as F
 KEYS = ("en_en", "en_tgt", "tgt_tgt", "tgt_en")
 
 
-def sft_nll(sum_logps: torch.Tensor, n_tokens: torch.Tensor | int | float) -> tuple[torch.Tensor, dict]:
+def sft_nll(sum_logps: torch.Tensor, n_tokens: torch.Tensor | float) -> tuple[torch.Tensor, dict]:
     """Token-mean negative log-likelihood.
 
     .. math::  L_{SFT} = -\\frac{\\sum_i \\log \\pi(y_i | x_i)}{\\sum_i |y_i|}

@@ -11,8 +11,8 @@ Composite methods (``sft+dpo``) are listed in :data:`STAGES` and run their stage
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

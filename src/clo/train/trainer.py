@@ -177,8 +177,8 @@ class _Stage:
             return
         sets = {"train": self.train_ds, **({"val": self.val_ds} if self.val_ds else {})}
         cache = Path(self.tc.reference_cache) if self.tc.reference_cache else None
-        kwargs = dict(chunk_size=self.tc.logit_chunk, pad_id=self.pad_id,
-                      row_capacity=None if self.flat else "longest")
+        kwargs = {"chunk_size": self.tc.logit_chunk, "pad_id": self.pad_id,
+                  "row_capacity": None if self.flat else "longest"}
         # One process computes and stores, the others read the cache it wrote.
         if self.acc.is_main_process:
             self.ref, self.ref_info = cached_reference(self.model, self.cfg.model, self.dtype_name, sets, cache, **kwargs)
@@ -470,4 +470,4 @@ def _train_stage(cfg, train_path: Path, val_path, output_dir: Path, stop_after_s
     return _Stage(cfg, train_path, Path(val_path) if val_path else None, output_dir, stop_after_steps).run()
 
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "plan_batches"]
+__all__ = ["TrainResult", "TrainingDiverged", "plan_batches", "train"]
