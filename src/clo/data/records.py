@@ -7,9 +7,9 @@ line: a malformed line, a missing field or an empty text is an error naming file
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 TEXT_FIELDS = ("x_en", "y_en", "x_tgt", "y_tgt")
 REQUIRED_FIELDS = ("id", "tgt_lang", *TEXT_FIELDS)
@@ -97,18 +97,16 @@ def read_records(path: str | Path) -> list[CrossLingualRecord]:
     return records
 
 
-def write_records(records: Iterable[CrossLingualRecord], path: str | Path) -> Path:
-    """Write atomically (temp file + rename): a killed write never leaves a truncated dataset."""
+def write_rows(rows: list[dict], path: str | Path) -> Path:
+    """Write dicts as JSONL, or Parquet when the path ends in .parquet, atomically (temp file +
+    rename): a killed write never leaves a truncated file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    rows = [r.to_dict() for r in records]
     if path.suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        for r in rows:
-            r["meta"] = json.dumps(r["meta"], ensure_ascii=False, sort_keys=True)
         pq.write_table(pa.Table.from_pylist(rows), tmp)
     else:
         with tmp.open("w", encoding="utf-8") as f:
@@ -116,3 +114,11 @@ def write_records(records: Iterable[CrossLingualRecord], path: str | Path) -> Pa
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
     tmp.replace(path)
     return path
+
+
+def write_records(records: Iterable[CrossLingualRecord], path: str | Path) -> Path:
+    rows = [r.to_dict() for r in records]
+    if Path(path).suffix == ".parquet":
+        for r in rows:  # Parquet has no free-form maps: meta travels as a JSON string
+            r["meta"] = json.dumps(r["meta"], ensure_ascii=False, sort_keys=True)
+    return write_rows(rows, path)

@@ -15,12 +15,11 @@
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from pathlib import Path
 
-from clo.data.records import CrossLingualRecord
+from clo.data.records import CrossLingualRecord, write_rows
 
 
 def _sft_rows(r: CrossLingualRecord, which: tuple[str, ...]) -> list[dict]:
@@ -78,17 +77,4 @@ def make_view(name: str, records: list[CrossLingualRecord], seed: int = 0) -> li
 
 def write_view(rows: list[dict], path: str | Path) -> Path:
     """JSONL, or Parquet when the path ends in .parquet (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
-    else:
-        with tmp.open("w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
+    return write_rows(rows, path)
