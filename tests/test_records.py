@@ -6,8 +6,8 @@ from clo.data.records import CrossLingualRecord, RecordError, read_records, writ
 
 
 def _rec(i, **kw):
-    d = dict(id=f"r{i}", source="alpaca", tgt_lang="de", x_en="Hi?", y_en="Hello.", x_tgt="Hallo?",
-             y_tgt="Hallo.", meta={"translator": "t", "checks": {"lang": True}})
+    d = {"id": f"r{i}", "source": "alpaca", "tgt_lang": "de", "x_en": "Hi?", "y_en": "Hello.", "x_tgt": "Hallo?",
+             "y_tgt": "Hallo.", "meta": {"translator": "t", "checks": {"lang": True}}}
     d.update(kw)
     return d
 

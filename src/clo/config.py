@@ -7,8 +7,9 @@ and the dotted key (``configs/x.yaml: train.beta: Input should be a valid number
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
@@ -18,7 +19,7 @@ from clo.data.config import DataConfig
 from clo.eval.config import EvalConfig
 from clo.train.config import TrainConfig
 
-__all__ = ["Config", "ConfigError", "StrictModel", "load_config", "config_from_dict", "dump_config"]
+__all__ = ["Config", "ConfigError", "StrictModel", "config_from_dict", "dump_config", "load_config", "set_dotted"]
 
 
 class Config(StrictModel):
@@ -64,7 +65,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def _apply(tree: dict, path: list[str], value: Any, source: str) -> None:
+def set_dotted(tree: dict, key: str | list[str], value: Any, source: str) -> None:
+    """Set ``train.beta`` (or ``["train", "beta"]``) in a nested dict, creating sections."""
+    path = key.split(".") if isinstance(key, str) else key
     node = tree
     for i, part in enumerate(path[:-1]):
         nxt = node.setdefault(part, {})
@@ -78,7 +81,7 @@ def config_from_dict(tree: dict, source: str = "<dict>", overrides: Iterable[str
     tree = dict(tree or {})
     for ov in overrides:
         path, value = parse_override(ov)
-        _apply(tree, path, value, f"--set {ov}")
+        set_dotted(tree, path, value, f"--set {ov}")
     try:
         return Config.model_validate(tree)
     except ValidationError as e:

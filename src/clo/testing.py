@@ -58,9 +58,9 @@ ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma", "gemma3", "gpt2", "phi3")
 def tiny_config(arch: str, vocab_size: int = 512, hidden: int = 32, layers: int = 2):
     import transformers as tf
 
-    common = dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                  num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                  max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    common = {"vocab_size": vocab_size, "hidden_size": hidden, "intermediate_size": 2 * hidden,
+                  "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2,
+                  "max_position_embeddings": 512, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
     if arch == "llama":
         return tf.LlamaConfig(**common, tie_word_embeddings=False)
     if arch == "mistral":

@@ -32,7 +32,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from clo import languages
-from clo.config import Config, config_from_dict, load_yaml, parse_override
+from clo.config import Config, config_from_dict, load_yaml, parse_override, set_dotted
 from clo.config_base import ConfigError, StrictModel
 from clo.train.config import TrainConfig
 
@@ -264,17 +264,6 @@ class RunSpec:
         }
 
 
-def _apply_dotted(tree: dict, key: str, value: Any, source: str) -> None:
-    node = tree
-    parts = key.split(".")
-    for i, part in enumerate(parts[:-1]):
-        nxt = node.setdefault(part, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"{source}: {'.'.join(parts[: i + 1])} is not a section")
-        node = nxt
-    node[parts[-1]] = value
-
-
 def expand(grid: GridConfig, source: str = "<grid>") -> list[RunSpec]:
     """Every run of the grid, base-model runs first; each run's config fully validated."""
     runs: list[RunSpec] = []
@@ -290,7 +279,7 @@ def expand(grid: GridConfig, source: str = "<grid>") -> list[RunSpec]:
                 vtree = copy.deepcopy(tree)
                 vtree["train"]["method"] = variant.method
                 for key, value in variant.set.items():
-                    _apply_dotted(vtree, key, value, f"{source}: methods.{i}.set")
+                    set_dotted(vtree, key, value, f"{source}: methods.{i}.set")
                 cfg = config_from_dict(vtree, f"{source}: methods.{i} ({variant.name})")
                 for size in grid.sizes:
                     runs.append(RunSpec(model.name, model.spec, lang, variant.name, variant.method, size, cfg,
@@ -315,7 +304,7 @@ def grid_from_dict(tree: dict, source: str = "<dict>", overrides: Iterable[str] 
     tree = copy.deepcopy(dict(tree or {}))
     for ov in overrides:
         path, value = parse_override(ov)
-        _apply_dotted(tree, ".".join(path), value, f"--set {ov}")
+        set_dotted(tree, ".".join(path), value, f"--set {ov}")
     try:
         grid = GridConfig.model_validate(tree)
     except ValidationError as e:
