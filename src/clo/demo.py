@@ -49,9 +49,9 @@ SAMPLE_PROMPTS = [
 DEFAULT_PAIRS = 96
 MAX_PAIR_CHARS = 360  # prompt + response characters of a local English pair kept for the demo
 MAX_LENGTH = 192  # training tokens per sequence
-BELEBELE_LIMIT = 24
-MMLU_LIMIT = 16
-FIDELITY_LIMIT = 24
+BELEBELE_LIMIT = 64
+MMLU_LIMIT = 32
+FIDELITY_LIMIT = 48
 MAX_NEW_TOKENS = 64
 
 
