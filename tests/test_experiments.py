@@ -300,3 +300,18 @@ def test_clo_run_reports_configuration_errors(capsys, tmp_path):
     bad.write_text("models: [x]\nlangs: [de]\nmethods: [sft, clo]\nsizes: [7]\n", encoding="utf-8")
     assert main(["run", str(bad)]) == 2
     assert f"{bad}: sizes: 7 is not one of base.data.subsets" in capsys.readouterr().err
+
+
+def test_edited_prompts_file_reruns_the_evaluations_that_read_it(tmp_path):
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(["Wie geht es dir?"]), encoding="utf-8")
+    tree = _grid(tmp_path, eval_jobs=[{"task": "fidelity", "opts": {"prompts_file": str(prompts)}}])
+    run_grid(grid_from_dict(tree), FakeStages().functions(), progress=False)
+    same = FakeStages()
+    run_grid(grid_from_dict(tree), same.functions(), progress=False)
+    assert same.calls["eval"] == 0
+    prompts.write_text(json.dumps(["Wie geht es dir?", "Was ist los?"]), encoding="utf-8")
+    edited = FakeStages()
+    run_grid(grid_from_dict(tree), edited.functions(), progress=False)
+    # Base model + sft and clo at two sizes: every fidelity evaluation reads the file.
+    assert edited.calls["eval"] == 5 and edited.calls["train"] == 0

@@ -23,6 +23,7 @@ The stage functions come from a :class:`StageFunctions` (by default the real ``c
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import traceback
@@ -445,11 +446,23 @@ def _eval_job(grid, run, job, model, model_fp, rdir, stages, stage, eval_fps, op
     key = job.key(run.lang)
     out_dir = rdir / "eval" / key
     all_opts = {**job.opts, "lang": lang, **opts}
-    inputs = {"model": model_fp, "task": job.task, "lang": lang, "opts": job.opts,
+    inputs = {"model": model_fp, "task": job.task, "lang": lang, "opts": _with_file_digests(job.opts),
               "eval": run.config.eval.model_dump(mode="json"), **(extra or {})}
     _, fp = stage(f"eval/{run.run_id}/{key}", marker_path(rdir / "eval", key), inputs,
                   lambda: stages.evaluate(job.task, model, run.config, out_dir, all_opts))
     eval_fps[(run.run_id, key)] = (fp, out_dir)
+
+
+def _with_file_digests(opts: dict) -> dict:
+    """Options as fingerprinted: a value naming an existing file also carries its content's
+    digest, so editing a prompts file reruns the evaluations that read it."""
+    out = {}
+    for k, v in opts.items():
+        if isinstance(v, str) and Path(v).is_file():
+            out[k] = {"path": v, "sha256": hashlib.sha256(Path(v).read_bytes()).hexdigest()[:16]}
+        else:
+            out[k] = v
+    return out
 
 
 def _write_samples(rdir: Path, prompts: list[str], answers: list[str]) -> dict:
