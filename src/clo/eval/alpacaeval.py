@@ -17,34 +17,29 @@ loss 0) with its standard error; judge failures are excluded from ``n`` and coun
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from clo.eval.core import EvalDataError, TaskContext, TaskResult, data_hash, model_identity, register_task
+from clo.eval.core import (
+    EvalDataError,
+    TaskContext,
+    TaskResult,
+    data_hash,
+    model_identity,
+    read_json_list,
+    register_task,
+)
 from clo.eval.generation import iter_generate
 from clo.eval.judge import judge_item, make_judge
 from clo.eval.stats import length_controlled_win_rate, mean_stderr
-
-
-def _read_json_list(path: Path, what: str) -> list:
-    if not path.is_file():
-        raise EvalDataError(f"{path}: no such {what} file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise EvalDataError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
-    if not isinstance(data, list):
-        raise EvalDataError(f"{path}: expected a JSON list, got {type(data).__name__}")
-    return data
 
 
 def load_instructions(path: Path | None, data_dir: Path | None) -> list[dict]:
     if path is None and data_dir is not None:
         path = Path(data_dir) / "alpaca_eval" / "text_davinci_003.json"
     if path is not None:
-        rows = _read_json_list(Path(path), "AlpacaEval")
+        rows = read_json_list(Path(path), "AlpacaEval")
         for i, r in enumerate(rows):
             if not isinstance(r, dict) or not isinstance(r.get("instruction"), str) or not r["instruction"].strip():
                 raise EvalDataError(f"{path}: item {i}: field 'instruction' missing or empty")
@@ -55,7 +50,7 @@ def load_instructions(path: Path | None, data_dir: Path | None) -> list[dict]:
 
 
 def _texts_from(path: Path, n: int, key: str, what: str) -> list[str]:
-    data = _read_json_list(path, what)
+    data = read_json_list(path, what)
     if len(data) < n:
         raise EvalDataError(f"{path}: {len(data)} {what} entries, need {n} (one per instruction, same order)")
     out = []

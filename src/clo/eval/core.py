@@ -27,6 +27,19 @@ class EvalDataError(ValueError):
     """Bad or missing evaluation data; the message names the file, line and field."""
 
 
+def read_json_list(path: Path, what: str) -> list:
+    """A JSON file holding a list; any other content is an :class:`EvalDataError`."""
+    if not path.is_file():
+        raise EvalDataError(f"{path}: no such {what} file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise EvalDataError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
+    if not isinstance(data, list):
+        raise EvalDataError(f"{path}: expected a JSON list, got {type(data).__name__}")
+    return data
+
+
 # ---------------------------------------------------------------------------------------------
 # Per-item cache
 

@@ -19,7 +19,6 @@ Figures are computed per source dataset and averaged over sources, as the benchm
 from __future__ import annotations
 
 import csv
-import json
 import string
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -27,7 +26,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from clo.eval.core import EvalDataError, TaskContext, TaskResult, data_hash, register_task
+from clo.eval.core import EvalDataError, TaskContext, TaskResult, data_hash, read_json_list, register_task
 from clo.eval.generation import iter_generate
 from clo.eval.stats import harmonic_mean
 
@@ -96,12 +95,7 @@ def load_prompts(path: Path) -> list[str]:
     if path.suffix == ".txt":
         return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise EvalDataError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
-        if not isinstance(data, list):
-            raise EvalDataError(f"{path}: expected a JSON list")
+        data = read_json_list(path, "prompts")
         return [pick(x, f"{path}: item {i}") for i, x in enumerate(data)]
     if path.suffix == ".jsonl":
         from clo.data.records import iter_jsonl
