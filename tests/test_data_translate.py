@@ -1,5 +1,6 @@
 import json
 import threading
+import typing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -36,7 +37,7 @@ class Recorder(T.Translator):
     """Upper-cases, with '@' + target code: easy to predict; records every batch it gets."""
 
     kind = "recorder"
-    batches: list = []
+    batches: typing.ClassVar[list] = []  # reset by the fixture; class-level so the registry can build instances
 
     def count_tokens(self, text):
         return len(text.split())
