@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 PRESETS = {
-    "tiny": dict(d_model=64, layers=2, heads=4, ffn=128, vocab_size=1000),
-    "m2m100-1.2b": dict(d_model=1024, layers=24, heads=16, ffn=8192, vocab_size=128112),
+    "tiny": {"d_model": 64, "layers": 2, "heads": 4, "ffn": 128, "vocab_size": 1000},
+    "m2m100-1.2b": {"d_model": 1024, "layers": 24, "heads": 16, "ffn": 8192, "vocab_size": 128112},
 }
 
 
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         print(json.dumps(r), flush=True)
 
     # Plain generate, forced to exactly --new tokens after the language token.
-    kw = dict(max_new_tokens=a.new + 1, min_new_tokens=a.new + 1, num_beams=1, do_sample=False, forced_bos_token_id=de)
+    kw = {"max_new_tokens": a.new + 1, "min_new_tokens": a.new + 1, "num_beams": 1, "do_sample": False, "forced_bos_token_id": de}
     with torch.inference_mode():
         model.generate(input_ids=ids[: min(2, n), :16], max_new_tokens=4)  # warm-up
         if device.startswith("cuda"):

@@ -401,8 +401,8 @@ class CausalTranslator(Translator):
         self.tokenizer.padding_side = "left"
         # A line break (or EOS) as the very first token would be an empty translation: the model
         # must say something before it stops.
-        gen = dict(do_sample=False, num_beams=1, max_new_tokens=max(bounds), eos_token_id=self.stop_token_ids(),
-                   begin_suppress_tokens=self.stop_token_ids(), pad_token_id=self.tokenizer.pad_token_id)
+        gen = {"do_sample": False, "num_beams": 1, "max_new_tokens": max(bounds), "eos_token_id": self.stop_token_ids(),
+                   "begin_suppress_tokens": self.stop_token_ids(), "pad_token_id": self.tokenizer.pad_token_id}
         if self.cfg.prefix_cache:
             # The few-shot examples are the same for every segment: their keys and values are
             # computed once and copied into each batch, which then only prefills its own
