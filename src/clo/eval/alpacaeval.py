@@ -34,19 +34,25 @@ from clo.eval.generation import iter_generate
 from clo.eval.judge import judge_item, make_judge
 from clo.eval.stats import length_controlled_win_rate, mean_stderr
 
+# The repository's own loader is a dataset script, which datasets 4 and later refuse to run
+# ("Dataset scripts are no longer supported"); its data file reads with the packaged JSON loader.
+ALPACA_EVAL_HUB_FILE = "hf://datasets/tatsu-lab/alpaca_eval/alpaca_eval.json"
+
 
 def load_instructions(path: Path | None, data_dir: Path | None) -> list[dict]:
     if path is None and data_dir is not None:
         path = Path(data_dir) / "alpaca_eval" / "text_davinci_003.json"
     if path is not None:
-        rows = read_json_list(Path(path), "AlpacaEval")
-        for i, r in enumerate(rows):
-            if not isinstance(r, dict) or not isinstance(r.get("instruction"), str) or not r["instruction"].strip():
-                raise EvalDataError(f"{path}: item {i}: field 'instruction' missing or empty")
-        return rows
-    from datasets import load_dataset
+        rows, where = read_json_list(Path(path), "AlpacaEval"), str(path)
+    else:
+        from datasets import load_dataset
 
-    return [dict(r) for r in load_dataset("tatsu-lab/alpaca_eval", "alpaca_eval", split="eval")]
+        rows = [dict(r) for r in load_dataset("json", data_files=ALPACA_EVAL_HUB_FILE, split="train")]
+        where = ALPACA_EVAL_HUB_FILE
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or not isinstance(r.get("instruction"), str) or not r["instruction"].strip():
+            raise EvalDataError(f"{where}: item {i}: field 'instruction' missing or empty")
+    return rows
 
 
 def _texts_from(path: Path, n: int, key: str, what: str) -> list[str]:

@@ -129,6 +129,23 @@ def _file_code(lang: Language) -> str:
     return "EN-US" if lang.mmmlu is None else lang.mmmlu.replace("_", "-")
 
 
+def _answer(row: dict, where: str) -> str:
+    """The row's answer letter, after the checks every source of rows must pass."""
+    ans = str(row["Answer"] or "").strip()
+    # A tuple, not the string: "" and "AB" are substrings of "ABCD".
+    if ans not in tuple(LETTERS):
+        raise EvalDataError(f"{where}: field 'Answer' must be one of A-D, got {ans!r}")
+    if not str(row["Question"] or "").strip():
+        raise EvalDataError(f"{where}: field 'Question' is empty")
+    return ans
+
+
+def _require_columns(present, needed, where: str) -> None:
+    missing = [c for c in needed if c not in (present or [])]
+    if missing:
+        raise EvalDataError(f"{where}: missing column(s) {', '.join(missing)}")
+
+
 def load_rows(lang: Language, data_dir: Path | None) -> list[dict]:
     """Rows of ``<data_dir>/mmlu/mmlu_<XX-YY>.csv`` (MMMLU's file names), or of the hub."""
     if data_dir is not None:
@@ -139,25 +156,35 @@ def load_rows(lang: Language, data_dir: Path | None) -> list[dict]:
         rows = []
         with path.open(encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
-            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise EvalDataError(f"{path}:1: missing column(s) {', '.join(missing)}")
+            _require_columns(reader.fieldnames, COLUMNS, f"{path}:1")
             for lineno, row in enumerate(reader, 2):
-                ans = (row["Answer"] or "").strip()
-                if ans not in LETTERS:
-                    raise EvalDataError(f"{path}:{lineno}: field 'Answer' must be one of A-D, got {ans!r}")
-                if not (row["Question"] or "").strip():
-                    raise EvalDataError(f"{path}:{lineno}: field 'Question' is empty")
+                ans = _answer(row, f"{path}:{lineno}")
                 rows.append({c: row[c] for c in COLUMNS} | {"Answer": ans, "id": str(len(rows))})
         return rows
     from datasets import load_dataset
 
     if lang.mmmlu is None:
+        where = "cais/mmlu[all]"
         ds = load_dataset("cais/mmlu", "all", split="test")
-        return [{"Question": r["question"], **{LETTERS[k]: r["choices"][k] for k in range(4)},
-                 "Answer": LETTERS[r["answer"]], "Subject": r["subject"], "id": str(i)} for i, r in enumerate(ds)]
+        _require_columns(ds.column_names, ("question", "subject", "choices", "answer"), where)
+        rows = []
+        for i, r in enumerate(ds):
+            choices, k = r["choices"], r["answer"]
+            if not isinstance(choices, list) or len(choices) != 4:
+                raise EvalDataError(f"{where} row {i}: field 'choices' must hold 4 options, got {choices!r}")
+            # cais/mmlu's answer is the index of the right choice; -1 would silently mean D.
+            if type(k) is not int or not 0 <= k < 4:
+                raise EvalDataError(f"{where} row {i}: field 'answer' must be 0..3, got {k!r}")
+            row = {"Question": r["question"], **{LETTERS[j]: choices[j] for j in range(4)},
+                   "Answer": LETTERS[k], "Subject": r["subject"]}
+            _answer(row, f"{where} row {i}")
+            rows.append(row | {"id": str(i)})
+        return rows
+    where = f"openai/MMMLU[{lang.mmmlu}]"
     ds = load_dataset("openai/MMMLU", lang.mmmlu, split="test")
-    return [{c: str(r[c]) for c in COLUMNS} | {"id": str(i)} for i, r in enumerate(ds)]
+    _require_columns(ds.column_names, COLUMNS, where)
+    return [{c: str(r[c]) for c in COLUMNS} | {"Answer": _answer(r, f"{where} row {i}"), "id": str(i)}
+            for i, r in enumerate(ds)]
 
 
 def stratified_sample(rows: list[dict], limit: int | None, seed: int = 0) -> list[dict]:
