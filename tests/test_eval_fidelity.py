@@ -57,7 +57,7 @@ def _scripted(responses):
 
 
 def test_confusion_task_korean(shared_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(fd, "iter_generate", _scripted(KO_RESPONSES))
+    monkeypatch.setattr("clo.eval.generation.iter_generate", _scripted(KO_RESPONSES))
     cfg = load_config(None, [f"eval.data_dir={shared_data}", "lang=ko"])
     m = evaluate("confusion", (tiny_model("llama", vocab_size=512), tiny_tokenizer()), cfg, tmp_path, limit=5)
     assert m["n"] == 5
@@ -74,7 +74,7 @@ def test_fidelity_task(tmp_path, monkeypatch):
         "The capital of Germany is Berlin, which has many museums.",
         "12345 !!!",
     ]
-    monkeypatch.setattr(fd, "iter_generate", _scripted(responses))
+    monkeypatch.setattr("clo.eval.generation.iter_generate", _scripted(responses))
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"id": str(i), "x_tgt": f"Frage {i}"}) + "\n" for i in range(4)))
     cfg = load_config(None, ["lang=de"])

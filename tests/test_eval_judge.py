@@ -75,7 +75,7 @@ def _scripted_generate(model, tok, prompts, **kw):
 def test_judged_win_rate_end_to_end(judge_server, tmp_path, monkeypatch):
     from clo.testing import tiny_model, tiny_tokenizer
 
-    monkeypatch.setattr("clo.eval.alpacaeval.iter_generate", _scripted_generate)
+    monkeypatch.setattr("clo.eval.generation.iter_generate", _scripted_generate)
     monkeypatch.delenv("CLO_TEST_JUDGE_KEY", raising=False)
     n = len(MODEL_OUT)
     (tmp_path / "instr.json").write_text(json.dumps(
@@ -157,3 +157,61 @@ def test_local_judge_backend_counts_unparseable_verdicts(tmp_path):
     assert v["failed"] and v["attempts"] == 2 and len(v["raw"]) == 2 and v["score"] is None
     with pytest.raises(ValueError, match="unknown judge backend 'x'; known: openai, local"):
         make_judge(JudgeConfig(backend="x"))
+
+
+def test_alpacaeval_translates_instructions_through_the_data_translator(tmp_path, monkeypatch):
+    """Without a translated file, the English instructions go through ``data.translator`` once;
+    the translations are cached next to the results and a rerun translates nothing."""
+    from clo.data import translate as T
+    from clo.testing import tiny_model, tiny_tokenizer
+
+    calls = []
+
+    class Tagging(T.Translator):
+        kind = "tagging"
+
+        def fingerprint(self) -> str:
+            return "tagging/v1"
+
+        def translate_batch(self, texts, src_lang, tgt_lang):
+            calls.append((list(texts), src_lang, tgt_lang))
+            return [f"[{tgt_lang}] {t}" for t in texts]
+
+    monkeypatch.setitem(T.TRANSLATORS, "tagging", Tagging)
+    seen = []
+
+    def echo(model, tok, prompts, **kw):
+        seen.extend(prompts)
+        yield list(range(len(prompts))), [f"Antwort auf {p}" for p in prompts]
+
+    monkeypatch.setattr("clo.eval.generation.iter_generate", echo)
+    (tmp_path / "instr.json").write_text(json.dumps(
+        [{"instruction": f"Name a colour number {k}.", "output": "", "generator": "x", "dataset": "t"}
+         for k in range(3)]))
+    (tmp_path / "base.json").write_text(json.dumps([{"instruction": "", "output": "b"}] * 3))
+    cfg = load_config(None, ["lang=de", "data.translator.kind=tagging"])
+    model = (tiny_model("llama", vocab_size=512), tiny_tokenizer())
+
+    def judge(messages):
+        return '[{"model": "model_1", "rank": 1}, {"model": "model_2", "rank": 1}]'
+
+    opts = {"instructions_file": str(tmp_path / "instr.json"), "baseline_outputs": str(tmp_path / "base.json"),
+            "judge": judge}
+    m = evaluate("alpacaeval", model, cfg, tmp_path / "out", **opts)
+    want = [f"[de] Name a colour number {k}." for k in range(3)]
+    assert seen == want  # the model answered the German instructions
+    assert sum(len(texts) for texts, _, _ in calls) == 3 and {c[1:] for c in calls} == {("en", "de")}
+    recs = json.loads((tmp_path / "out" / "alpacaeval-de.json").read_text())["records"]
+    assert [r["instruction"] for r in recs] == want
+    assert [r["instruction_en"] for r in recs] == [f"Name a colour number {k}." for k in range(3)]
+    assert (m["ties"], m["n"]) == (3, 3)
+    assert (tmp_path / "out" / "alpacaeval-instructions-de.sqlite").is_file()
+
+    # A rerun into a fresh result directory with the same translation cache translates nothing.
+    calls.clear()
+    (tmp_path / "out2").mkdir()
+    import shutil
+
+    shutil.copy(tmp_path / "out" / "alpacaeval-instructions-de.sqlite", tmp_path / "out2")
+    evaluate("alpacaeval", model, cfg, tmp_path / "out2", **opts)
+    assert calls == []

@@ -88,7 +88,7 @@ def test_regeneration_path(tmp_path, monkeypatch):
                 texts.append("Ich weiß es nicht.")
         yield list(range(len(prompts))), texts
 
-    monkeypatch.setattr(mmmlu, "iter_generate", scripted)
+    monkeypatch.setattr("clo.eval.generation.iter_generate", scripted)
     from clo.testing import tiny_model, tiny_tokenizer
 
     cfg = load_config(None, [f"eval.data_dir={tmp_path}", "lang=de"])

@@ -15,6 +15,10 @@ import sqlite3
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS translations (
@@ -72,7 +76,7 @@ class TranslationCache:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> TranslationCache:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -59,7 +59,7 @@ def _iter_rows_file(path: Path) -> Iterator[tuple[Path, int, dict]]:
                         yield path, lineno, json.loads(raw)
                     except json.JSONDecodeError as e:
                         raise RecordError(path, lineno, None, f"malformed JSON: {e.msg} (column {e.colno})") from None
-    elif name.endswith(".jsonl") or name.endswith(".json"):
+    elif name.endswith((".jsonl", ".json")):
         for lineno, obj in iter_jsonl(path):
             yield path, lineno, obj
     else:

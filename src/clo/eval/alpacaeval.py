@@ -30,7 +30,6 @@ from clo.eval.core import (
     read_json_list,
     register_task,
 )
-from clo.eval.generation import iter_generate
 from clo.eval.judge import judge_item, make_judge
 from clo.eval.stats import length_controlled_win_rate, mean_stderr
 
@@ -68,16 +67,16 @@ def _texts_from(path: Path, n: int, key: str, what: str) -> list[str]:
     return out
 
 
-def _generate_cached(ctx: TaskContext, model, tok, prompts: list[str], prefix: str, desc: str,
+def _generate_cached(ctx: TaskContext, generator, prompts: list[str], prefix: str, desc: str,
                      batch_size: int, max_new_tokens: int) -> list[str]:
     ev = ctx.cfg.eval
     out = [ctx.cache.get(f"{prefix}:{i}") for i in range(len(prompts))]
     todo = [i for i, o in enumerate(out) if o is None]
     bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=desc, unit="resp")
     if todo:
-        for idx, texts in iter_generate(model, tok, [prompts[i] for i in todo], max_new_tokens=max_new_tokens,
-                                        temperature=ev.temperature, top_p=ev.top_p, seed=ev.seed,
-                                        batch_size=batch_size):
+        for idx, texts in generator.iter_generate([prompts[i] for i in todo], max_new_tokens=max_new_tokens,
+                                                  temperature=ev.temperature, top_p=ev.top_p, seed=ev.seed,
+                                                  batch_size=batch_size):
             for j, t in zip(idx, texts):
                 out[todo[j]] = t
                 ctx.cache.put(f"{prefix}:{todo[j]}", t)
@@ -107,18 +106,15 @@ def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | 
                                        ctx.output_dir / f"alpacaeval-instructions-{ctx.lang.code}.sqlite")
     bs = batch_size or ev.batch_size
     mnt = max_new_tokens or ev.max_new_tokens
-    outputs = _generate_cached(ctx, ctx.model, ctx.tokenizer, instructions, "model", "alpacaeval: model", bs, mnt)
+    outputs = _generate_cached(ctx, ctx.generator, instructions, "model", "alpacaeval: model", bs, mnt)
 
     if baseline is not None:
-        if isinstance(baseline, str):
-            from clo.models import load_model
-
-            b_model, b_tok = load_model(baseline)
-            b_name = baseline
-        else:
-            b_model, b_tok = baseline
-            b_name = model_identity(b_model, None)
-        base = _generate_cached(ctx, b_model, b_tok, instructions, "baseline", "alpacaeval: baseline", bs, mnt)
+        b_name = baseline if isinstance(baseline, str) else model_identity(baseline[0], None)
+        b_gen = ctx.generator_for(baseline)
+        try:
+            base = _generate_cached(ctx, b_gen, instructions, "baseline", "alpacaeval: baseline", bs, mnt)
+        finally:
+            b_gen.close()
     elif baseline_outputs:
         base = _texts_from(Path(baseline_outputs), n, "output", "baseline output")
         b_name = str(baseline_outputs)

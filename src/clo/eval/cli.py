@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lang", help="language code (default: config lang)")
     parser.add_argument("--data-dir", help="local data directory (default: eval.data_dir; unset reads the hub)")
     parser.add_argument("--output", help="output directory (default: <output_dir>/eval)")
+    parser.add_argument("--backend", help="generation backend: transformers or vllm (default: eval.backend)")
     parser.add_argument("--limit", type=int, help="evaluate at most this many items (MMMLU: stratified)")
     parser.add_argument("--template", choices=("native", "harness"), help="belebele: prompt template")
     parser.add_argument("--max-new-tokens", type=int, help="generation length (default: eval.max_new_tokens)")
@@ -56,6 +57,8 @@ def main(args: argparse.Namespace) -> int:
         overrides.append(f"lang={args.lang}")
     if args.data_dir:
         overrides.append(f"eval.data_dir={args.data_dir}")
+    if args.backend:
+        overrides.append(f"eval.backend={args.backend}")
     cfg = load_config(args.config, overrides)
     options = {}
     for flag, (opt, tasks) in _OPTIONS.items():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
+
+from pydantic import Field, field_validator
 
 from clo.config_base import StrictModel
 
@@ -18,6 +20,18 @@ class JudgeConfig(StrictModel):
     max_retries: int = Field(6, ge=0, description="client retries on rate limits / connection errors")
 
 
+class VLLMConfig(StrictModel):
+    """Settings of the vLLM generation backend (``eval.backend: vllm``)."""
+
+    dtype: str = Field("auto", description="auto (what the transformers backend uses), bfloat16, float16, float32")
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
+    max_model_len: int | None = Field(None, gt=0, description="None: the model's own context length")
+    tensor_parallel_size: int = Field(1, ge=1)
+    enforce_eager: bool = Field(False, description="skip CUDA graphs (faster start, slower decoding)")
+    chunk_size: int = Field(512, gt=0, description="prompts per vLLM call; each finished chunk is cached")
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="further vllm.LLM arguments")
+
+
 class EvalConfig(StrictModel):
     tasks: list[str] = Field(default_factory=lambda: ["belebele", "mmmlu", "fidelity"])
     data_dir: str | None = Field(None, description="local data directory; None reads the hub")
@@ -27,5 +41,16 @@ class EvalConfig(StrictModel):
     temperature: float = Field(0.6, ge=0.0)
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     seed: int = 0
+    backend: str = Field("transformers", description="generation backend: transformers or vllm")
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
     mmmlu_retries: int = Field(3, ge=0, description="MMMLU regenerations when no answer can be extracted")
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        from clo.eval.generation import GENERATION_BACKENDS
+
+        if v not in GENERATION_BACKENDS:
+            raise ValueError(f"unknown generation backend {v!r}; known: {', '.join(GENERATION_BACKENDS)}")
+        return v

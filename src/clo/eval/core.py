@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,10 @@ class ItemCache:
 
 @dataclass
 class TaskContext:
-    model: Any
+    """What a task runs on. The transformers model is loaded on first use of :attr:`model` and
+    the generator (``eval.backend``) on first use of :attr:`generator`, so a vLLM run of a
+    generative task never loads the model twice, and BELEBELE never starts vLLM."""
+
     tokenizer: Any
     cfg: Any  # clo.config.Config
     lang: Language
@@ -105,6 +109,46 @@ class TaskContext:
     output_dir: Path
     name: str
     cache: ItemCache
+    load_model: Callable[[], Any]
+    spec: str | None = None  # the model spec, when the model was named by one
+
+    @cached_property
+    def model(self):
+        return self.load_model()
+
+    @cached_property
+    def generator(self):
+        from clo.eval.generation import make_generator
+
+        return make_generator(self.cfg.eval.backend, spec=self.spec, load_model=lambda: self.model,
+                              tokenizer=self.tokenizer, eval_cfg=self.cfg.eval, workdir=self.output_dir)
+
+    def generator_for(self, model) -> Any:
+        """A generator for a second model (spec or ``(model, tokenizer)``), e.g. a baseline.
+
+        This context's own generator is closed first: two vLLM engines would not share a GPU."""
+        from clo.eval.generation import make_generator
+        from clo.models import load_model, load_tokenizer
+
+        self.close()
+        if isinstance(model, str):
+            loaded = {}
+
+            def load():
+                if "m" not in loaded:
+                    loaded["m"] = load_model(model)[0]
+                return loaded["m"]
+
+            return make_generator(self.cfg.eval.backend, spec=model, load_model=load,
+                                  tokenizer=load_tokenizer(model), eval_cfg=self.cfg.eval, workdir=self.output_dir)
+        m, tok = model
+        return make_generator(self.cfg.eval.backend, spec=None, load_model=lambda: m, tokenizer=tok,
+                              eval_cfg=self.cfg.eval, workdir=self.output_dir)
+
+    def close(self) -> None:
+        gen = self.__dict__.pop("generator", None)
+        if gen is not None:
+            gen.close()
 
     @property
     def data_dir(self) -> Path | None:
@@ -225,6 +269,14 @@ def metrics_table(metrics: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 # Entry point
 
+# Settings that change no item's result. The backend itself stays in the fingerprint: vLLM's
+# samples are not the transformers backend's.
+_NOT_IN_FINGERPRINT = {
+    "tasks": True, "limit": True, "batch_size": True,
+    "vllm": {"gpu_memory_utilization": True, "tensor_parallel_size": True, "enforce_eager": True,
+             "chunk_size": True},
+}
+
 
 def evaluate(task: str, model, cfg, output_dir: Path, **task_options) -> dict:
     """Run ``task`` on ``model`` (spec string or ``(model, tokenizer)``) and write its results.
@@ -246,26 +298,38 @@ def evaluate(task: str, model, cfg, output_dir: Path, **task_options) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
 
     if isinstance(model, str):
-        from clo.models import load_model
+        from clo.models import load_model, load_tokenizer
 
         spec_str: str | None = model
-        mdl, tok = load_model(model)
+        tok = load_tokenizer(model)
+
+        def load():
+            return load_model(model)[0]
+
+        mdl = None
     else:
         spec_str = None
         mdl, tok = model
+
+        def load():
+            return mdl
+
     model_name = model_identity(mdl, spec_str)
     shown = {k: _describe(v) for k, v in options.items()}
     # Items are cached by id, and a different limit or batch size changes no item's result.
     keyed = {k: v for k, v in shown.items() if k not in ("limit", "batch_size")}
     fingerprint = json.dumps(
         {"task": task, "lang": lang.code, "model": model_name, "options": keyed,
-         "eval": cfg.eval.model_dump(mode="json", exclude={"tasks", "limit", "batch_size"})},
+         "eval": cfg.eval.model_dump(mode="json", exclude=_NOT_IN_FINGERPRINT)},
         sort_keys=True, default=str,
     )
     cache = ItemCache(output_dir / f"{name}.cache.jsonl", hashlib.sha256(fingerprint.encode()).hexdigest())
-    ctx = TaskContext(mdl, tok, cfg, lang, model_name, output_dir, name, cache)
+    ctx = TaskContext(tok, cfg, lang, model_name, output_dir, name, cache, load, spec_str)
     t0 = time.perf_counter()
-    result = spec.run(ctx, **options)
+    try:
+        result = spec.run(ctx, **options)
+    finally:
+        ctx.close()
     seconds = time.perf_counter() - t0
 
     doc = {

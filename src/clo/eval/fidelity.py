@@ -27,7 +27,6 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from clo.eval.core import EvalDataError, TaskContext, TaskResult, data_hash, read_json_list, register_task
-from clo.eval.generation import iter_generate
 from clo.eval.stats import harmonic_mean
 
 # The benchmark computes word-level errors only for these languages.
@@ -178,10 +177,10 @@ def _responses(ctx: TaskContext, prompts: list[str], ids: list[str], *, batch_si
     todo = [k for k, o in enumerate(out) if o is None]
     bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=desc, unit="resp")
     if todo:
-        for idx, texts in iter_generate(ctx.model, ctx.tokenizer, [prompts[k] for k in todo],
-                                        max_new_tokens=max_new_tokens or ev.max_new_tokens,
-                                        temperature=ev.temperature, top_p=ev.top_p, seed=ev.seed,
-                                        batch_size=batch_size or ev.batch_size):
+        for idx, texts in ctx.generator.iter_generate([prompts[k] for k in todo],
+                                                      max_new_tokens=max_new_tokens or ev.max_new_tokens,
+                                                      temperature=ev.temperature, top_p=ev.top_p, seed=ev.seed,
+                                                      batch_size=batch_size or ev.batch_size):
             for j, t in zip(idx, texts):
                 out[todo[j]] = t
                 ctx.cache.put(ids[todo[j]], t)

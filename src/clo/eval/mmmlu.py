@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 
 from clo import languages
 from clo.eval.core import EvalDataError, TaskContext, TaskResult, data_hash, register_task
-from clo.eval.generation import iter_generate
 from clo.eval.stats import mean_stderr
 from clo.languages import Language
 
@@ -181,7 +180,9 @@ def load_rows(lang: Language, data_dir: Path | None) -> list[dict]:
             rows.append(row | {"id": str(i)})
         return rows
     where = f"openai/MMMLU[{lang.mmmlu}]"
-    ds = load_dataset("openai/MMMLU", lang.mmmlu, split="test")
+    # The hub stores CSV; without keep_default_na pandas turns cells such as "NA" or "None" (real
+    # options) into nulls, which the local CSV reader keeps as text.
+    ds = load_dataset("openai/MMMLU", lang.mmmlu, split="test", keep_default_na=False)
     _require_columns(ds.column_names, COLUMNS, where)
     return [{c: str(r[c]) for c in COLUMNS} | {"Answer": _answer(r, f"{where} row {i}"), "id": str(i)}
             for i, r in enumerate(ds)]
@@ -252,9 +253,10 @@ def run(ctx: TaskContext, *, limit: int | None = None, max_new_tokens: int | Non
         if not todo:
             continue
         # Retries use a different seed: with the same seed a failed sample would repeat.
-        for idx, texts in iter_generate(ctx.model, ctx.tokenizer, [prompts[i] for i in todo],
-                                        max_new_tokens=max_new_tokens, temperature=temperature,
-                                        top_p=ev.top_p, seed=ev.seed + 1000 * attempt, batch_size=bs):
+        for idx, texts in ctx.generator.iter_generate([prompts[i] for i in todo],
+                                                      max_new_tokens=max_new_tokens, temperature=temperature,
+                                                      top_p=ev.top_p, seed=ev.seed + 1000 * attempt,
+                                                      batch_size=bs):
             for j, text in zip(idx, texts):
                 i = todo[j]
                 attempts[i].append(text)

@@ -128,6 +128,11 @@ _MODELS = _ModelCache()
 def _evaluate(task: str, model: str, cfg: Config, out_dir: Path, opts: dict) -> dict:
     from clo.eval import evaluate
 
+    if cfg.eval.backend == "vllm":
+        # vLLM loads the checkpoint itself and claims a share of the GPU: hand it the spec, and
+        # free the transformers copy another stage may have left in memory.
+        _MODELS.clear()
+        return evaluate(task, model, cfg, out_dir, **opts)
     return evaluate(task, _MODELS.get(model, cfg), cfg, out_dir, **opts)
 
 
