@@ -215,3 +215,38 @@ def test_alpacaeval_translates_instructions_through_the_data_translator(tmp_path
     shutil.copy(tmp_path / "out" / "alpacaeval-instructions-de.sqlite", tmp_path / "out2")
     evaluate("alpacaeval", model, cfg, tmp_path / "out2", **opts)
     assert calls == []
+
+
+def test_outputs_task_stands_in_for_the_baseline_model(tmp_path):
+    """`alpacaeval-outputs` answers exactly as `alpacaeval` answers for a baseline model (sampled,
+    same seed), so its file can replace the model; a file for other instructions is refused."""
+    from clo.eval.core import EvalDataError
+    from clo.testing import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    model, base = (tiny_model("llama", vocab_size=512), tok), (tiny_model("qwen2", vocab_size=512), tok)
+    (tmp_path / "instr.json").write_text(json.dumps(
+        [{"instruction": f"Say something about number {k}.", "output": "", "generator": "x", "dataset": "d"}
+         for k in range(5)]))
+    cfg = load_config(None, ["lang=en", "eval.max_new_tokens=6", "eval.batch_size=2", "eval.seed=7"])
+    common = {"instructions_file": str(tmp_path / "instr.json"),
+              "judge": lambda m: '[{"model": "model_1", "rank": 2}, {"model": "model_2", "rank": 1}]'}
+
+    m = evaluate("alpacaeval-outputs", base, cfg, tmp_path / "b", instructions_file=common["instructions_file"])
+    outputs_file = tmp_path / "b" / "alpacaeval-outputs-en.model_outputs.json"
+    rows = json.loads(outputs_file.read_text())
+    assert m["n"] == 5 and [r["dataset"] for r in rows] == ["d"] * 5
+    assert m["mean_chars"] == sum(len(r["output"]) for r in rows) / 5
+
+    evaluate("alpacaeval", model, cfg, tmp_path / "direct", baseline=base, **common)
+    evaluate("alpacaeval", model, cfg, tmp_path / "file", baseline_outputs=str(outputs_file), **common)
+    direct = json.loads((tmp_path / "direct" / "alpacaeval-en.json").read_text())["records"]
+    via_file = json.loads((tmp_path / "file" / "alpacaeval-en.json").read_text())["records"]
+    assert [r["baseline_output"] for r in via_file] == [r["baseline_output"] for r in direct] == [r["output"] for r in rows]
+    assert [r["output"] for r in via_file] == [r["output"] for r in direct]
+    assert len({r["output"] for r in rows}) > 1
+
+    rows[3]["instruction"] = "Something else."
+    (tmp_path / "other.json").write_text(json.dumps(rows))
+    with pytest.raises(EvalDataError, match=r"other.json: item 3: field 'instruction' is 'Something else.'"):
+        evaluate("alpacaeval", model, cfg, tmp_path / "bad", baseline_outputs=str(tmp_path / "other.json"), **common)

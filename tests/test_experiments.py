@@ -230,23 +230,38 @@ def test_changed_training_setting_redoes_training_and_evaluation_only(tmp_path):
 
 
 def test_pairwise_jobs_get_the_baseline_of_the_same_size(tmp_path):
-    tree = _grid(tmp_path, eval_jobs=[{"task": "belebele", "lang": "en"}, {"task": "alpacaeval"},
+    tree = _grid(tmp_path, eval_jobs=[{"task": "belebele", "lang": "en"},
+                                      {"task": "alpacaeval", "opts": {"limit": 5, "baseline_name": "SFT"}},
                                       {"task": "alpacaeval", "lang": "en"},
                                       {"task": "confusion", "only_langs": ["zh", "ko"]}],
+                 methods=["sft", "clo", {"name": "clo-full", "method": "clo", "set": {"train.trainable": "full"}}],
                  samples=["Wie geht es dir?"])
     fake = FakeStages()
     res = run_grid(grid_from_dict(tree), fake.functions(), progress=False)
     assert res.ok, res.failures
     gdir = tmp_path / "grid"
     pairwise = [o for o in fake.seen_opts if o["task"] == "alpacaeval"]
-    # only the CLO runs (2 sizes x 2 languages) are compared; never the baseline or the base model
-    assert len(pairwise) == 4
+    # only the two CLO variants (2 sizes x 2 alpacaeval jobs each) are compared; never the
+    # baseline or the base model
+    assert len(pairwise) == 8
     for o in pairwise:
         size = Path(o["model"]).parent.parent.name
-        assert o["baseline"] == str(gdir / f"runs/Tiny-1/de/sft/{size}/train/best")
+        base = gdir / f"runs/Tiny-1/de/sft/{size}"
+        assert o["baseline_name"] == ("SFT" if o["lang"] == "de" else str(base / "train/best"))  # a job's own wins
+        key = f"alpacaeval_{o['lang']}"
+        assert o["baseline_outputs"] == str(base / f"alpacaeval_outputs/{key}/alpacaeval-outputs-{o['lang']}.model_outputs.json")
         # German instructions are translated once for the grid; English ones are the originals.
         assert o.get("translated_file") == (str(gdir / "alpacaeval/instructions_de.json") if o["lang"] == "de" else None)
-    assert sorted(o["lang"] for o in pairwise) == ["de", "de", "en", "en"]
+    assert sorted(o["lang"] for o in pairwise) == ["de"] * 4 + ["en"] * 4
+    # The baseline answers once per size and job, for both variants compared with it; with the
+    # options generation depends on (the judge's are not its business).
+    outputs = [o for o in fake.seen_opts if o["task"] == "alpacaeval-outputs"]
+    assert sorted((Path(o["model"]).parent.parent.name, o["lang"]) for o in outputs) == [
+        ("n4", "de"), ("n4", "en"), ("nall", "de"), ("nall", "en")]
+    assert all(o["model"].startswith(str(gdir / "runs/Tiny-1/de/sft/")) for o in outputs)
+    de = next(o for o in outputs if o["lang"] == "de")
+    assert de == {"task": "alpacaeval-outputs", "model": de["model"], "lang": "de", "limit": 5,
+                  "translated_file": str(gdir / "alpacaeval/instructions_de.json")}
     assert fake.calls["translate:de"] == 1 and fake.calls["translate:en"] == 0
     assert {o["lang"] for o in fake.seen_opts if o["task"] == "belebele"} == {"en"}
     samples = json.loads((gdir / "runs/Tiny-1/de/base/samples.json").read_text())
@@ -255,6 +270,18 @@ def test_pairwise_jobs_get_the_baseline_of_the_same_size(tmp_path):
     by_id = {r["run_id"]: r for r in plan["runs"]}
     assert by_id["Tiny-1/de/clo/n4"]["evals"] == ["belebele_en", "alpacaeval_de", "alpacaeval_en"]
     assert by_id["Tiny-1/de/sft/n4"]["evals"] == ["belebele_en"]
+
+    # A rerun does nothing; a retrained baseline answers again and every comparison is rejudged,
+    # while the compared runs keep their training.
+    again = FakeStages()
+    assert run_grid(grid_from_dict(tree), again.functions(), progress=False).ok
+    assert again.seen_opts == []
+    tree["methods"][0] = {"name": "sft", "method": "sft", "set": {"train.lr": 1e-4}}
+    retrained = FakeStages()
+    assert run_grid(grid_from_dict(tree), retrained.functions(), progress=False).ok
+    assert retrained.calls["train"] == 2 and retrained.calls["train:clo:train_4.jsonl"] == 0
+    tasks = Counter(o["task"] for o in retrained.seen_opts)
+    assert tasks["alpacaeval-outputs"] == 4 and tasks["alpacaeval"] == 8
 
 
 def test_size_beyond_the_training_split_trains_on_all_of_it(tmp_path):

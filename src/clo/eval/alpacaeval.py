@@ -85,25 +85,65 @@ def _generate_cached(ctx: TaskContext, generator, prompts: list[str], prefix: st
     return out
 
 
+def _instructions(ctx: TaskContext, limit: int | None, instructions_file: str | None,
+                  translated_file: str | None) -> tuple[list[dict], list[str], list[str]]:
+    """(rows, English instructions, instructions in the context's language)."""
+    limit = limit if limit is not None else ctx.cfg.eval.limit
+    rows = load_instructions(Path(instructions_file) if instructions_file else None, ctx.data_dir)[:limit]
+    english = [r["instruction"] for r in rows]
+    if ctx.lang.code == "en":
+        return rows, english, english
+    if translated_file:
+        return rows, english, _texts_from(Path(translated_file), len(rows), "instruction", "translated instruction")
+    from clo.data.translate import translate_texts
+
+    return rows, english, translate_texts(english, "en", ctx.lang.code, ctx.cfg.data.translator,
+                                          ctx.output_dir / f"alpacaeval-instructions-{ctx.lang.code}.sqlite")
+
+
+def _outputs_file(ctx: TaskContext, rows: list[dict], instructions: list[str], outputs: list[str]) -> list[dict]:
+    return [{"instruction": instructions[i], "output": outputs[i], "generator": ctx.model_name,
+             "dataset": rows[i].get("dataset", "")} for i in range(len(rows))]
+
+
+def _check_aligned(path: Path, instructions: list[str]) -> None:
+    """A baseline outputs file whose entries name their instruction must name ours, in our order:
+    answers to other (or differently translated) instructions would be judged as if they fit."""
+    for i, x in enumerate(read_json_list(path, "baseline output")[:len(instructions)]):
+        got = x.get("instruction") if isinstance(x, dict) else None
+        if got and got != instructions[i]:
+            raise EvalDataError(f"{path}: item {i}: field 'instruction' is {got[:60]!r}, but the instruction "
+                                f"evaluated is {instructions[i][:60]!r} (another language, translation or order?)")
+
+
+@register_task("alpacaeval-outputs", description="the model's answers to the AlpacaEval instructions, unjudged",
+               output_name=lambda lang, opts: f"alpacaeval-outputs-{lang}")
+def run_outputs(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | None = None,
+                translated_file: str | None = None, batch_size: int | None = None,
+                max_new_tokens: int | None = None) -> TaskResult:
+    """Writes ``<name>.model_outputs.json`` in alpaca_eval's format: generated exactly as the
+    ``alpacaeval`` task generates a model's answers, so that file can stand in for a baseline
+    model (``baseline_outputs=``) in any number of comparisons, or go to alpaca_eval itself."""
+    ev = ctx.cfg.eval
+    rows, english, instructions = _instructions(ctx, limit, instructions_file, translated_file)
+    outputs = _generate_cached(ctx, ctx.generator, instructions, "model", "alpacaeval: model",
+                               batch_size or ev.batch_size, max_new_tokens or ev.max_new_tokens)
+    records = [{"id": str(i), "instruction": instructions[i], "instruction_en": english[i], "output": outputs[i]}
+               for i in range(len(rows))]
+    lengths = [len(o) for o in outputs]
+    metrics = {"n": len(rows), "mean_chars": sum(lengths) / len(lengths) if lengths else float("nan")}
+    extra = {f"{ctx.name}.model_outputs.json": _outputs_file(ctx, rows, instructions, outputs)}
+    return TaskResult(metrics, records, data_hash(instructions), "", extra)
+
+
 @register_task("alpacaeval", description="judged win rate against a baseline on the AlpacaEval instructions")
 def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | None = None,
         translated_file: str | None = None, baseline=None, baseline_outputs: str | None = None,
         baseline_name: str | None = None, batch_size: int | None = None, max_new_tokens: int | None = None,
         judge=None) -> TaskResult:
     ev = ctx.cfg.eval
-    limit = limit if limit is not None else ev.limit
-    rows = load_instructions(Path(instructions_file) if instructions_file else None, ctx.data_dir)[:limit]
-    english = [r["instruction"] for r in rows]
+    rows, english, instructions = _instructions(ctx, limit, instructions_file, translated_file)
     n = len(rows)
-    if ctx.lang.code == "en":
-        instructions = english
-    elif translated_file:
-        instructions = _texts_from(Path(translated_file), n, "instruction", "translated instruction")
-    else:
-        from clo.data.translate import translate_texts
-
-        instructions = translate_texts(english, "en", ctx.lang.code, ctx.cfg.data.translator,
-                                       ctx.output_dir / f"alpacaeval-instructions-{ctx.lang.code}.sqlite")
     bs = batch_size or ev.batch_size
     mnt = max_new_tokens or ev.max_new_tokens
     outputs = _generate_cached(ctx, ctx.generator, instructions, "model", "alpacaeval: model", bs, mnt)
@@ -117,6 +157,7 @@ def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | 
             b_gen.close()
     elif baseline_outputs:
         base = _texts_from(Path(baseline_outputs), n, "output", "baseline output")
+        _check_aligned(Path(baseline_outputs), instructions)
         b_name = str(baseline_outputs)
     elif ctx.lang.code == "en" and all(isinstance(r.get("output"), str) for r in rows):
         base = [r["output"] for r in rows]
@@ -155,11 +196,8 @@ def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | 
         "wins": sum(s == 1.0 for s in scores), "ties": sum(s == 0.5 for s in scores),
         "losses": sum(s == 0.0 for s in scores), "failures": failures,
     }
-    gen = ctx.model_name
     extra = {
-        f"{ctx.name}.model_outputs.json": [
-            {"instruction": instructions[i], "output": outputs[i], "generator": gen,
-             "dataset": rows[i].get("dataset", "")} for i in range(n)],
+        f"{ctx.name}.model_outputs.json": _outputs_file(ctx, rows, instructions, outputs),
         f"{ctx.name}.baseline_outputs.json": [
             {"instruction": instructions[i], "output": base[i], "generator": b_name,
              "dataset": rows[i].get("dataset", "")} for i in range(n)],

@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-HELP = "evaluate a model: belebele, mmmlu, alpacaeval, fidelity, confusion"
+HELP = "evaluate a model: belebele, mmmlu, alpacaeval, alpacaeval-outputs, fidelity, confusion"
 
-TASK_NAMES = ("belebele", "mmmlu", "alpacaeval", "fidelity", "confusion")
+TASK_NAMES = ("belebele", "mmmlu", "alpacaeval", "alpacaeval-outputs", "fidelity", "confusion")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,13 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # CLI flag -> (task option, tasks that take it)
 _OPTIONS = {
     "template": ("template", {"belebele"}),
-    "max_new_tokens": ("max_new_tokens", {"mmmlu", "alpacaeval", "fidelity", "confusion"}),
+    "max_new_tokens": ("max_new_tokens", {"mmmlu", "alpacaeval", "alpacaeval-outputs", "fidelity", "confusion"}),
     "prompts_file": ("prompts_file", {"fidelity"}),
     "split": ("split", {"confusion"}),
     "baseline": ("baseline", {"alpacaeval"}),
     "baseline_outputs": ("baseline_outputs", {"alpacaeval"}),
-    "instructions_file": ("instructions_file", {"alpacaeval"}),
-    "translated_file": ("translated_file", {"alpacaeval"}),
+    "instructions_file": ("instructions_file", {"alpacaeval", "alpacaeval-outputs"}),
+    "translated_file": ("translated_file", {"alpacaeval", "alpacaeval-outputs"}),
 }
 
 

@@ -285,7 +285,9 @@ def run_grid(
     pairwise = [j for j in jobs if j.task in PAIRWISE_TASKS]
     n_stages = (len(grid.langs) + sum(1 for r in runs if r.method) + 1
                 + sum(len([j for j in jobs if _job_applies(grid, r, j)]) for r in runs)
-                + (len(runs) if grid.samples else 0))
+                + (len(runs) if grid.samples else 0)
+                + len({(r.model, r.lang, r.size, j.key(r.lang)) for r in runs for j in pairwise
+                       if j.task == "alpacaeval" and _job_applies(grid, r, j)}))
     bar = tqdm(total=n_stages, desc=f"grid {grid.name}", unit="stage", disable=not progress)
 
     def stage(name: str, marker: Path, inputs: Any, fn: Callable[[], Any]) -> tuple[Any, str]:
@@ -398,6 +400,34 @@ def run_grid(
                 fail(f"instructions/{key[0]}", None, e)
 
     # -- pairwise evaluations: need the baseline run's outputs -----------------------------
+    # The baseline's AlpacaEval answers are generated once per cell and language, then judged
+    # against every compared run of that cell (not regenerated per comparison).
+    base_outputs: dict[tuple[str, str], tuple[str, str]] = {}  # (run id, key) -> (file, fingerprint)
+    base_failed: dict[tuple[str, str], str] = {}
+
+    def baseline_outputs(base_run: RunSpec, job: EvalJob, topts: dict, textra: dict) -> tuple[str, str]:
+        key = job.key(base_run.lang)
+        if (base_run.run_id, key) in base_failed:
+            raise RuntimeError(f"the baseline's outputs failed earlier: {base_failed[(base_run.run_id, key)]}")
+        if (base_run.run_id, key) in base_outputs:
+            return base_outputs[(base_run.run_id, key)]
+        b_model, b_fp = trained[base_run.run_id]
+        lang = job.resolve_lang(base_run.lang)
+        bdir = run_dir(grid_dir, base_run) / "alpacaeval_outputs"
+        job_opts = {k: v for k, v in job.opts.items() if k in _OUTPUTS_OPTIONS}
+        opts = {**job_opts, "lang": lang, **topts}
+        inputs = {"model": b_fp, "task": "alpacaeval-outputs", "lang": lang, "opts": _with_file_digests(job_opts),
+                  "eval": base_run.config.eval.model_dump(mode="json", exclude={"judge"}), **textra}
+        try:
+            _, fp = stage(f"baseline-outputs/{base_run.run_id}/{key}", marker_path(bdir, key), inputs,
+                          lambda: stages.evaluate("alpacaeval-outputs", b_model, base_run.config, bdir / key, opts))
+        except Exception as e:
+            # Every later comparison with this baseline reports the failure without retrying it.
+            base_failed[(base_run.run_id, key)] = f"{type(e).__name__}: {e}"
+            raise
+        base_outputs[(base_run.run_id, key)] = (str(bdir / key / f"alpacaeval-outputs-{lang}.model_outputs.json"), fp)
+        return base_outputs[(base_run.run_id, key)]
+
     if pairwise:
         by_cell = {(r.model, r.lang, r.size, r.variant): r for r in runs}
         for run in runs:
@@ -414,12 +444,19 @@ def run_grid(
                             raise RuntimeError(f"{job.task}: baseline run {grid.baseline} of this cell did not finish")
                         b_model, b_fp = trained[base_run.run_id]
                         model, model_fp = trained[run.run_id]
-                        opts, extra = {"baseline": b_model}, {"baseline": b_fp}
+                        topts, textra = {}, {}
                         tkey = (job.resolve_lang(run.lang), job.opts.get("instructions_file"))
                         if job.task == "alpacaeval" and "translated_file" not in job.opts and tkey[0] != "en":
                             if tkey not in translated:
                                 raise RuntimeError(f"{job.task}: the {tkey[0]} instructions were not translated")
-                            opts["translated_file"], extra["instructions"] = translated[tkey]
+                            topts["translated_file"], textra["instructions"] = translated[tkey]
+                        if job.task == "alpacaeval":
+                            out_path, out_fp = baseline_outputs(base_run, job, topts, textra)
+                            opts = {"baseline_outputs": out_path, **topts,
+                                    "baseline_name": job.opts.get("baseline_name", b_model)}
+                            extra = {"baseline": b_fp, "baseline_outputs": out_fp, **textra}
+                        else:
+                            opts, extra = {"baseline": b_model, **topts}, {"baseline": b_fp, **textra}
                         _eval_job(grid, run, job, model, model_fp, rdir, stages, stage, eval_fps,
                                   opts=opts, extra=extra)
                     (rdir / "failed.json").unlink(missing_ok=True)
@@ -442,6 +479,10 @@ def run_grid(
         "seconds": round(result.seconds, 1),
     })
     return result
+
+
+# The options of `alpacaeval` that `alpacaeval-outputs` shares (the rest concern the judging).
+_OUTPUTS_OPTIONS = frozenset({"limit", "instructions_file", "translated_file", "batch_size", "max_new_tokens"})
 
 
 def _eval_job(grid, run, job, model, model_fp, rdir, stages, stage, eval_fps, opts, extra=None) -> None:
