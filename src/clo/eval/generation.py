@@ -214,9 +214,11 @@ class VLLMGenerator:
 
     def _params(self, *, max_new_tokens: int, temperature: float, top_p: float, seed: int | None):
         sample = temperature > 0
+        # top_k keeps its default, "disabled" in every vLLM release; the explicit sentinel for
+        # that changed between releases (-1, later 0).
         return self._vllm.SamplingParams(
             n=1, max_tokens=max_new_tokens, temperature=temperature if sample else 0.0,
-            top_p=top_p if sample else 1.0, top_k=0, seed=seed if sample else None,
+            top_p=top_p if sample else 1.0, seed=seed if sample else None,
             stop_token_ids=list(self.eos), skip_special_tokens=True,
         )
 
