@@ -145,7 +145,15 @@ class _Stage:
         self.out = output_dir
         self.stop_after = stop_after_steps
         self.method = method_registry.get(self.tc.method)
-        self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        from accelerate.state import AcceleratorState
+
+        # clo sets the dtype itself (train.dtype) and never autocasts. accelerate keeps its state
+        # process-wide: a transformers/TRL Trainer run earlier in this process leaves its mixed
+        # precision there (TRL: bf16), which Accelerator() would silently inherit. Drop it as
+        # TrainingArguments does, keeping PartialState (the process group).
+        if AcceleratorState._shared_state.get("_mixed_precision", "no") != "no":
+            AcceleratorState._reset_state()
+        self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         if self.tc.batch_size % self.world:
             raise ValueError(f"train.batch_size {self.tc.batch_size} is not divisible by {self.world} processes")
