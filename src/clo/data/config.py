@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from clo.config_base import StrictModel
+from clo.config_base import StrictModel, registered
 
 
 class TranslatorConfig(StrictModel):
@@ -34,9 +34,7 @@ class TranslatorConfig(StrictModel):
     def _known_kind(cls, v: str) -> str:
         from clo.data.translate import TRANSLATORS
 
-        if v not in TRANSLATORS:
-            raise ValueError(f"unknown translator kind {v!r}; known: {', '.join(sorted(TRANSLATORS))}")
-        return v
+        return registered(v, sorted(TRANSLATORS), "translator kind")
 
 
 class ChecksConfig(StrictModel):

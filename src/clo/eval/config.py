@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from clo.config_base import StrictModel
+from clo.config_base import StrictModel, registered
 
 
 class JudgeConfig(StrictModel):
@@ -51,6 +51,4 @@ class EvalConfig(StrictModel):
     def _known_backend(cls, v: str) -> str:
         from clo.eval.generation import GENERATION_BACKENDS
 
-        if v not in GENERATION_BACKENDS:
-            raise ValueError(f"unknown generation backend {v!r}; known: {', '.join(GENERATION_BACKENDS)}")
-        return v
+        return registered(v, GENERATION_BACKENDS, "generation backend")

@@ -33,7 +33,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from clo import languages
 from clo.config import Config, config_from_dict, load_yaml, parse_override, set_dotted
-from clo.config_base import ConfigError, StrictModel
+from clo.config_base import ConfigError, StrictModel, registered
 from clo.train.config import TrainConfig
 
 #: The untrained starting model, evaluated once per (model, lang) so tables show where each
@@ -64,9 +64,7 @@ class MethodVariant(StrictModel):
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:
-        if v not in METHODS:
-            raise ValueError(f"unknown method {v!r}; known: {', '.join(METHODS)}")
-        return v
+        return registered(v, METHODS, "method")
 
     @field_validator("set")
     @classmethod
