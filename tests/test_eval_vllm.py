@@ -297,7 +297,7 @@ def test_real_vllm_greedy_equals_transformers(smollm2, real_vllm, shared_data):
     prompts = [r["instruction"] for r in rows[:16]] + PROMPTS
     kw = {"max_new_tokens": 48, "temperature": 0.0, "top_p": 1.0, "seed": 0}
     got = collect(real_vllm, prompts, batch_size=8, **kw)
-    want = generate(model, tok, prompts, batch_size=1, **kw)
+    want = generate(model, tok, prompts, batch_size=8, **kw)  # as `evaluate` runs it: eval.batch_size 8
     same = sum(a == b for a, b in zip(got, want))
     print(f"vLLM vs transformers, greedy, SmolLM2-135M-Instruct float32: {same}/{len(prompts)} identical")
     assert got == want
@@ -306,13 +306,12 @@ def test_real_vllm_greedy_equals_transformers(smollm2, real_vllm, shared_data):
 @pytest.mark.vllm
 @pytest.mark.slow
 @needs_vllm
-def test_real_vllm_sampling_is_reproducible(real_vllm):
+def test_real_vllm_sampling_is_reproducible(real_vllm, monkeypatch):
     kw = {"max_new_tokens": 24, "temperature": 0.6, "top_p": 0.9, "seed": 1}
     first = collect(real_vllm, PROMPTS, **kw)
-    real_vllm.chunk_size = 2
+    monkeypatch.setattr(real_vllm, "chunk_size", 2)
     assert collect(real_vllm, PROMPTS[::-1], **kw) == first[::-1]
     assert collect(real_vllm, PROMPTS, **{**kw, "seed": 2}) != first
-    real_vllm.chunk_size = 6
 
 
 def test_grid_hands_vllm_the_spec_and_transformers_the_loaded_model(mt, tmp_path, monkeypatch):

@@ -156,24 +156,20 @@ def _write_csv(path, rows):
         w.writerows(rows)
 
 
-def test_mmlu_english_hub_maps_cais_schema_to_local_rows(shared_data, hub):
+@pytest.mark.parametrize("code", ["en", "de"])
+def test_mmlu_hub_rows_equal_local_rows(code, shared_data, tmp_path, hub):
+    if code == "en":  # cais/mmlu's schema (question, subject, choices, answer index)
+        data_dir = shared_data
+        to_hub, features = _as_cais, CAIS_FEATURES
+    else:  # No German MMMLU offline: the English file in DE_DE's place is enough to compare the paths.
+        data_dir = tmp_path
+        (tmp_path / "mmlu").mkdir()
+        shutil.copy(shared_data / "mmlu" / "mmlu_EN-US.csv", tmp_path / "mmlu" / "mmlu_DE-DE.csv")
+        to_hub, features = _as_mmmlu_hub, MMMLU_FEATURES
     local_rows = _csv_rows(shared_data / "mmlu" / "mmlu_EN-US.csv")
-    hub(Dataset.from_list([_as_cais(r) for r in local_rows], features=CAIS_FEATURES))
-    en = languages.get("en")
-    got, local = mmmlu.load_rows(en, None), mmmlu.load_rows(en, shared_data)
-    assert len(got) == len(local_rows)
-    assert got == local
-    assert mmmlu.stratified_sample(got, 100, seed=3) == mmmlu.stratified_sample(local, 100, seed=3)
-
-
-def test_mmmlu_german_hub_rows_equal_local_rows(shared_data, tmp_path, hub):
-    # No German MMMLU offline: the English file in DE_DE's place is enough to compare the paths.
-    (tmp_path / "mmlu").mkdir()
-    shutil.copy(shared_data / "mmlu" / "mmlu_EN-US.csv", tmp_path / "mmlu" / "mmlu_DE-DE.csv")
-    local_rows = _csv_rows(tmp_path / "mmlu" / "mmlu_DE-DE.csv")
-    hub(Dataset.from_list([_as_mmmlu_hub(r) for r in local_rows], features=MMMLU_FEATURES))
-    de = languages.get("de")
-    got, local = mmmlu.load_rows(de, None), mmmlu.load_rows(de, tmp_path)
+    hub(Dataset.from_list([to_hub(r) for r in local_rows], features=features))
+    lang = languages.get(code)
+    got, local = mmmlu.load_rows(lang, None), mmmlu.load_rows(lang, data_dir)
     assert len(got) == len(local_rows)
     assert got == local
     assert mmmlu.stratified_sample(got, 100, seed=3) == mmmlu.stratified_sample(local, 100, seed=3)

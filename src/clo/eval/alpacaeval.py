@@ -54,7 +54,10 @@ def load_instructions(path: Path | None, data_dir: Path | None) -> list[dict]:
     return rows
 
 
-def _texts_from(path: Path, n: int, key: str, what: str) -> list[str]:
+def _texts_from(path: Path, n: int, key: str, what: str, instructions: list[str] | None = None) -> list[str]:
+    """Field ``key`` of the first ``n`` entries. With ``instructions``, an entry that names its
+    instruction must name the one evaluated at its position: answers to other (or differently
+    translated) instructions would otherwise be judged as if they fit."""
     data = read_json_list(path, what)
     if len(data) < n:
         raise EvalDataError(f"{path}: {len(data)} {what} entries, need {n} (one per instruction, same order)")
@@ -63,6 +66,10 @@ def _texts_from(path: Path, n: int, key: str, what: str) -> list[str]:
         text = x if isinstance(x, str) else (x.get(key) if isinstance(x, dict) else None)
         if not isinstance(text, str):
             raise EvalDataError(f"{path}: item {i}: field {key!r} missing (expected a string or an object with {key!r})")
+        named = x.get("instruction") if isinstance(x, dict) and instructions is not None else None
+        if named and named != instructions[i]:
+            raise EvalDataError(f"{path}: item {i}: field 'instruction' is {named[:60]!r}, but the instruction "
+                                f"evaluated is {instructions[i][:60]!r} (another language, translation or order?)")
         out.append(text)
     return out
 
@@ -101,19 +108,10 @@ def _instructions(ctx: TaskContext, limit: int | None, instructions_file: str | 
                                           ctx.output_dir / f"alpacaeval-instructions-{ctx.lang.code}.sqlite")
 
 
-def _outputs_file(ctx: TaskContext, rows: list[dict], instructions: list[str], outputs: list[str]) -> list[dict]:
-    return [{"instruction": instructions[i], "output": outputs[i], "generator": ctx.model_name,
+def _outputs_file(rows: list[dict], instructions: list[str], outputs: list[str], generator: str) -> list[dict]:
+    """Answers in alpaca_eval's ``model_outputs.json`` format."""
+    return [{"instruction": instructions[i], "output": outputs[i], "generator": generator,
              "dataset": rows[i].get("dataset", "")} for i in range(len(rows))]
-
-
-def _check_aligned(path: Path, instructions: list[str]) -> None:
-    """A baseline outputs file whose entries name their instruction must name ours, in our order:
-    answers to other (or differently translated) instructions would be judged as if they fit."""
-    for i, x in enumerate(read_json_list(path, "baseline output")[:len(instructions)]):
-        got = x.get("instruction") if isinstance(x, dict) else None
-        if got and got != instructions[i]:
-            raise EvalDataError(f"{path}: item {i}: field 'instruction' is {got[:60]!r}, but the instruction "
-                                f"evaluated is {instructions[i][:60]!r} (another language, translation or order?)")
 
 
 @register_task("alpacaeval-outputs", description="the model's answers to the AlpacaEval instructions, unjudged",
@@ -132,7 +130,7 @@ def run_outputs(ctx: TaskContext, *, limit: int | None = None, instructions_file
                for i in range(len(rows))]
     lengths = [len(o) for o in outputs]
     metrics = {"n": len(rows), "mean_chars": sum(lengths) / len(lengths) if lengths else float("nan")}
-    extra = {f"{ctx.name}.model_outputs.json": _outputs_file(ctx, rows, instructions, outputs)}
+    extra = {f"{ctx.name}.model_outputs.json": _outputs_file(rows, instructions, outputs, ctx.model_name)}
     return TaskResult(metrics, records, data_hash(instructions), "", extra)
 
 
@@ -156,8 +154,7 @@ def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | 
         finally:
             b_gen.close()
     elif baseline_outputs:
-        base = _texts_from(Path(baseline_outputs), n, "output", "baseline output")
-        _check_aligned(Path(baseline_outputs), instructions)
+        base = _texts_from(Path(baseline_outputs), n, "output", "baseline output", instructions)
         b_name = str(baseline_outputs)
     elif ctx.lang.code == "en" and all(isinstance(r.get("output"), str) for r in rows):
         base = [r["output"] for r in rows]
@@ -197,10 +194,8 @@ def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | 
         "losses": sum(s == 0.0 for s in scores), "failures": failures,
     }
     extra = {
-        f"{ctx.name}.model_outputs.json": _outputs_file(ctx, rows, instructions, outputs),
-        f"{ctx.name}.baseline_outputs.json": [
-            {"instruction": instructions[i], "output": base[i], "generator": b_name,
-             "dataset": rows[i].get("dataset", "")} for i in range(n)],
+        f"{ctx.name}.model_outputs.json": _outputs_file(rows, instructions, outputs, ctx.model_name),
+        f"{ctx.name}.baseline_outputs.json": _outputs_file(rows, instructions, base, b_name),
     }
     md = f"baseline: `{b_name}`; judge: `{getattr(judge, 'name', type(judge).__name__)}`"
     return TaskResult(metrics, records, data_hash(instructions), md, extra)

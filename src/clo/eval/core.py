@@ -128,21 +128,10 @@ class TaskContext:
 
         This context's own generator is closed first: two vLLM engines would not share a GPU."""
         from clo.eval.generation import make_generator
-        from clo.models import load_model, load_tokenizer
 
         self.close()
-        if isinstance(model, str):
-            loaded = {}
-
-            def load():
-                if "m" not in loaded:
-                    loaded["m"] = load_model(model)[0]
-                return loaded["m"]
-
-            return make_generator(self.cfg.eval.backend, spec=model, load_model=load,
-                                  tokenizer=load_tokenizer(model), eval_cfg=self.cfg.eval, workdir=self.output_dir)
-        m, tok = model
-        return make_generator(self.cfg.eval.backend, spec=None, load_model=lambda: m, tokenizer=tok,
+        spec, tok, load = open_model(model)
+        return make_generator(self.cfg.eval.backend, spec=spec, load_model=load, tokenizer=tok,
                               eval_cfg=self.cfg.eval, workdir=self.output_dir)
 
     def close(self) -> None:
@@ -154,6 +143,17 @@ class TaskContext:
     def data_dir(self) -> Path | None:
         d = self.cfg.eval.data_dir
         return Path(d) if d else None
+
+
+def open_model(model) -> tuple[str | None, Any, Callable[[], Any]]:
+    """``(spec or None, tokenizer, load)`` for a spec string or a ``(model, tokenizer)`` tuple;
+    ``load()`` returns the transformers model, loading a spec's only when called."""
+    if isinstance(model, str):
+        from clo.models import load_model, load_tokenizer
+
+        return model, load_tokenizer(model), lambda: load_model(model)[0]
+    mdl, tok = model
+    return None, tok, lambda: mdl
 
 
 @dataclass
@@ -297,24 +297,9 @@ def evaluate(task: str, model, cfg, output_dir: Path, **task_options) -> dict:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    if isinstance(model, str):
-        from clo.models import load_model, load_tokenizer
-
-        spec_str: str | None = model
-        tok = load_tokenizer(model)
-
-        def load():
-            return load_model(model)[0]
-
-        mdl = None
-    else:
-        spec_str = None
-        mdl, tok = model
-
-        def load():
-            return mdl
-
-    model_name = model_identity(mdl, spec_str)
+    spec_str, tok, load = open_model(model)
+    # A spec names its weights; an in-memory model is named by a digest of them.
+    model_name = model_identity(None if spec_str else model[0], spec_str)
     shown = {k: _describe(v) for k, v in options.items()}
     # Items are cached by id, and a different limit or batch size changes no item's result.
     keyed = {k: v for k, v in shown.items() if k not in ("limit", "batch_size")}
