@@ -16,7 +16,10 @@ class TrainConfig(StrictModel):
     lr: float = Field(5e-5, gt=0.0)
     min_lr: float = Field(1.1e-6, ge=0.0)
     batch_size: int = Field(8, gt=0, description="examples (quadruples) per optimiser step")
-    micro_batch_size: int | None = Field(None, gt=0)
+    micro_batch_size: int | None = Field(None, gt=0, description="units per forward/backward (null: no cap)")
+    max_tokens_per_micro_batch: int | None = Field(
+        None, gt=0, description="tokens per forward/backward; units are never split. null: 16384 on a GPU, "
+        "no cap on a CPU")
     max_length: int = Field(3000, gt=0)
     epochs: float = Field(1.0, gt=0.0)
     trainable: str = Field("attention", description="attention | full | lora | a regular expression")
@@ -27,7 +30,13 @@ class TrainConfig(StrictModel):
     seed: int = 0
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     live_reference: bool = False
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | Literal["auto"] = Field("auto", description="auto: on for a GPU, off on a CPU")
+    master_weights: Literal["float32", "none"] = Field(
+        "float32", description="float32: trainable parameters, gradients and AdamW state in fp32 while the "
+        "matmuls run in train.dtype; none: everything in train.dtype (updates below half a bf16 step are lost)")
+    sharding: Literal["auto", "none", "fsdp2"] = Field(
+        "auto", description="auto: FSDP2 when `accelerate launch` was given an FSDP config, else none (DDP "
+        "over several processes); fsdp2 forces it (e.g. on CPU processes, where accelerate cannot)")
     lora_r: int = Field(16, gt=0)
     lora_alpha: int = Field(32, gt=0)
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="gradient clipping; null disables")

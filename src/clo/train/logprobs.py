@@ -33,12 +33,27 @@ class PackedBatch:
     seq_index: torch.Tensor  # [n_response_tokens]: which sequence the token belongs to
     n_seqs: int
     n_tokens: int  # real (non-filler) tokens
+    attention_mask: torch.Tensor | None = None  # only the padded layout (:func:`pad_sequences`) has one
+    seq_lens: tuple[int, ...] | None = None  # one-row layout: the lengths laid end to end, filler included
 
     def to(self, device) -> PackedBatch:
+        mask = self.attention_mask.to(device) if self.attention_mask is not None else None
         return PackedBatch(
             self.input_ids.to(device), self.position_ids.to(device), self.gather_index.to(device),
-            self.targets.to(device), self.seq_index.to(device), self.n_seqs, self.n_tokens,
+            self.targets.to(device), self.seq_index.to(device), self.n_seqs, self.n_tokens, mask, self.seq_lens,
         )
+
+    def varlen_kwargs(self) -> dict:
+        """Sequence boundaries for varlen (flash) kernels of a one-row batch: ``cu_seq_lens_*`` and
+        ``max_length_*``, so that transformers need not derive them from the position ids (a
+        device-to-host read in every layer)."""
+        if self.seq_lens is None:
+            return {}
+        cu = torch.zeros(len(self.seq_lens) + 1, dtype=torch.int32)
+        cu[1:] = torch.tensor(self.seq_lens, dtype=torch.int32).cumsum(0)
+        cu = cu.to(self.input_ids.device)
+        m = max(self.seq_lens)
+        return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": m, "max_length_k": m}
 
     def response_counts(self) -> torch.Tensor:
         return torch.bincount(self.seq_index, minlength=self.n_seqs)
@@ -89,10 +104,31 @@ def pack_sequences(
             pos += n
         if pos < width:
             position_ids[r, pos:] = torch.arange(width - pos)
+    seq_lens = None
+    if len(rows) == 1:
+        seq_lens = tuple(lengths[i] for i in sorted(rows[0])) + ((width - fill[0],) if fill[0] < width else ())
     return PackedBatch(
         input_ids, position_ids, torch.cat(gather), torch.cat(targets).long(), torch.cat(seq_index).long(),
-        len(seqs), sum(lengths),
+        len(seqs), sum(lengths), None, seq_lens,
     )
+
+
+def pad_sequences(seqs: list[tuple[list[int], list[int]]], pad_id: int = 0) -> PackedBatch:
+    """One right-padded row per sequence with an attention mask: the layout packing must match."""
+    width = max(len(p) + len(r) for p, r in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    gather, targets, seq_index = [], [], []
+    for i, (p, r) in enumerate(seqs):
+        n = len(p) + len(r)
+        ids[i, :n] = torch.tensor(p + r)
+        mask[i, :n] = 1
+        gather.append(torch.arange(i * width + len(p) - 1, i * width + n - 1))
+        targets.append(torch.tensor(r))
+        seq_index.append(torch.full((len(r),), i))
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    return PackedBatch(ids, position_ids, torch.cat(gather), torch.cat(targets).long(), torch.cat(seq_index).long(),
+                       len(seqs), int(mask.sum()), mask, None)
 
 
 def _chunk_logits(h, weight, bias, softcap):
@@ -182,24 +218,31 @@ def token_logps(h, weight, bias=None, targets=None, softcap=None, chunk_size: in
     return ChunkedTokenLogProbs.apply(h, weight, bias, targets, softcap, chunk_size)
 
 
-def _unwrap(model):
+def base_model(model):
     """The transformers model under a peft wrapper (LoRA layers stay injected and active)."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
 
 
 def head_of(model):
-    m = _unwrap(model)
+    m = base_model(model)
     head = m.get_output_embeddings()
     cfg = m.config.get_text_config() if hasattr(m.config, "get_text_config") else m.config
     softcap = getattr(cfg, "final_logit_softcapping", None)
     return head, softcap
 
 
-def packed_sequence_logps(model, batch: PackedBatch, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed response log-probs ``[n_seqs]`` fp32, response token counts ``[n_seqs]``)."""
-    m = _unwrap(model)
-    out = m.get_decoder()(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False)
+def packed_sequence_logps(model, batch: PackedBatch, chunk_size: int = 1024,
+                          varlen: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed response log-probs ``[n_seqs]`` fp32, response token counts ``[n_seqs]``).
+
+    ``varlen``: pass the one-row layout's boundaries to the attention kernel (flash attention).
+    """
+    m = base_model(model)
+    extra = batch.varlen_kwargs() if varlen else {}
+    if batch.attention_mask is not None:
+        extra["attention_mask"] = batch.attention_mask
+    out = m.get_decoder()(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False, **extra)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.gather_index)
     head, softcap = head_of(model)
@@ -236,11 +279,71 @@ class PackedLogProbs(torch.nn.Module):
     this module is what lets them see it.
     """
 
-    def __init__(self, model, chunk_size: int = 1024):
+    def __init__(self, model, chunk_size: int = 1024, varlen: bool = False):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
+        self.varlen = varlen
 
-    def forward(self, input_ids, position_ids, gather_index, targets, seq_index, n_seqs: int):
-        batch = PackedBatch(input_ids, position_ids, gather_index, targets, seq_index, n_seqs, 0)
-        return packed_sequence_logps(self.model, batch, self.chunk_size)[0]
+    def forward(self, input_ids, position_ids, gather_index, targets, seq_index, n_seqs: int,
+                attention_mask=None, seq_lens: tuple[int, ...] | None = None):
+        batch = PackedBatch(input_ids, position_ids, gather_index, targets, seq_index, n_seqs, 0,
+                            attention_mask, seq_lens)
+        return packed_sequence_logps(self.model, batch, self.chunk_size, self.varlen)[0]
+
+
+def score(module, batch: PackedBatch) -> torch.Tensor:
+    """Summed response log-probs of ``batch`` through ``module`` (a :class:`PackedLogProbs` or the
+    DDP/FSDP wrapper around one): every forward goes through the distributed wrapper."""
+    return module(batch.input_ids, batch.position_ids, batch.gather_index, batch.targets, batch.seq_index,
+                  batch.n_seqs, batch.attention_mask, batch.seq_lens)
+
+
+class PackingError(RuntimeError):
+    pass
+
+
+def packing_layout(model) -> tuple[str, bool]:
+    """(layout, varlen) for the model's attention implementation, decided by what it does.
+
+    transformers maps each implementation (kernel-hub names included, once registered) to a mask
+    builder. A dense-mask one (eager, sdpa) costs the square of the row length: rows as long as
+    the longest sequence (``"rows"``). Any other separates sequences by their boundaries (varlen
+    flash kernels, flex block masks): everything in one row (``"one_row"``), with the boundaries
+    handed to flash kernels (``varlen``). An implementation with no mask builder at all attends
+    across the row; :func:`check_packing` then stops the run instead of training on that.
+    """
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    mapping = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
+    impl = getattr(base_model(model).config, "_attn_implementation", None)
+    fn = mapping.get(impl)
+    if fn is not None and fn in (mapping.get("eager"), mapping.get("sdpa")):
+        return "rows", False
+    return "one_row", fn is not None and fn is mapping.get("flash_attention_2")
+
+
+PACKING_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}  # per response token; half types: 2e-2
+
+
+def check_packing(score_fn, seqs: list[tuple[list[int], list[int]]], row_capacity: int | None, pad_id: int,
+                  dtype: torch.dtype, device) -> float:
+    """Stop unless packed log-probs equal padded ones for these sequences; returns the largest
+    per-token difference.
+
+    ``score_fn(batch)`` scores a batch the way training does (the same module, kernels, dtype).
+    The padded layout (one row per sequence, attention mask) is the convention; a packed batch
+    whose sequences attend to each other differs from it by far more than rounding.
+    """
+    packed = score_fn(pack_sequences(seqs, row_capacity, pad_id).to(device)).float()
+    padded = score_fn(pad_sequences(seqs, pad_id).to(device)).float()
+    n = torch.tensor([len(r) for _, r in seqs], dtype=torch.float32, device=packed.device)
+    diff = float(((packed - padded).abs() / n).max())
+    tol = PACKING_TOLERANCE.get(dtype, 2e-2)
+    if not diff <= tol:
+        raise PackingError(
+            f"packed sequences do not score like padded ones with this attention implementation "
+            f"(largest difference {diff:.3g} nats per token, tolerance {tol:g}): its kernel attends across "
+            f"the sequences of a packed row. Set train.attn_implementation to sdpa, eager, flash_attention_2 "
+            f"or flex_attention")
+    return diff

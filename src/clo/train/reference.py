@@ -52,69 +52,101 @@ def default_cache_dir() -> Path:
     return cache_root() / "reference"
 
 
+def _batches(dataset: EncodedDataset, tokens_per_batch: int) -> list[list[tuple[int, str]]]:
+    """Every (example, key) sorted by length and cut into batches of ``tokens_per_batch`` tokens."""
+    items = [(i, k) for i in range(len(dataset.examples)) for k in KEYS]
+    items.sort(key=lambda it: dataset.examples[it[0]].length(it[1]))
+    batches, cur, tokens = [], [], 0
+    for it in items:
+        n = dataset.examples[it[0]].length(it[1])
+        if cur and tokens + n > tokens_per_batch:
+            batches.append(cur)
+            cur, tokens = [], 0
+        cur.append(it)
+        tokens += n
+    if cur:
+        batches.append(cur)
+    return batches
+
+
 @torch.no_grad()
 def compute_logps(
     model, dataset: EncodedDataset, *, tokens_per_batch: int = 8192, row_capacity: int | None | str = "longest",
-    chunk_size: int = 1024, desc: str = "reference log-probs", pad_id: int = 0,
+    chunk_size: int = 1024, desc: str = "reference log-probs", pad_id: int = 0, score_fn=None,
+    rank: int = 0, world: int = 1,
 ) -> torch.Tensor:
     """``[n_examples, 4]`` summed response log-probs (columns in :data:`KEYS` order), fp32, CPU.
 
-    Examples are sorted by length and packed ``tokens_per_batch`` tokens at a time.
+    Examples are sorted by length and packed ``tokens_per_batch`` tokens at a time. ``score_fn``
+    scores a packed batch (default: ``model`` itself); with ``world`` processes, process ``rank``
+    scores batches ``rank, rank + world, ...`` and the shares are summed over processes (each
+    entry is scored by exactly one process, the others contribute 0), so every process returns
+    the whole tensor. Every process runs as many forwards as the busiest one: a sharded or DDP
+    model's forward is a collective.
     """
     device = next(model.parameters()).device
+    score_fn = score_fn or (lambda b: packed_sequence_logps(model, b, chunk_size)[0])
     was_training = model.training
     model.eval()
-    items = [(i, k) for i in range(len(dataset.examples)) for k in KEYS]
-    items.sort(key=lambda it: dataset.examples[it[0]].length(it[1]))
-    out = torch.empty(len(dataset.examples), len(KEYS), dtype=torch.float32)
+    batches = _batches(dataset, tokens_per_batch)
+    mine = batches[rank::world]
+    n_calls = -(-len(batches) // world)
+    out = torch.zeros(len(dataset.examples), len(KEYS), dtype=torch.float32)
     col = {k: j for j, k in enumerate(KEYS)}
-    bar = tqdm(total=len(items), desc=desc, unit="seq")
-    start = 0
-    while start < len(items):
-        end, tokens = start, 0
-        while end < len(items) and (end == start or tokens + dataset.examples[items[end][0]].length(items[end][1])
-                                    <= tokens_per_batch):
-            tokens += dataset.examples[items[end][0]].length(items[end][1])
-            end += 1
-        chunk = items[start:end]
+    bar = tqdm(total=sum(len(b) for b in mine), desc=desc, unit="seq", disable=rank != 0)
+    for c in range(n_calls):
+        real = c < len(mine)
+        chunk = mine[c] if real else batches[0]
         seqs = [dataset.examples[i].seqs[k] for i, k in chunk]
         cap = max(len(p) + len(r) for p, r in seqs) if row_capacity == "longest" else row_capacity
-        sums, _ = packed_sequence_logps(model, pack_sequences(seqs, cap, pad_id).to(device), chunk_size)
-        for (i, k), v in zip(chunk, sums.cpu().tolist()):
+        sums = score_fn(pack_sequences(seqs, cap, pad_id).to(device))
+        if not real:
+            continue
+        for (i, k), v in zip(chunk, sums.float().cpu().tolist()):
             out[i, col[k]] = v
         bar.update(len(chunk))
-        start = end
     bar.close()
     model.train(was_training)
+    if world > 1:
+        from clo.train.distributed import all_reduce_sum
+
+        out = all_reduce_sum(out.to(device), world).cpu()
     return out
 
 
 def cached_reference(
     model, model_spec: str, dtype: str, datasets: dict[str, EncodedDataset], cache_dir: Path | None = None,
-    **kwargs,
+    *, rank: int = 0, world: int = 1, **kwargs,
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """Reference log-probs for each named dataset, from the cache or computed (and stored) now.
 
     Returns ``({name: [n, 4] tensor}, info)`` with ``info`` telling per dataset whether it was a
-    cache hit, the key and the seconds spent computing.
+    cache hit, the key and the seconds spent computing. With several processes the pass is
+    sharded (:func:`compute_logps`); it is read from the cache only when every process finds it,
+    and process 0 alone writes it.
     """
+    from clo.train.distributed import all_true
+
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
     out, info = {}, {}
     for name, ds in datasets.items():
         key = cache_key(model_spec, dtype, ds.fingerprint())
         path = cache_dir / f"{key}.pt"
-        if path.is_file():
+        if all_true(path.is_file(), device, world):
             out[name] = torch.load(path, map_location="cpu", weights_only=True)
             info[name] = {"key": key, "cached": True, "seconds": 0.0}
             log.info("reference log-probs for %s: cache hit %s", name, path)
             continue
         t0 = time.perf_counter()
-        out[name] = compute_logps(model, ds, desc=f"reference log-probs ({name})", **kwargs)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        torch.save(out[name], tmp)
-        tmp.replace(path)
-        info[name] = {"key": key, "cached": False, "seconds": round(time.perf_counter() - t0, 3)}
-        log.info("reference log-probs for %s: %d examples in %.1fs -> %s", name, len(ds.examples),
-                 info[name]["seconds"], path)
+        out[name] = compute_logps(model, ds, desc=f"reference log-probs ({name})", rank=rank, world=world, **kwargs)
+        if rank == 0:
+            tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+            torch.save(out[name], tmp)
+            tmp.replace(path)
+        info[name] = {"key": key, "cached": False, "seconds": round(time.perf_counter() - t0, 3),
+                      "processes": world}
+        log.info("reference log-probs for %s: %d examples in %.1fs over %d process(es) -> %s", name,
+                 len(ds.examples), info[name]["seconds"], world, path)
     return out, info

@@ -5,20 +5,24 @@ Layout of ``output_dir`` (one stage; ``sft+dpo`` has ``sft/`` and ``dpo/`` stage
 - ``last/state.pt``: the resumable state (trainable tensors, optimiser, scheduler, RNG, step,
   best validation loss); written every ``save_every`` (= ``eval_every``) steps, atomically.
 - ``best/``: the model with the lowest validation loss (without validation data: the final one),
-  a full transformers checkpoint with its tokenizer (LoRA merged), loadable by
-  ``clo.models.load_model(str(path))``.
+  a full transformers checkpoint with its tokenizer (LoRA merged; the adapter itself in
+  ``best/adapter/``), loadable by ``clo.models.load_model(str(path))``. The best trainable
+  tensors are kept in memory (and in ``last/``) while training; ``best/`` is written once, at the end.
+- ``run.json``: the fingerprint of everything that makes the run (model identity, language, the
+  train config, the data files' digests); a directory belongs to that configuration only.
 - ``log.jsonl`` (+ ``tensorboard/`` when installed), ``rejected.jsonl``, ``result.json`` (the
   run is finished when it exists: calling :func:`train` again returns it at once).
 
-Batches: the global batch of ``batch_size`` units is split evenly over processes, and each
-process's share into micro-batches. Every micro-batch contributes its exact share of the global
-loss (example means weighted by ``b/B``, token means normalised by the global token count), so
-the gradient does not depend on the number of processes or micro-batches.
+Batches: the global batch of ``batch_size`` units is dealt over processes, and each process's
+share cut into micro-batches (:mod:`clo.train.distributed`). Every micro-batch contributes its
+exact share of the global loss (example means weighted by ``b/B``, token means normalised by the
+global token count), so the gradient does not depend on the number of processes or micro-batches.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -30,21 +34,38 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from clo.train import distributed as dist
 from clo.train import methods as method_registry
 from clo.train.data import EncodedDataset, load_dataset
-from clo.train.logprobs import PackedLogProbs, pack_sequences, packed_sequence_logps
+from clo.train.logprobs import (
+    PackedLogProbs,
+    base_model,
+    check_packing,
+    pack_sequences,
+    packing_layout,
+    score,
+)
 from clo.train.losses import KEYS
-from clo.train.reference import cached_reference
+from clo.train.precision import compute_context, memory_plan, upcast_trainable
+from clo.train.reference import cached_reference, model_identity
 from clo.train.tracking import Trackers
 
 log = logging.getLogger(__name__)
 
 KEY_COLUMN = {k: j for j, k in enumerate(KEYS)}
-FLAT_ATTENTION = ("flash_attention_2", "flash_attention_3", "flex_attention")
+# Keys that change how a run is computed, not what it computes: a run may resume with others
+# (e.g. a smaller micro-batch after running out of memory).
+OPERATIONAL_KEYS = ("micro_batch_size", "max_tokens_per_micro_batch", "gradient_checkpointing", "logit_chunk",
+                    "pack_length", "attn_implementation", "reference_cache", "log_every", "sharding")
+GPU_TOKENS_PER_MICRO_BATCH = 16384
 
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+class RunMismatch(ValueError):
+    """The output directory holds a run of another configuration."""
 
 
 @dataclass
@@ -83,23 +104,24 @@ def plan_batches(n_units: int, batch_size: int, epochs: float, seed: int) -> lis
 
 
 def train(cfg, train_path: Path, val_path: Path | None, output_dir: Path, *,
-          stop_after_steps: int | None = None) -> TrainResult:
+          stop_after_steps: int | None = None, overwrite: bool = False) -> TrainResult:
     """Train ``cfg.model`` with ``cfg.train.method`` on ``train_path``; see the module docstring.
 
     ``stop_after_steps`` ends this call after that many optimiser steps (state saved), as an
-    interrupted run would; calling again resumes.
+    interrupted run would; calling again resumes. A directory holding another configuration's
+    run raises :class:`RunMismatch` naming the differing keys, unless ``overwrite`` (start over).
     """
     output_dir = Path(output_dir)
     stages = method_registry.STAGES.get(cfg.train.method)
     if stages is None:
         method_registry.get(cfg.train.method)
-        return _train_stage(cfg, Path(train_path), val_path, output_dir, stop_after_steps)
+        return _train_stage(cfg, Path(train_path), val_path, output_dir, stop_after_steps, overwrite)
     spec, per_stage, result = cfg.model, {}, None
     for name in stages:
         sub = cfg.model_copy(deep=True)
         sub.model = spec
         sub.train.method = name
-        result = _train_stage(sub, Path(train_path), val_path, output_dir / name, stop_after_steps)
+        result = _train_stage(sub, Path(train_path), val_path, output_dir / name, stop_after_steps, overwrite)
         if not result.metrics.get("finished"):
             return result
         # The next stage starts from and is referenced to this stage's best model.
@@ -129,15 +151,12 @@ def _lora(model, cfg):
     return get_peft_model(model, lcfg)
 
 
-def _trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
 class _Stage:
     """One training stage; attributes instead of a dozen function arguments."""
 
     def __init__(self, cfg, train_path, val_path, output_dir, stop_after_steps):
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
 
         from clo.models import load_model, resolve_dtype
 
@@ -145,22 +164,28 @@ class _Stage:
         self.out = output_dir
         self.stop_after = stop_after_steps
         self.method = method_registry.get(self.tc.method)
-        from accelerate.state import AcceleratorState
-
-        # clo sets the dtype itself (train.dtype) and never autocasts. accelerate keeps its state
-        # process-wide: a transformers/TRL Trainer run earlier in this process leaves its mixed
-        # precision there (TRL: bf16), which Accelerator() would silently inherit. Drop it as
-        # TrainingArguments does, keeping PartialState (the process group).
+        # clo sets the dtypes itself (train.dtype, train.master_weights). accelerate keeps its
+        # state process-wide: a transformers/TRL Trainer run earlier in this process leaves its
+        # mixed precision there (TRL: bf16), which Accelerator() would silently inherit. Drop it
+        # as TrainingArguments does, keeping PartialState (the process group).
         if AcceleratorState._shared_state.get("_mixed_precision", "no") != "no":
             AcceleratorState._reset_state()
         self.acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
-        if self.tc.batch_size % self.world:
-            raise ValueError(f"train.batch_size {self.tc.batch_size} is not divisible by {self.world} processes")
+        self.device = self.acc.device
+        self.sharding = dist.resolve_sharding(self.tc.sharding, self.acc)
+        if self.sharding == "fsdp2" and self.tc.live_reference and self.tc.trainable != "lora":
+            raise ValueError("train.live_reference with FSDP2: a second, unsharded model would not fit where "
+                             "sharding is needed; use the precomputed reference (the default)")
+        if self.sharding == "fsdp2" and self.tc.trainable == "lora":
+            raise ValueError("train.trainable=lora with FSDP2 is not supported: LoRA's state is small, "
+                             "use DDP (configs/accelerate/ddp.yaml)")
         torch.manual_seed(self.tc.seed)
-        self.model, self.tok = load_model(cfg.model, dtype=self.tc.dtype, device=str(self.acc.device),
+        self.model, self.tok = load_model(cfg.model, dtype=self.tc.dtype, device=str(self.device),
                                           attn_implementation=self.tc.attn_implementation)
-        self.dtype_name = str(resolve_dtype(self.tc.dtype, str(self.acc.device))).replace("torch.", "")
+        self.compute_dtype = resolve_dtype(self.tc.dtype, str(self.device))
+        self.master = None if self.tc.master_weights == "none" else torch.float32
+        self.dtype_name = str(self.compute_dtype).replace("torch.", "")
         self.pad_id = self.tok.pad_token_id or 0
         self.train_ds = load_dataset(train_path, self.tok, self.tc.max_length, cfg.lang)
         self.val_ds = load_dataset(val_path, self.tok, self.tc.max_length, cfg.lang) if val_path else None
@@ -170,33 +195,23 @@ class _Stage:
                 for name, ds in (("train", self.train_ds), ("val", self.val_ds)):
                     for r in ds.rejected if ds else []:
                         f.write(json.dumps({"split": name, "file": ds.path, **r}, ensure_ascii=False) + "\n")
-        attn = getattr(self.model.config, "_attn_implementation", None)
-        self.flat = attn in FLAT_ATTENTION
+        self.layout, self.varlen = packing_layout(self.model)
+        on_gpu = self.device.type == "cuda"
+        ckpt = self.tc.gradient_checkpointing
+        self.checkpointing = on_gpu if ckpt == "auto" else bool(ckpt)
+        self.max_tokens = self.tc.max_tokens_per_micro_batch or (GPU_TOKENS_PER_MICRO_BATCH if on_gpu else None)
 
-    # -- reference ---------------------------------------------------------------------------
-    def reference(self):
-        self.ref = {"train": None, "val": None}
-        self.ref_info, self.ref_model = {}, None
-        if not self.method.needs_reference:
-            return
-        if self.tc.live_reference:
-            if self.tc.trainable != "lora":  # with LoRA the adapter-disabled model is the reference
-                self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-            return
-        sets = {"train": self.train_ds, **({"val": self.val_ds} if self.val_ds else {})}
-        cache = Path(self.tc.reference_cache) if self.tc.reference_cache else None
-        kwargs = {"chunk_size": self.tc.logit_chunk, "pad_id": self.pad_id,
-                  "row_capacity": None if self.flat else "longest"}
-        # One process computes and stores, the others read the cache it wrote.
-        if self.acc.is_main_process:
-            self.ref, self.ref_info = cached_reference(self.model, self.cfg.model, self.dtype_name, sets, cache, **kwargs)
-        self.acc.wait_for_everyone()
-        if not self.acc.is_main_process:
-            self.ref, self.ref_info = cached_reference(self.model, self.cfg.model, self.dtype_name, sets, cache, **kwargs)
+    def compute(self):
+        return compute_context(self.device, self.compute_dtype, self.master, self.sharding == "fsdp2")
 
     # -- model -------------------------------------------------------------------------------
     def prepare(self):
         tc = self.tc
+        self.ref_model = None
+        if self.method.needs_reference and tc.live_reference and tc.trainable != "lora":
+            # The starting weights in the compute dtype: under autocast the policy's first
+            # forward rounds its fp32 masters to exactly these.
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         if tc.trainable == "lora":
             self.model = _lora(self.model, tc)
             self.trainable_names = [n for n, p in self.model.named_parameters() if p.requires_grad]
@@ -204,10 +219,15 @@ class _Stage:
             from clo.models import select_trainable
 
             self.trainable_names = select_trainable(self.model, tc.trainable)
-        if tc.gradient_checkpointing:
+        upcast_trainable(self.model, self.master)
+        if self.checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
+        wrapper = PackedLogProbs(self.model, tc.logit_chunk, self.varlen)
+        if self.sharding == "fsdp2":
+            self.wrapper = dist.shard_fsdp2(wrapper, self.model, self.compute_dtype, self.device, self.world)
         params = [p for p in self.model.parameters() if p.requires_grad]
+        self.params = params
         self.n_trainable = sum(p.numel() for p in params)
         opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
         self.units = _units(self.method, tc, self.train_ds)
@@ -215,57 +235,100 @@ class _Stage:
         from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
         self.sched = get_cosine_with_min_lr_schedule_with_warmup(opt, tc.warmup_steps, len(self.plan), min_lr=tc.min_lr)
-        self.wrapper, self.opt = self.acc.prepare(PackedLogProbs(self.model, tc.logit_chunk), opt)
+        if self.sharding == "fsdp2":
+            self.opt = opt
+        else:
+            self.wrapper, self.opt = self.acc.prepare(wrapper, opt)
+
+    def _score(self, batch):
+        """Summed log-probs through the (DDP/FSDP-wrapped) module, in the compute dtype."""
+        with self.compute():
+            return score(self.wrapper, batch)
+
+    # -- reference ---------------------------------------------------------------------------
+    def reference(self):
+        """The starting model's log-probs of every train/val sequence, each process scoring its share."""
+        self.ref, self.ref_info = {"train": None, "val": None}, {}
+        if not self.method.needs_reference or self.tc.live_reference:
+            return
+        sets = {"train": self.train_ds, **({"val": self.val_ds} if self.val_ds else {})}
+        cache = Path(self.tc.reference_cache) if self.tc.reference_cache else None
+        self.ref, self.ref_info = cached_reference(
+            self.model, self.cfg.model, self.dtype_name, sets, cache, rank=self.rank, world=self.world,
+            score_fn=self._reference_score, pad_id=self.pad_id,
+            row_capacity=None if self.layout == "one_row" else "longest")
+
+    @torch.no_grad()
+    def _reference_score(self, batch):
+        if self.ref_model is not None:
+            from clo.train.logprobs import packed_sequence_logps
+
+            with self.compute():
+                return packed_sequence_logps(self.ref_model, batch, self.tc.logit_chunk)[0]
+        if self.tc.trainable == "lora":  # the same weights with the adapter switched off
+            with self.model.disable_adapter():
+                return self._score(batch)
+        return self._score(batch)
 
     # -- one batch ---------------------------------------------------------------------------
     def _sequences(self, ds, units):
         return [ds.examples[u.example].seqs[k] for u in units for k in u.keys]
 
-    def _ref_for(self, split, ds, units, batch):
+    def _ref_for(self, split, units, batch):
         if self.ref.get(split) is not None:
             rows = torch.tensor([u.example for u in units])
             cols = torch.tensor([[KEY_COLUMN[k] for k in u.keys] for u in units])
-            return self.ref[split][rows[:, None], cols].to(self.acc.device)
-        with torch.no_grad():
-            if self.ref_model is not None:
-                sums, _ = packed_sequence_logps(self.ref_model, batch, self.tc.logit_chunk)
-            else:  # LoRA: the same weights with the adapter switched off
-                peft_model = self.acc.unwrap_model(self.wrapper).model
-                with peft_model.disable_adapter():
-                    sums, _ = packed_sequence_logps(peft_model, batch, self.tc.logit_chunk)
-        return sums.view(len(units), -1)
+            return self.ref[split][rows[:, None], cols].to(self.device)
+        return self._reference_score(batch).view(len(units), -1)
 
-    def _loss(self, split, ds, units, frac, nll_tokens_global, n_global, forward):
-        """(loss contribution of these units, metrics weighted by ``frac``, token count)."""
+    def _loss(self, split, ds, units, share, weight, nll_tokens_global, n_global):
+        """(loss contribution of these units, metrics, token count).
+
+        ``share`` is the units' fraction of the global batch; ``weight`` is 0 for a filler
+        micro-batch (it runs only so that this process takes part in every collective).
+        """
         seqs = self._sequences(ds, units)
-        cap = None if self.flat else (self.tc.pack_length or max(len(p) + len(r) for p, r in seqs))
-        batch = pack_sequences(seqs, cap, self.pad_id).to(self.acc.device)
-        sums = forward(batch).view(len(units), -1)
-        ref = self._ref_for(split, ds, units, batch) if self.method.needs_reference else None
+        cap = None if self.layout == "one_row" else (self.tc.pack_length or max(len(p) + len(r) for p, r in seqs))
+        batch = pack_sequences(seqs, cap, self.pad_id).to(self.device)
+        sums = self._score(batch).view(len(units), -1)
+        ref = self._ref_for(split, units, batch) if self.method.needs_reference else None
         nll = None
         slots = self.method.nll_slots(self.tc, units[0].keys)
         if slots:
-            # This micro-batch's NLL sum over the global batch's token count, rescaled by 1/frac
-            # so that objective(...) * frac is its exact share of the global loss.
-            nll = -sums[:, slots].sum() / (nll_tokens_global * frac)
+            # This micro-batch's NLL sum over the global batch's token count, rescaled by
+            # 1/share so that objective(...) * share is its exact share of the global loss.
+            nll = -sums[:, slots].sum() / (nll_tokens_global * share)
         loss, metrics = self.method.objective(sums, ref, nll, self.tc)
-        return loss * frac, {k: v * frac for k, v in metrics.items()}, batch.n_tokens
+        w = share * weight
+        return loss * w, {k: v * w for k, v in metrics.items()}, batch.n_tokens if weight else 0
 
     def _nll_tokens(self, ds, units):
         slots = self.method.nll_slots(self.tc, units[0].keys)
         return sum(len(ds.examples[u.example].seqs[u.keys[s]][1]) for u in units for s in slots)
 
-    def _split(self, idx):
-        """This process's share of a global batch, then its micro-batches."""
-        local = idx[self.rank :: self.world]
-        mb = self.tc.micro_batch_size or len(local) or 1
-        return [local[i : i + mb] for i in range(0, len(local), mb)]
+    def _micro(self, ds, units, idx):
+        def tokens(i):
+            return sum(ds.examples[units[i].example].length(k) for k in units[i].keys)
+
+        return dist.micro_batches(idx, self.rank, self.world, tokens, max_units=self.tc.micro_batch_size,
+                                  max_tokens=self.max_tokens)
+
+    def check_packing(self):
+        """Packed log-probs equal padded ones for the active attention implementation (first batch)."""
+        us = [self.units[i] for i in self.plan[0][:2]]
+        seqs = self._sequences(self.train_ds, us)[:8]
+        cap = None if self.layout == "one_row" else max(len(p) + len(r) for p, r in seqs)
+        with torch.no_grad():
+            diff = check_packing(self._score, seqs, cap, self.pad_id, self.compute_dtype, self.device)
+        log.info("packing check (%s, %s rows): packed = padded within %.2g nats per token",
+                 getattr(base_model(self.model).config, "_attn_implementation", None), self.layout, diff)
+        return diff
 
     # -- validation --------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict:
         units = _units(self.method, self.tc, self.val_ds)
-        self.model.eval()
+        self.wrapper.eval()
         totals: dict[str, torch.Tensor] = {}
         bs = self.tc.batch_size
         for start in range(0, len(units), bs):
@@ -273,32 +336,33 @@ class _Stage:
             glob = [units[i] for i in idx]
             weight = len(idx) / len(units)  # batches weighted by size: the mean over all val units
             nll_tok = self._nll_tokens(self.val_ds, glob)
-            for mb in self._split(idx):
+            for mb, real in self._micro(self.val_ds, units, idx):
                 us = [units[i] for i in mb]
-                frac = len(us) / len(idx)
-                _, m, _ = self._loss("val", self.val_ds, us, frac, nll_tok, len(idx),
-                                     lambda b: packed_sequence_logps(self.model, b, self.tc.logit_chunk)[0])
+                _, m, _ = self._loss("val", self.val_ds, us, len(mb) / len(idx), 1.0 if real else 0.0,
+                                     nll_tok, len(idx))
                 for k, v in m.items():
                     totals[k] = totals.get(k, 0) + v * weight
-        self.model.train()
+        self.wrapper.train()
         return {f"val/{k}": v.item() for k, v in self._reduce(totals).items()}
 
     def _reduce(self, metrics: dict) -> dict:
         if self.world == 1 or not metrics:
             return metrics
         keys = sorted(metrics)
-        vec = torch.stack([torch.as_tensor(metrics[k], dtype=torch.float32, device=self.acc.device) for k in keys])
-        vec = self.acc.reduce(vec, reduction="sum")
+        vec = torch.stack([torch.as_tensor(metrics[k], dtype=torch.float32, device=self.device) for k in keys])
+        vec = dist.all_reduce_sum(vec, self.world)
         return dict(zip(keys, vec))
 
     # -- checkpoints -------------------------------------------------------------------------
     def save_state(self, step, best, history_tail):
+        # Collectives first (FSDP2 gathers shards): every process takes part, process 0 writes.
+        trainable = dist.trainable_state(self.model)
+        optimizer = dist.optimizer_state(self.model, self.opt)
         if not self.acc.is_main_process:
             return
-        model = self.acc.unwrap_model(self.wrapper).model
         state = {
-            "step": step, "best": best, "trainable": _trainable_state(model),
-            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "step": step, "best": best, "trainable": trainable, "best_trainable": self.best_trainable,
+            "optimizer": optimizer, "scheduler": self.sched.state_dict(),
             "rng": torch.get_rng_state(), "plan_len": len(self.plan), "history_tail": history_tail,
         }
         d = self.out / "last"
@@ -308,38 +372,46 @@ class _Stage:
         tmp.replace(d / "state.pt")
 
     def load_state(self):
+        self.best_trainable = None
         path = self.out / "last" / "state.pt"
         if not path.is_file():
             return 0, {"loss": None, "step": None}, {}
         state = torch.load(path, map_location="cpu", weights_only=False)
         if state["plan_len"] != len(self.plan):
-            raise RuntimeError(f"{path}: checkpoint was made for {state['plan_len']} steps, this config "
-                               f"plans {len(self.plan)}; use a new output directory for a changed config")
-        model = self.acc.unwrap_model(self.wrapper).model
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for n, t in state["trainable"].items():
-                params[n].copy_(t)
-        self.opt.load_state_dict(state["optimizer"])
+            raise RunMismatch(f"{path}: checkpoint was made for {state['plan_len']} steps, this config "
+                              f"plans {len(self.plan)}; use a new output directory for a changed config")
+        dist.load_trainable(self.model, state["trainable"])
+        dist.load_optimizer_state(self.model, self.opt, state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
+        self.best_trainable = state.get("best_trainable")
         log.info("resuming %s from step %d", self.out, state["step"])
         return state["step"], state["best"], state.get("history_tail", {})
 
-    def save_model(self, name: str):
-        """A full loadable checkpoint (LoRA: merged) with the tokenizer, written atomically."""
+    def keep_best(self):
+        """The trainable tensors of the best model so far, in memory (process 0); no disk write."""
+        state = dist.trainable_state(self.model)
+        self.best_trainable = state if self.acc.is_main_process else None
+
+    def save_model(self, name: str, trainable: dict | None):
+        """A full loadable checkpoint (LoRA: merged, and the adapter in ``adapter/``) with the
+        tokenizer, written once and atomically; ``trainable`` (full tensors) replaces the current
+        trainable weights. Weights are written in the dtype the model was loaded in."""
+        full = dist.full_model_state(self.model)  # collective under FSDP2
         if not self.acc.is_main_process:
             return
-        model = self.acc.unwrap_model(self.wrapper).model
-        target = self.out / name
-        tmp = self.out / f"{name}.tmp"
+        if trainable:
+            full.update(trainable)
+        full = {k: v.to(self.compute_dtype) if v.is_floating_point() else v for k, v in full.items()}
+        target, tmp = self.out / name, self.out / f"{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         if self.tc.trainable == "lora":
-            merged = copy.deepcopy(model).merge_and_unload()
+            self.model.save_pretrained(tmp / "adapter", state_dict=full, safe_serialization=True)
+            self.model.load_state_dict(full, strict=False)
+            merged = self.model.merge_and_unload()  # the run is over: merge in place, no copy
             merged.save_pretrained(tmp, safe_serialization=True)
-            del merged
         else:
-            model.save_pretrained(tmp, safe_serialization=True)
+            base_model(self.model).save_pretrained(tmp, state_dict=full, safe_serialization=True)
         self.tok.save_pretrained(tmp)
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
@@ -347,11 +419,18 @@ class _Stage:
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
         tc = self.tc
+        self.prepare()
         t_ref = time.perf_counter()
         self.reference()
         t_ref = time.perf_counter() - t_ref
-        self.prepare()
         step, best, tail = self.load_state()
+        self.packing_diff = self.check_packing()
+        first_micro = self._micro(self.train_ds, self.units, self.plan[min(step, len(self.plan) - 1)])
+        self.memory = memory_plan(
+            self.model, world=self.world, sharded=self.sharding == "fsdp2", checkpointing=self.checkpointing,
+            tokens_per_micro_batch=max(sum(self.train_ds.examples[self.units[i].example].length(k)
+                                           for i in mb for k in self.units[i].keys) for mb, _ in first_micro))
+        log.info("planned memory per process (GiB): %s", ", ".join(f"{k}={v}" for k, v in self.memory.items()))
         trackers = Trackers(self.out, step, enabled=self.acc.is_main_process)
         save_every = tc.eval_every
         bar = tqdm(total=len(self.plan), initial=step, desc=f"train {tc.method}", unit="step",
@@ -363,22 +442,20 @@ class _Stage:
         try:
             while step < end:
                 t0 = time.perf_counter()
+                dist.reset_peak_memory(self.device)
                 idx = self.plan[step]
                 glob = [self.units[i] for i in idx]
                 nll_tok = self._nll_tokens(self.train_ds, glob)
-                micro = self._split(idx)
+                micro = self._micro(self.train_ds, self.units, idx)
                 totals: dict[str, torch.Tensor] = {}
                 n_tok = 0
-                for j, mb in enumerate(micro):
+                for j, (mb, real) in enumerate(micro):
                     us = [self.units[i] for i in mb]
-                    # DDP averages gradients over processes; the loss is already a share of the
-                    # global batch, so scale by the process count to undo the average.
-                    ctx = self.acc.no_sync(self.wrapper) if j < len(micro) - 1 else _nullcontext()
-                    with ctx:
-                        loss, m, nt = self._loss(
-                            "train", self.train_ds, us, len(mb) / len(idx), nll_tok, len(idx),
-                            lambda b: self.wrapper(b.input_ids, b.position_ids, b.gather_index, b.targets,
-                                                   b.seq_index, b.n_seqs))
+                    # DDP and FSDP2 average gradients over processes; the loss is already a share of
+                    # the global batch, so scale by the process count to undo the average.
+                    with dist.sync_gradients(self.wrapper, self.sharding, self.acc, last=j == len(micro) - 1):
+                        loss, m, nt = self._loss("train", self.train_ds, us, len(mb) / len(idx),
+                                                 1.0 if real else 0.0, nll_tok, len(idx))
                         self.acc.backward(loss * self.world)
                     n_tok += nt
                     # The loss itself, not only its metrics: a non-finite loss with finite
@@ -392,12 +469,9 @@ class _Stage:
                 if not math.isfinite(objective) or not all(math.isfinite(v) for v in metrics.values()):
                     raise TrainingDiverged(
                         f"non-finite loss at step {step + 1} (loss {objective}, {metrics}); stopped before the optimiser step. "
-                        f"The last good state is {self.out / 'last'} (step {step - step % save_every}), "
-                        f"the best model {self.out / 'best'}")
+                        f"The last good state is {self.out / 'last'} (step {step - step % save_every})")
                 if tc.max_grad_norm is not None:
-                    gn = self.acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
-                                                  tc.max_grad_norm)
-                    metrics["grad_norm"] = float(gn)
+                    metrics["grad_norm"] = dist.grad_norm_clip(self.params, tc.max_grad_norm)
                 lr = self.sched.get_last_lr()[0]
                 self.opt.step()
                 self.sched.step()
@@ -407,7 +481,8 @@ class _Stage:
                 t_train += dt
                 units_done += len(idx)
                 tokens_done += n_tok * self.world
-                metrics.update(lr=lr, step_s=dt, units_per_s=len(idx) / dt)
+                metrics.update(lr=lr, step_s=dt, units_per_s=len(idx) / dt,
+                               peak_mem_gib=round(dist.peak_memory_gib(self.device), 3))
                 last_metrics = metrics
                 trackers.log({f"train/{k}": v for k, v in metrics.items()}, step)
                 if step % tc.log_every == 0 or step == len(self.plan):
@@ -424,9 +499,10 @@ class _Stage:
             bar.close()
             trackers.close()
         finished = step == len(self.plan)
-        if finished and self.val_ds is None:
-            self.save_model("best")  # without validation data the final model is the one kept
-            best = {"loss": None, "step": step}
+        if finished:
+            if self.val_ds is None:  # without validation data the final model is the one kept
+                self.best_trainable, best = None, {"loss": None, "step": step}
+            self.save_model("best", self.best_trainable)
         metrics = {
             "method": tc.method, "finished": finished, "steps": step, "total_steps": len(self.plan),
             "units": len(self.units), "examples": len(self.train_ds.examples),
@@ -439,7 +515,11 @@ class _Stage:
             "reference_s": round(t_ref, 3), "reference": self.ref_info, "train_s": round(t_train, 3),
             "trainable_params": self.n_trainable, "trainable": tc.trainable,
             "rejected": {"train": len(self.train_ds.rejected), "val": len(self.val_ds.rejected) if self.val_ds else 0},
-            "truncated": self.train_ds.truncated, "processes": self.world, "device": str(self.acc.device),
+            "truncated": self.train_ds.truncated, "processes": self.world, "device": str(self.device),
+            "sharding": self.sharding, "compute_dtype": self.dtype_name, "master_weights": tc.master_weights,
+            "gradient_checkpointing": self.checkpointing, "packing": {"layout": self.layout, "varlen": self.varlen,
+                                                                      "max_diff_per_token": self.packing_diff},
+            "memory_plan_gib": self.memory, "peak_mem_gib": last_metrics.get("peak_mem_gib"),
         }
         if finished and self.acc.is_main_process:
             _write_json(self.out / "result.json", {"best_checkpoint": str(self.out / "best"), "metrics": metrics})
@@ -457,25 +537,74 @@ class _Stage:
         log.info("step %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in vm.items()))
         if best["loss"] is None or vm["val/loss"] < best["loss"]:
             best = {"loss": vm["val/loss"], "step": step}
-            self.save_model("best")
+            self.keep_best()
         return best, vm
 
 
-class _nullcontext:
-    def __enter__(self):
-        return self
+def _file_digest(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
-    def __exit__(self, *a):
-        return False
+
+def run_inputs(cfg, train_path: Path, val_path: Path | None) -> dict:
+    """What a training directory's results depend on: the run is these inputs' and no other's."""
+    train_cfg = {k: v for k, v in cfg.train.model_dump(mode="json").items() if k not in OPERATIONAL_KEYS}
+    return {"model": model_identity(cfg.model), "lang": cfg.lang, "train": train_cfg,
+            "data": {"train": _file_digest(train_path), "val": _file_digest(val_path)}}
 
 
-def _train_stage(cfg, train_path: Path, val_path, output_dir: Path, stop_after_steps) -> TrainResult:
+def _flat(obj, prefix=""):
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def _differing(old: dict, new: dict) -> list[str]:
+    a, b = _flat(old), _flat(new)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def _claim_directory(output_dir: Path, inputs: dict, overwrite: bool) -> None:
+    """Make ``output_dir`` this configuration's: refuse another's unless ``overwrite`` (then clear it)."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    record = output_dir / "run.json"
+    fp = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    old = json.loads(record.read_text()) if record.is_file() else None
+    started = output_dir.is_dir() and any((output_dir / n).exists() for n in ("last", "result.json", "best"))
+    if old is not None and old.get("fingerprint") == fp:
+        return
+    if old is not None or started:
+        keys = _differing(old["inputs"], inputs) if old is not None else ["(no run.json: made by an older clo)"]
+        if not overwrite:
+            raise RunMismatch(f"{output_dir} holds a run of another configuration (differing: {', '.join(keys)}); "
+                              f"pass --overwrite to start over there, or choose another output directory")
+        log.warning("%s: another configuration's run (differing: %s); starting over", output_dir, ", ".join(keys))
+        if state.is_main_process:
+            shutil.rmtree(output_dir)
+    if state.is_main_process:
+        _write_json(record, {"fingerprint": fp, "inputs": inputs})
+    state.wait_for_everyone()
+
+
+def _train_stage(cfg, train_path: Path, val_path, output_dir: Path, stop_after_steps, overwrite=False) -> TrainResult:
+    val_path = Path(val_path) if val_path else None
+    _claim_directory(output_dir, run_inputs(cfg, train_path, val_path), overwrite)
     done = output_dir / "result.json"
     if done.is_file():
         obj = json.loads(done.read_text())
         log.info("%s: already finished, returning its result", output_dir)
         return TrainResult(Path(obj["best_checkpoint"]), obj["metrics"], output_dir)
-    return _Stage(cfg, train_path, Path(val_path) if val_path else None, output_dir, stop_after_steps).run()
+    return _Stage(cfg, train_path, val_path, output_dir, stop_after_steps).run()
 
 
-__all__ = ["TrainResult", "TrainingDiverged", "plan_batches", "train"]
+__all__ = ["RunMismatch", "TrainResult", "TrainingDiverged", "plan_batches", "train"]

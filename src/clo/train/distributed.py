@@ -1,0 +1,206 @@
+"""Distributed mechanics of the trainer: how work is shared, wrapped, reduced, gathered and saved.
+
+The loop in :mod:`clo.train.trainer` reads the same for one process, DDP and FSDP2; what differs
+lives here.
+
+- **Shares.** A global batch's units are dealt round-robin to the processes, and each share is cut
+  into micro-batches by ``micro_batch_size`` units and ``max_tokens_per_micro_batch`` tokens.
+  Every process then runs the SAME number of micro-batches: one that has fewer (the last, partial
+  batch of an epoch may give it none) runs zero-weight filler micro-batches. DDP broadcasts
+  buffers in every forward and reduces gradients in the last backward, FSDP2 gathers parameters in
+  every forward and backward: a process that skipped one would leave the others waiting forever.
+- **Wrapping.** ``none``/DDP go through ``accelerate.prepare``. FSDP2 is PyTorch's
+  ``fully_shard`` applied here, one unit per decoder layer (the model's ``_no_split_modules``)
+  and the log-prob module as the root, so that every forward (training, validation, reference)
+  goes through the sharded module. accelerate's own FSDP plugin is not used for the model: on a
+  CPU it silently falls back to DDP, so the sharded path could never be tested without a GPU;
+  launching (``accelerate launch``) and the process group are still accelerate's.
+- **State.** Trainable tensors and optimiser state are read and written as full (unsharded)
+  tensors through ``torch.distributed.checkpoint.state_dict``, so a checkpoint does not depend on
+  the number of processes or on the sharding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SHARDINGS = ("auto", "none", "fsdp2")
+
+
+def micro_batches(idx: Sequence[int], rank: int, world: int, unit_tokens: Callable[[int], int], *,
+                  max_units: int | None = None, max_tokens: int | None = None) -> list[tuple[list[int], bool]]:
+    """This process's micro-batches of the global batch ``idx``: ``[(unit indices, real)]``.
+
+    ``real`` is False for a filler micro-batch (the batch's first unit, to be weighted 0), added
+    so that every process runs as many micro-batches as the busiest one.
+    """
+    per_rank = [_cut(list(idx[r::world]), unit_tokens, max_units, max_tokens) for r in range(world)]
+    n = max(1, max(len(p) for p in per_rank))
+    mine = [(mb, True) for mb in per_rank[rank]]
+    return mine + [([idx[0]], False)] * (n - len(mine))
+
+
+def _cut(share: list[int], unit_tokens, max_units, max_tokens) -> list[list[int]]:
+    out: list[list[int]] = []
+    cur: list[int] = []
+    tokens = 0
+    for u in share:
+        t = unit_tokens(u)
+        full = cur and ((max_units is not None and len(cur) >= max_units)
+                        or (max_tokens is not None and tokens + t > max_tokens))
+        if full:
+            out.append(cur)
+            cur, tokens = [], 0
+        cur.append(u)  # a unit longer than the budget goes alone: a unit is never split
+        tokens += t
+    if cur:
+        out.append(cur)
+    return out
+
+
+def resolve_sharding(requested: str, accelerator) -> str:
+    """``none`` or ``fsdp2``: what was asked for, or (``auto``) what ``accelerate launch`` set up."""
+    from accelerate.utils import DistributedType
+
+    if requested not in SHARDINGS:
+        raise ValueError(f"train.sharding {requested!r}: use one of {', '.join(SHARDINGS)}")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ValueError("DeepSpeed is not supported by clo's trainer; FSDP2 is the sharded path "
+                         "(configs/accelerate/fsdp.yaml, docs/train.md)")
+    if accelerator.distributed_type == DistributedType.FSDP:
+        plugin = accelerator.state.fsdp_plugin
+        if getattr(plugin, "fsdp_version", 1) != 2:
+            raise ValueError("accelerate's FSDP config has fsdp_version 1; clo shards with FSDP2: "
+                             "set fsdp_version: 2 (configs/accelerate/fsdp.yaml)")
+        return "fsdp2"
+    return "none" if requested == "auto" else requested
+
+
+def shard_fsdp2(wrapper: torch.nn.Module, model: torch.nn.Module, compute_dtype: torch.dtype,
+                device: torch.device, world: int) -> torch.nn.Module:
+    """Apply FSDP2 in place: each decoder layer a unit, ``wrapper`` the root; returns ``wrapper``.
+
+    Parameters keep their own dtype in the shards (fp32 master weights for the trainable ones);
+    they are gathered in ``compute_dtype`` and gradients are reduced in fp32.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from clo.train.logprobs import base_model
+
+    names = set(getattr(base_model(model), "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(f"FSDP2: {type(base_model(model)).__name__} names no decoder layer class "
+                         "(_no_split_modules); cannot shard it layer by layer")
+    mesh = init_device_mesh(device.type, (world,))
+    mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    fully_shard(wrapper, mesh=mesh, mp_policy=mp)
+    log.info("FSDP2: %d decoder layers (%s) sharded over %d processes", len(layers), ", ".join(sorted(names)), world)
+    return wrapper
+
+
+def sync_gradients(wrapper, sharding: str, accelerator, last: bool):
+    """Context for one micro-batch's backward: gradients are reduced only in the last one."""
+    if last:
+        return contextlib.nullcontext()
+    if sharding == "fsdp2":
+        return _fsdp_no_sync(wrapper)
+    return accelerator.no_sync(wrapper)
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(wrapper):
+    wrapper.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        wrapper.set_requires_gradient_sync(True)
+
+
+def all_reduce_sum(tensor: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_true(flag: bool, device, world: int) -> bool:
+    """Whether ``flag`` holds on every process (e.g. every process found the cache)."""
+    t = torch.tensor([0.0 if flag else 1.0], device=device)
+    return float(all_reduce_sum(t, world)) == 0.0
+
+
+def grad_norm_clip(params: list[torch.Tensor], max_norm: float) -> float:
+    """Clip to ``max_norm`` over the GLOBAL gradient norm; returns that norm.
+
+    With FSDP2 the gradients are shards (DTensors): ``clip_grad_norm_`` reduces their norms over
+    processes, so the norm and the scale are those of the whole model, as with one process.
+    """
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def _options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """Full copies (CPU) of the trainable tensors; collective under FSDP2 (every process calls)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    sd = get_model_state_dict(model, options=_options(cpu_offload=True, ignore_frozen_params=True))
+    return {k: v.detach().clone() for k, v in sd.items()}
+
+
+def full_model_state(model) -> dict[str, torch.Tensor]:
+    """The whole model's full state dict on CPU (collective under FSDP2)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_options(cpu_offload=True))
+
+
+def load_trainable(model, state: dict[str, torch.Tensor]) -> None:
+    """Set the trainable tensors from full copies (each process holds them; FSDP2 re-shards)."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    set_model_state_dict(model, state, options=_options(strict=False))
+
+
+def optimizer_state(model, optimizer) -> dict:
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
+
+
+def load_optimizer_state(model, optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=_options())
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak memory since the last reset: the device's allocator on CUDA, the process's max RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**30 if sys.platform == "darwin" else rss / 2**20  # bytes on macOS, KiB on Linux
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
