@@ -573,14 +573,21 @@ def _differing(old: dict, new: dict) -> list[str]:
 
 
 def _claim_directory(output_dir: Path, inputs: dict, overwrite: bool) -> None:
-    """Make ``output_dir`` this configuration's: refuse another's unless ``overwrite`` (then clear it)."""
+    """Make ``output_dir`` this configuration's: refuse another's unless ``overwrite`` (then clear it).
+
+    Every process reads the directory before process 0 changes it, and all take the same path
+    through the barriers: one that returned early would desynchronise every later collective.
+    """
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())
     record = output_dir / "run.json"
-    fp = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    inputs = json.loads(json.dumps(inputs, default=str))  # as stored: tuples become lists
+    fp = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+    state.wait_for_everyone()
     old = json.loads(record.read_text()) if record.is_file() else None
     started = output_dir.is_dir() and any((output_dir / n).exists() for n in ("last", "result.json", "best"))
+    state.wait_for_everyone()
     if old is not None and old.get("fingerprint") == fp:
         return
     if old is not None or started:
