@@ -38,3 +38,44 @@ def test_not_built_subcommand_is_marked_in_help(capsys):
 def test_no_subcommand_prints_help_and_fails(capsys):
     assert cli.main([]) != 0
     assert "usage: clo" in capsys.readouterr().out
+
+
+@pytest.fixture
+def failing_subcommand(tmp_path, monkeypatch):
+    """A subcommand `fail KIND` whose main raises the exception KIND names."""
+    (tmp_path / "clo_fail_cmd.py").write_text(
+        "HELP = 'fails'\n"
+        "def add_arguments(p):\n"
+        "    p.add_argument('kind')\n"
+        "def main(args):\n"
+        "    from clo.config_base import ConfigError\n"
+        "    from clo.eval.core import EvalDataError\n"
+        "    from clo.models import ModelLoadError\n"
+        "    from clo.train.data import DatasetError\n"
+        "    errors = {'config': ConfigError('x.yaml: train.beta: Input should be a valid number'),\n"
+        "              'data': EvalDataError('d.jsonl:3: field \\'question\\' missing'),\n"
+        "              'model': ModelLoadError('no such model directory or offline name: m'),\n"
+        "              'dataset': DatasetError('t.jsonl: no usable records'),\n"
+        "              'missing': FileNotFoundError('t.jsonl: no such dataset file'),\n"
+        "              'bug': ZeroDivisionError('a bug')}\n"
+        "    raise errors[args.kind]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return {"fail": ("clo_fail_cmd", "fails")}
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("config", "x.yaml: train.beta: Input should be a valid number"),
+    ("data", "d.jsonl:3: field 'question' missing"),
+    ("model", "no such model directory or offline name: m"),
+    ("dataset", "t.jsonl: no usable records"),
+    ("missing", "t.jsonl: no such dataset file"),
+])
+def test_user_errors_are_one_line_and_exit_2(failing_subcommand, capsys, kind, message):
+    assert cli.main(["fail", kind], subcommands=failing_subcommand) == cli.USER_ERROR_EXIT == 2
+    assert capsys.readouterr().err == f"clo fail: error: {message}\n"
+
+
+def test_a_bug_keeps_its_traceback(failing_subcommand):
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["fail", "bug"], subcommands=failing_subcommand)

@@ -1,4 +1,5 @@
 import json
+import sqlite3
 import threading
 import typing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -6,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from clo.data import translate as T
-from clo.data.cache import TranslationCache
+from clo.data.cache import CacheError, TranslationCache, set_aside
 from clo.data.config import TranslatorConfig
 
 
@@ -31,6 +32,56 @@ def test_cache_persists_and_is_keyed(tmp_path):
     (tmp_path / "bad.sqlite").write_bytes(b"this is not sqlite at all" * 100)
     with pytest.raises(ValueError, match="not a usable translation cache"):
         TranslationCache(tmp_path / "bad.sqlite")
+
+
+def _full_cache(path, n=2000):
+    with TranslationCache(path) as c:
+        c.put_many("tr", "en", "de", {f"source sentence number {i} " * 5: f"Satz {i} " * 5 for i in range(n)})
+    with sqlite3.connect(path) as con:  # everything into the main file, so that its pages can be damaged
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def test_damaged_cache_is_refused_with_the_way_out(tmp_path):
+    p = tmp_path / "c.sqlite"
+    _full_cache(p)
+    data = bytearray(p.read_bytes())
+    data[5 * 4096:6 * 4096] = b"\xab" * 4096  # one page of garbage in the middle of the B-tree
+    p.write_bytes(bytes(data))
+    with pytest.raises(CacheError) as e:
+        TranslationCache(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: not a usable translation cache (SQLite") and "malformed" in msg
+    assert "--rebuild-cache" in msg and "\n" not in msg
+    aside = set_aside(p)
+    assert not p.exists() and aside.name.startswith("c.sqlite.broken-") and aside.read_bytes() == bytes(data)
+    with TranslationCache(p) as c:
+        assert len(c) == 0
+    assert set_aside(tmp_path / "missing.sqlite") is None
+
+
+def test_wrong_schema_and_foreign_database_are_refused(tmp_path):
+    with sqlite3.connect(tmp_path / "old.sqlite") as c:
+        c.execute("CREATE TABLE translations (source TEXT, target TEXT)")
+    with pytest.raises(CacheError, match=r"columns \['source', 'target'\], expected \['translator'"):
+        TranslationCache(tmp_path / "old.sqlite")
+    with sqlite3.connect(tmp_path / "other.sqlite") as c:
+        c.execute("CREATE TABLE users (name TEXT)")
+    with pytest.raises(CacheError, match=r"an SQLite database of something else, with tables \['users'\]"):
+        TranslationCache(tmp_path / "other.sqlite")
+    with sqlite3.connect(tmp_path / "other.sqlite") as c:  # and it was left alone
+        assert [r[0] for r in c.execute("SELECT name FROM sqlite_master")] == ["users"]
+
+
+def test_zero_byte_cache_is_a_new_cache_and_says_so(tmp_path, caplog):
+    p = tmp_path / "c.sqlite"
+    p.write_bytes(b"")
+    with caplog.at_level("WARNING", logger="clo.data.cache"), TranslationCache(p) as c:
+        c.put_many("tr", "en", "de", {"Hello": "Hallo"})
+    assert "is empty (0 bytes): starting a new translation cache" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="clo.data.cache"), TranslationCache(p) as c:
+        assert c.get_many("tr", "en", "de", ["Hello"]) == {"Hello": "Hallo"}
+    assert "0 bytes" not in caplog.text
 
 
 class Recorder(T.Translator):
@@ -68,6 +119,58 @@ def test_translate_texts_dedups_batches_and_caches(recorder, tmp_path):
     assert out2[:4] == out and out2[4] == "HELLO THERE. WELCOME!@de"
     assert Recorder.batches[2:] == [["Hello there. Welcome!"]]
     assert (st2.cache_hits, st2.translated) == (2, 1)
+
+
+class Flaky(Recorder):
+    """Like Recorder, but returns "" for segments with EMPTY and the segment itself for ECHO."""
+
+    kind = "flaky"
+
+    def translate_batch(self, texts, src_lang, tgt_lang):
+        out = super().translate_batch(texts, src_lang, tgt_lang)
+        return ["" if "EMPTY" in t else t if "ECHO" in t else o for t, o in zip(texts, out)]
+
+
+def test_failed_segments_fail_their_text_and_are_not_cached(monkeypatch, tmp_path):
+    monkeypatch.setitem(T.TRANSLATORS, "flaky", Flaky)
+    Recorder.batches = []
+    cfg = TranslatorConfig(kind="flaky", batch_tokens=100, batch_size=8)
+    texts = ["- Good morning.\n- Now ECHO this line please.", "EMPTY answer here.", "Good morning.", "Sure."]
+    st = T.TranslationStats()
+    out = T.translate_all(texts, "en", "de", cfg, tmp_path / "c.sqlite", progress=False, stats=st)
+    # One bad segment spoils its text only: the other texts keep their translation.
+    assert [r.text for r in out] == [None, None, "GOOD MORNING.@de", "SURE.@de"]
+    assert out[0].failures == {"Now ECHO this line please.": T.SegmentFailure("echo", "flaky returned the segment unchanged")}
+    assert out[1].failures == {"EMPTY answer here.": T.SegmentFailure("empty", "flaky returned an empty translation")}
+    assert (st.translated, st.failed, st.failures) == (2, 2, {"echo": 1, "empty": 1})
+    with TranslationCache(tmp_path / "c.sqlite") as c:
+        assert c.get_many(Flaky(cfg).fingerprint(), "en", "de", ["Good morning.", "Sure.", "EMPTY answer here.",
+                                                "Now ECHO this line please."]) == {
+            "Good morning.": "GOOD MORNING.@de", "Sure.": "SURE.@de"}
+    with pytest.raises(T.TranslationError, match=r"2 segment\(s\) have no usable translation"):
+        T.translate_texts(texts, "en", "de", cfg, tmp_path / "c.sqlite", progress=False)
+    assert Recorder.batches[-1] == ["EMPTY answer here.", "Now ECHO this line please."]  # only those again
+
+
+def test_bad_answers_cached_by_older_versions_are_translated_again(recorder, tmp_path):
+    fp = Recorder(recorder).fingerprint()
+    with TranslationCache(tmp_path / "c.sqlite") as c:
+        c.put_many(fp, "en", "de", {"Hello there.": "", "Good night, my friend.": "Good night, my friend.",
+                                    "See you.": "BIS BALD"})
+    st = T.TranslationStats()
+    out = T.translate_texts(["Hello there.", "Good night, my friend.", "See you."], "en", "de", recorder,
+                            tmp_path / "c.sqlite", progress=False, stats=st)
+    assert out == ["HELLO THERE.@de", "GOOD NIGHT, MY FRIEND.@de", "BIS BALD"]
+    assert (st.cache_hits, st.cache_rejected, st.translated) == (1, 2, 2)
+    with TranslationCache(tmp_path / "c.sqlite") as c:
+        assert c.get_many(fp, "en", "de", ["Hello there."]) == {"Hello there.": "HELLO THERE.@de"}
+
+
+def test_identity_translator_may_echo(tmp_path):
+    st = T.TranslationStats()
+    out = T.translate_texts(["Hello world, how are you?"], "en", "de", TranslatorConfig(kind="identity"),
+                            tmp_path / "c.sqlite", progress=False, stats=st)
+    assert out == ["Hello world, how are you?"] and st.failed == 0
 
 
 def test_translate_texts_rejects_bad_input(recorder, tmp_path):
@@ -257,12 +360,14 @@ def test_openai_translator_retries_and_limits_concurrency(tmp_path, monkeypatch)
                            concurrency=2, max_retries=3, timeout=10)
     texts = ["One.", "Two.", "Three.", "Four.", "Five."]
     try:
-        out = T.translate_texts(texts, "en", "de", cfg, tmp_path / "c.sqlite", progress=False)
+        st = T.TranslationStats()
+        out = T.translate_texts(texts, "en", "de", cfg, tmp_path / "c.sqlite", progress=False, stats=st)
     finally:
         server.httpd.shutdown()
     assert out == [f"DE[{t}]" for t in texts]
     assert server.calls == {t: 3 for t in texts}  # 429, 500, then success
     assert server.max_in_flight == 2
+    assert (st.requests, st.retries, st.failed) == (15, 10, 0)
 
 
 def test_openai_translator_needs_its_key(monkeypatch):

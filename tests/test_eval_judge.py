@@ -14,15 +14,34 @@ from clo.eval import evaluate
 from clo.eval.judge import build_messages, parse_ranking, score_from_ranking, swap_order
 
 
+def _completion(model: str, content: str) -> dict:
+    return {"id": "x", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
 class ScriptedJudge(BaseHTTPRequestHandler):
     """Ranks first the output containing WIN; TIE in both: tie; GARBAGE: no JSON; FLAKY: no JSON the
-    first time it sees an instruction."""
+    first time it sees an instruction. Until ``fixed`` is set: ECHO answers with the prompt itself
+    (as a misconfigured judge did), MALFORMED with truncated JSON, HTML with a 200 HTML page,
+    HTML502 with a 502 HTML page, and any request with 401 while ``refuse`` is set."""
 
     requests: ClassVar[list] = []
     seen: ClassVar[dict] = {}
+    fixed: ClassVar[bool] = False
+    refuse: ClassVar[bool] = False
 
     def log_message(self, *a):
         pass
+
+    def _send(self, status: int, ctype: str, data: bytes, headers: dict | None = None):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -33,34 +52,40 @@ class ScriptedJudge(BaseHTTPRequestHandler):
         instr = user.split('{"instruction": ')[1].split("}")[0]
         first_time = instr not in ScriptedJudge.seen
         ScriptedJudge.seen[instr] = True
-        if "GARBAGE" in user or ("FLAKY" in user and first_time):
+        broken = not ScriptedJudge.fixed
+        if ScriptedJudge.refuse:
+            return self._send(401, "application/json", b'{"error": {"message": "Incorrect API key provided"}}')
+        if broken and "MALFORMED" in user:
+            return self._send(200, "application/json", b'{"id": "x", "object": "chat.completion", "choices": [')
+        if broken and "HTML502" in user:
+            # retry-after-ms keeps the openai client's own retries of a 5xx short
+            return self._send(502, "text/html", b"<html><body>502 Bad Gateway</body></html>", {"retry-after-ms": "1"})
+        if broken and "HTML" in user:
+            return self._send(200, "text/html", b"<html><body>Please log in</body></html>")
+        if broken and "ECHO" in user:
+            content = user
+        elif "GARBAGE" in user or ("FLAKY" in user and first_time):
             content = "Both answers have merits; I cannot decide."
         elif "TIE" in seg1 and "TIE" in seg2:
             content = '[{"model": "model_1", "rank": 1}, {"model": "model_2", "rank": 1}]'
         else:
             w = "model_1" if "WIN" in seg1 else "model_2"
             l = "model_2" if w == "model_1" else "model_1"
-            content = f"Ranking:\n```json\n[{{\"model\": \"{w}\", \"rank\": 1}}, {{\"model\": \"{l}\", \"rank\": 2}}]\n```"
-        out = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-               "choices": [{"index": 0, "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": content}}],
-               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-        data = json.dumps(out).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+            content = f"```json\n[{{\"model\": \"{w}\", \"rank\": 1}}, {{\"model\": \"{l}\", \"rank\": 2}}]\n```"
+        self._send(200, "application/json", json.dumps(_completion(body["model"], content)).encode())
 
 
 @pytest.fixture()
 def judge_server():
     ScriptedJudge.requests, ScriptedJudge.seen = [], {}
+    ScriptedJudge.fixed = ScriptedJudge.refuse = False
     srv = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedJudge)
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
     yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
     srv.shutdown()
+    srv.server_close()
+    th.join(timeout=10)
 
 
 MODEL_OUT = ["WIN a", "WIN b", "WIN c", "LOSE d", "TIE e", "GARBAGE f", "FLAKY WIN g"]
@@ -113,19 +138,53 @@ def test_judged_win_rate_end_to_end(judge_server, tmp_path, monkeypatch):
     assert [o["output"] for o in outs] == MODEL_OUT and outs[0]["instruction"] == "Anweisung 0"
     assert set(outs[0]) == {"instruction", "output", "generator", "dataset"}
 
-    # verdicts are cached: a rerun asks the judge nothing
+    assert "no ranking in the format asked for in 3 answer(s)" in recs[5]["error"] and recs[6]["error"] is None
+
+    # verdicts are cached, failures are not: a rerun asks again for item 5 only (1 + 2 retries)
     before = len(ScriptedJudge.requests)
     assert evaluate("alpacaeval", model, cfg, tmp_path / "out", **opts) == m
-    assert len(ScriptedJudge.requests) == before
+    assert len(ScriptedJudge.requests) == before + 3
+    assert {r["messages"][-1]["content"].count("Anweisung 5") for r in ScriptedJudge.requests[before:]} == {1}
 
 
 def test_parse_ranking_variants():
     assert parse_ranking('[{"model": "model_1", "rank": 2}, {"model": "model_2", "rank": 1}]') == 2
     assert parse_ranking("[{'model': 'model_1', 'rank': 1}, {'model': 'model_2', 'rank': 2}]") == 1
     assert parse_ranking('[{"model": "model_2", "rank": 1}, {"model": "model_1", "rank": 1}]') == 0
+    assert parse_ranking('\n ```json\n[{"model": "model_1", "rank": 2}, {"model": "model_2", "rank": 1}]\n```\n') == 2
+    assert parse_ranking('```\n[{"model": "model_1", "rank": 1}, {"model": "model_2", "rank": 2}]```') == 1
     assert parse_ranking('[{"model": "model_1", "rank": 1}]') is None
     assert parse_ranking("model_1 is better") is None
     assert parse_ranking('[{"model": "model_3", "rank": 1}, {"model": "model_2", "rank": 2}]') is None
+
+
+@pytest.mark.parametrize("text", [
+    # a ranking inside a longer answer: not the answer format asked for
+    'Ranking: [{"model": "model_1", "rank": 1}, {"model": "model_2", "rank": 2}]',
+    '[{"model": "model_1", "rank": 1}, {"model": "model_2", "rank": 2}]\nModel 1 is clearly better.',
+    'Ranking:\n```json\n[{"model": "model_1", "rank": 1}, {"model": "model_2", "rank": 2}]\n```',
+    '```json\n[{"model": "model_1", "rank": 1}, {"model": "model_2", "rank": 2}]\n``` and ```[1]```',
+    # rankings that are not the two models ranked 1 or 2
+    '[{"model": "model_1", "rank": 2}, {"model": "model_2", "rank": 2}]',
+    '[{"model": "model_1", "rank": 1}, {"model": "model_2", "rank": 3}]',
+    '[{"model": "model_1", "rank": "1"}, {"model": "model_2", "rank": "2"}]',
+    '[{"model": "model_1", "rank": true}, {"model": "model_2", "rank": 2}]',
+    '[{"model": "model_1", "rank": 1}, {"model": "model_1", "rank": 2}]',
+    '[{"model": "model_1", "rank": 1}, {"model": "model_2", "rank": 2}, {"model": "model_2", "rank": 2}]',
+    "[" * 100_000,
+    "",
+])
+def test_parse_ranking_accepts_only_the_format_asked_for(text):
+    assert parse_ranking(text) is None
+
+
+def test_an_echoed_prompt_is_no_verdict():
+    # The prompt's own example ranks model_1 first; a judge that echoes the prompt back names no winner.
+    for lang in ("en", "de"):
+        for msg in build_messages("Sag hallo", "hallo", "hi", languages.get(lang)):
+            assert parse_ranking(msg["content"]) is None
+    user = build_messages("Sag hallo", "hallo", "hi", languages.get("de"))[1]["content"]
+    assert '[{"model": "model_1", "rank": 1}, {"model": "model_2", "rank": 2}]' in user
 
 
 def test_score_from_ranking_undoes_order():
@@ -250,3 +309,119 @@ def test_outputs_task_stands_in_for_the_baseline_model(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps(rows))
     with pytest.raises(EvalDataError, match=r"other.json: item 3: field 'instruction' is 'Something else.'"):
         evaluate("alpacaeval", model, cfg, tmp_path / "bad", baseline_outputs=str(tmp_path / "other.json"), **common)
+
+
+def _no_nan(s):
+    raise ValueError(f"not strict JSON: {s}")
+
+
+def _judged_run(tmp_path, server, model_out, base_out, *overrides):
+    """An alpacaeval run against ``server`` on English instructions, the model answering
+    ``model_out`` and the baseline ``base_out``; returns a function that (re)runs it."""
+    from clo.testing import tiny_model, tiny_tokenizer
+
+    n = len(model_out)
+
+    def answers(model, tok, prompts, **kw):
+        yield list(range(len(prompts))), [model_out[int(p.split()[-1])] for p in prompts]
+
+    (tmp_path / "instr.json").write_text(json.dumps(
+        [{"instruction": f"instruction {k}", "output": base_out[k], "generator": "ref", "dataset": "t"}
+         for k in range(n)]))
+    cfg = load_config(None, [f"eval.judge.base_url={server}", "eval.judge.api_key_env=CLO_TEST_JUDGE_KEY",
+                             "eval.judge.max_retries=0", "eval.judge.retries=1", "eval.seed=3", "lang=en",
+                             *overrides])
+    model = (tiny_model("llama", vocab_size=512), tiny_tokenizer())
+
+    def run(monkeypatch):
+        monkeypatch.setattr("clo.eval.generation.iter_generate", answers)
+        monkeypatch.delenv("CLO_TEST_JUDGE_KEY", raising=False)
+        m = evaluate("alpacaeval", model, cfg, tmp_path / "out", instructions_file=str(tmp_path / "instr.json"))
+        doc = json.loads((tmp_path / "out" / "alpacaeval-en.json").read_text(), parse_constant=_no_nan)
+        assert doc["metrics"] == m
+        return m, doc["records"]
+
+    return run
+
+
+def test_echoed_prompts_fail_and_are_judged_again_once_the_judge_is_fixed(judge_server, tmp_path, monkeypatch):
+    """Items 2-5 get the prompt echoed back (the old parser read its example as "model_1 first"):
+    each is asked 1 + 1 times and fails. After the judge is fixed, a rerun asks for exactly those
+    four, once each, and the win rate changes from 1/2 to 4/6; a third run asks nothing."""
+    model_out = ["WIN a", "LOSE b", "ECHO WIN c", "ECHO WIN d", "ECHO WIN e", "ECHO f"]
+    base_out = ["LOSE 0", "WIN 1", "LOSE 2", "LOSE 3", "LOSE 4", "WIN 5"]
+    run = _judged_run(tmp_path, judge_server, model_out, base_out)
+
+    m, recs = run(monkeypatch)
+    assert len(ScriptedJudge.requests) == 2 + 4 * 2
+    assert (m["n"], m["wins"], m["losses"], m["failures"], m["win_rate"]) == (2, 1, 1, 4, 0.5)
+    for r in recs[2:]:
+        assert r["failed"] and r["ranking"] is None and r["score"] is None and r["attempts"] == 2
+        assert r["raw"][0].startswith("I want you to rank")  # what came back was the prompt
+        assert r["error"] == "no ranking in the format asked for in 2 answer(s)"
+
+    ScriptedJudge.fixed = True
+    before = len(ScriptedJudge.requests)
+    m, recs = run(monkeypatch)
+    asked = [r["messages"][-1]["content"] for r in ScriptedJudge.requests[before:]]
+    assert sorted(int(a.split('{"instruction": "instruction ')[1][0]) for a in asked) == [2, 3, 4, 5]
+    assert (m["n"], m["wins"], m["losses"], m["failures"]) == (6, 4, 2, 0)
+    assert m["win_rate"] == pytest.approx(4 / 6)
+    assert [r["score"] for r in recs] == [1.0, 0.0, 1.0, 1.0, 1.0, 0.0]
+
+    before = len(ScriptedJudge.requests)
+    assert run(monkeypatch)[0] == m
+    assert len(ScriptedJudge.requests) == before
+
+
+def test_malformed_and_html_bodies_are_retried_then_failed(judge_server, tmp_path, monkeypatch, caplog):
+    """A truncated JSON body and a 200 HTML page are asked for again after 1 s and 2 s (max_retries=2),
+    then the item fails with a message naming the endpoint; a 502 page is retried by the openai
+    client itself. The run goes on with the other items, and the next run retries the failed ones."""
+    sleeps = []
+    monkeypatch.setattr("clo.eval.judge._sleep", sleeps.append)
+    model_out = ["WIN a", "MALFORMED WIN b", "HTML WIN c", "HTML502 WIN d", "LOSE e"]
+    base_out = ["LOSE 0", "LOSE 1", "LOSE 2", "LOSE 3", "WIN 4"]
+    run = _judged_run(tmp_path, judge_server, model_out, base_out, "eval.judge.max_retries=2")
+
+    with caplog.at_level("WARNING", logger="clo.eval.judge"):
+        m, recs = run(monkeypatch)
+    assert len(ScriptedJudge.requests) == 1 + 3 + 3 + 3 + 1
+    assert sleeps == [1.0, 2.0, 1.0, 2.0]
+    assert (m["n"], m["wins"], m["losses"], m["failures"], m["win_rate"]) == (2, 1, 1, 3, 0.5)
+    assert [r["failed"] for r in recs] == [False, True, True, True, False]
+    assert recs[1]["error"].startswith(f"judge endpoint {judge_server}: malformed JSON body")
+    assert recs[1]["error"].endswith("(3 attempts)")
+    assert recs[2]["error"] == (f"judge endpoint {judge_server}: not a chat completion: "
+                                "'<html><body>Please log in</body></html>' (3 attempts)")
+    assert recs[3]["error"] == f"judge endpoint {judge_server}: HTTP 502: <html><body>502 Bad Gateway</body></html>"
+    assert all(r["raw"] == [] and r["attempts"] == 0 for r in recs[1:4])
+    assert sum(f"judge endpoint {judge_server}" in r.getMessage() for r in caplog.records) == 4 + 3
+    assert "Traceback" not in caplog.text
+
+    ScriptedJudge.fixed = True
+    before = len(ScriptedJudge.requests)
+    m, _ = run(monkeypatch)
+    assert len(ScriptedJudge.requests) == before + 3
+    assert (m["n"], m["wins"], m["losses"], m["failures"], m["win_rate"]) == (5, 4, 1, 0, 0.8)
+
+
+def test_all_failed_writes_null_win_rate_and_the_reason(judge_server, tmp_path, monkeypatch):
+    run = _judged_run(tmp_path, judge_server, ["ECHO WIN a", "MALFORMED b", "HTML c"], ["x", "y", "z"])
+    monkeypatch.setattr("clo.eval.judge._sleep", lambda s: None)
+    m, _ = run(monkeypatch)  # json.loads with parse_constant raising: no NaN in the file
+    assert (m["win_rate"], m["stderr"], m["lc_win_rate"]) == (None, None, None)
+    assert (m["n"], m["failures"]) == (0, 3)
+    assert m["reason"].startswith("no verdict: all 3 judgments failed")
+    md = (tmp_path / "out" / "alpacaeval-en.md").read_text()
+    assert "| win_rate | None |" in md and "all 3 judgments failed" in md
+
+
+def test_a_refused_key_stops_the_run_with_a_config_error(judge_server, tmp_path, monkeypatch):
+    from clo.config_base import ConfigError
+
+    ScriptedJudge.refuse = True
+    run = _judged_run(tmp_path, judge_server, ["WIN a", "WIN b"], ["x", "y"])
+    with pytest.raises(ConfigError, match=rf"judge endpoint {judge_server} refused model 'gpt-4o' \(HTTP 401"):
+        run(monkeypatch)
+    assert len(ScriptedJudge.requests) == 1

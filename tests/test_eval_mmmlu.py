@@ -18,6 +18,16 @@ TABLE = [
     ("Answer: Because the question is ambiguous, none.", None),
     ("I think it's either B or C.", None),
     ("The answer is a matter of opinion.", None),
+    # a lower-case letter after an answer word, when it is the whole answer or an option label
+    ("answer : a", "A"),
+    ("Let me see... the answer is c.", "C"),
+    ("Final answer: (d)", "D"),
+    ("Answer: b) Paris", "B"),
+    ("Answer: **c**\nBecause the others are wrong.", "C"),
+    ("answer: a good question, but B is right.", None),          # "a" is a word here
+    ("The answer depends on a few things.", None),
+    ("I would pick a.", None),                                   # no answer word
+    ("answer: b, c or d", None),
     ("B) Rhinovirus", "B"),                                    # just the chosen option line
     ("A) Wrong, Wrong\nC) Not wrong, Not wrong", None),          # two options named
     ("Answer: $LADY SMALL\n\nA) Lisa 2", None),                 # garbage, option line not first
@@ -30,6 +40,7 @@ TABLE = [
     ("Die Antwort ist C.", "C"),
     ("**Antwort:** (A)", "A"),
     ("Antwort: Das hängt davon ab.", None),
+    ("Antwort: c", "C"),
     # Korean (Latin and Hangul option letters)
     ("단계별로 생각해 봅시다.\n답변: B", "B"),
     ("정답은 다입니다.", "C"),
@@ -39,6 +50,9 @@ TABLE = [
     ("Mari kita pikirkan langkah demi langkah.\nJawaban: A", "A"),
     ("Jawabannya adalah D.", "D"),
     ("Jawaban: Bukan salah satunya.", None),
+    ("Jawaban : b", "B"),
+    ("Jawabannya adalah d.", "D"),
+    ("Jawaban: buku itu.", None),
     # Swahili
     ("Tufikiri hatua kwa hatua.\nJibu: C", "C"),
     ("Jibu ni B.", "B"),
@@ -126,3 +140,21 @@ def test_every_subject_of_the_local_file_has_a_category(shared_data):
 
     subjects = {r["Subject"] for r in mmmlu.load_rows(languages.get("en"), shared_data)}
     assert len(subjects) == 57 and subjects <= set(mmmlu.SUBJECT_CATEGORY)
+
+
+def test_no_questions_gives_null_metrics_and_the_reason(tmp_path):
+    """A file with no rows: null rates (strict JSON, no NaN) and why."""
+    (tmp_path / "mmlu").mkdir()
+    (tmp_path / "mmlu" / "mmlu_DE-DE.csv").write_text(",Question,A,B,C,D,Answer,Subject\n", encoding="utf-8")
+    from clo.testing import tiny_model, tiny_tokenizer
+
+    cfg = load_config(None, [f"eval.data_dir={tmp_path}", "lang=de"])
+    m = evaluate("mmmlu", (tiny_model("llama", vocab_size=512), tiny_tokenizer()), cfg, tmp_path / "out")
+
+    def no_nan(s):
+        raise ValueError(s)
+
+    doc = json.loads((tmp_path / "out" / "mmmlu-de.json").read_text(), parse_constant=no_nan)
+    assert doc["metrics"] == m
+    assert (m["accuracy"], m["stderr"], m["failure_rate"], m["n"]) == (None, None, None, 0)
+    assert m["reason"] == "no questions"

@@ -11,7 +11,14 @@ import pytest
 from clo.config_base import ConfigError
 from clo.experiments.config import expand, grid_from_dict, load_grid
 from clo.experiments.grid import StageFunctions, prebuilt_dataset, run_grid
-from clo.experiments.stages import fingerprint, read_marker, run_stage
+from clo.experiments.stages import (
+    changed_keys,
+    clear_outputs,
+    fingerprint,
+    read_marker,
+    run_stage,
+    started_path,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "experiments"
 
@@ -123,12 +130,197 @@ def test_run_stage_skips_when_inputs_match_and_reruns_when_changed(tmp_path):
     out, _, ran = run_stage("s", marker, {"a": 2}, lambda: calls.append(1) or {"x": 3})
     assert (out, ran, len(calls)) == ({"x": 3}, True, 2)
     assert read_marker(marker)["inputs"] == {"a": 2}
-    # A stage that raises leaves the previous marker untouched (no half-written done state).
+    assert not started_path(marker).exists()  # gone once the stage finished
+    # A stage that raises writes no done state; the marker of the old inputs is gone too (its
+    # result is not the current inputs'), and the started-marker says which inputs died.
     with pytest.raises(RuntimeError):
         run_stage("s", marker, {"a": 3}, lambda: (_ for _ in ()).throw(RuntimeError("boom")))
-    assert read_marker(marker)["inputs"] == {"a": 2}
+    assert read_marker(marker) is None
+    assert read_marker(started_path(marker))["inputs"] == {"a": 3}
     marker.write_text("{not json", encoding="utf-8")
     assert read_marker(marker) is None
+
+
+def _outputs(root: Path) -> Path:
+    out = root / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "partial.txt").write_text("old", encoding="utf-8")
+    (out / "sub" / "x.bin").write_bytes(b"x")
+    (out / "cache.sqlite").write_text("keep me", encoding="utf-8")
+    return out
+
+
+def test_run_stage_clears_outputs_only_when_the_inputs_changed(tmp_path):
+    marker, out = tmp_path / "s.done.json", _outputs(tmp_path)
+    seen = []
+
+    def fn(tag):
+        def run():
+            seen.append(sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) if out.exists() else None)
+            out.mkdir(exist_ok=True)
+            (out / "partial.txt").write_text(tag, encoding="utf-8")
+            return {"tag": tag}
+        return run
+
+    # A first run (no marker) keeps whatever partial files are there: they may be its own.
+    run_stage("s", marker, {"a": 1}, fn("a1"), clear=[out])
+    assert seen[-1] == ["cache.sqlite", "partial.txt", "sub", "sub/x.bin"]
+    # Same inputs: skipped, nothing touched.
+    assert run_stage("s", marker, {"a": 1}, fn("again"), clear=[out])[2] is False
+    assert (out / "partial.txt").read_text(encoding="utf-8") == "a1" and len(seen) == 1
+    # Changed inputs: the outputs go (except the kept globs) before the function runs.
+    run_stage("s", marker, {"a": 2}, fn("a2"), clear=[out], keep=["*.sqlite"])
+    assert seen[-1] == ["cache.sqlite"]
+    assert read_marker(marker)["result"] == {"tag": "a2"}
+    # Without keep the whole directory goes.
+    run_stage("s", marker, {"a": 3}, fn("a3"), clear=[out])
+    assert seen[-1] is None
+
+
+def test_run_stage_resumes_a_killed_stage_and_clears_one_killed_with_other_inputs(tmp_path):
+    marker, out = tmp_path / "s.done.json", _outputs(tmp_path)
+    seen = []
+
+    def killed():
+        out.mkdir(exist_ok=True)
+        (out / "step1").write_text("done", encoding="utf-8")
+        raise KeyboardInterrupt  # a kill: nothing after this line runs
+
+    def finish():
+        seen.append(sorted(p.name for p in out.iterdir()))
+        return {"ok": True}
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage("s", marker, {"a": 1}, killed, clear=[out])
+    assert read_marker(marker) is None and read_marker(started_path(marker))["inputs"] == {"a": 1}
+    # Same inputs again: the partial files are the stage's own, it resumes from them.
+    run_stage("s", marker, {"a": 1}, finish, clear=[out])
+    assert seen[-1] == ["cache.sqlite", "partial.txt", "step1", "sub"]
+    assert not started_path(marker).exists()
+    # Killed with other inputs, then rerun with yet others: the partial files are not theirs.
+    with pytest.raises(KeyboardInterrupt):
+        run_stage("s", marker, {"a": 2}, killed, clear=[out])
+    assert read_marker(marker) is None  # the {"a": 1} result is gone with its outputs
+    assert sorted(p.name for p in out.iterdir()) == ["step1"]
+    run_stage("s", marker, {"a": 3}, lambda: finish() if out.exists() else seen.append(None), clear=[out])
+    assert seen[-1] is None
+
+
+def test_run_stage_ignored_keys_neither_rerun_nor_clear(tmp_path):
+    marker, out = tmp_path / "s.done.json", _outputs(tmp_path)
+    first = {"train": {"lr": 1, "micro_batch_size": 8}}
+    _, fp, _ = run_stage("s", marker, first, lambda: {"r": 1}, clear=[out])
+    # Only an ignored key changed: done, with the recorded fingerprint (downstream stays put).
+    other = {"train": {"lr": 1, "micro_batch_size": 2}}
+    assert run_stage("s", marker, other, lambda: {"r": 2}, clear=[out], ignore=["train.micro_batch_size"]) == (
+        {"r": 1}, fp, False)
+    assert (out / "partial.txt").is_file()
+    # Killed, then resumed with another ignored value: the partial files stay.
+    marker.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        run_stage("s", marker, first, lambda: (_ for _ in ()).throw(KeyboardInterrupt), clear=[out])
+    run_stage("s", marker, other, lambda: {"r": 3}, clear=[out], ignore=["train.micro_batch_size"])
+    assert (out / "partial.txt").is_file() and read_marker(marker)["result"] == {"r": 3}
+    # A key that is not ignored still clears.
+    run_stage("s", marker, {"train": {"lr": 2, "micro_batch_size": 2}}, lambda: {"r": 4}, clear=[out],
+              ignore=["train.micro_batch_size"])
+    assert not out.exists()
+
+
+def test_operational_settings_rerun_nothing_in_a_grid(tmp_path):
+    run_grid(grid_from_dict(_grid(tmp_path)), FakeStages().functions(), progress=False)
+    tree = _grid(tmp_path)
+    tree["base"]["train"] = {"micro_batch_size": 1, "gradient_checkpointing": True}
+    tree["base"]["eval"]["batch_size"] = 2
+    tree["base"]["eval"]["tasks"] = ["belebele", "mmmlu"]  # the jobs, not eval.tasks, say what runs
+    tree["eval_jobs"] = [{"task": "belebele", "opts": {"batch_size": 3}}]
+    again = FakeStages()
+    res = run_grid(grid_from_dict(tree), again.functions(), progress=False)
+    assert res.ok and res.ran == [] and sum(again.calls.values()) == 0
+    # A result-changing evaluation option does rerun (and only the evaluations).
+    tree["eval_jobs"] = [{"task": "belebele", "opts": {"batch_size": 3, "limit": 2}}]
+    limited = FakeStages()
+    res = run_grid(grid_from_dict(tree), limited.functions(), progress=False)
+    assert limited.calls["eval"] == 5 and limited.calls["train"] == 0 and limited.calls["data"] == 0
+
+
+def test_data_build_fingerprints_the_source_content_and_a_local_model(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.json").write_text("[]", encoding="utf-8")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"w1")
+    tree = _grid(tmp_path, models=[{"name": "m", "spec": str(model)}])
+    del tree["dataset"]
+    tree["base"]["data"]["path"] = str(src)
+    built = []
+
+    class Build(FakeStages):
+        def build_data(self, cfg, out_dir):
+            self.calls["data"] += 1
+            built.append(sorted(p.name for p in out_dir.iterdir()) if out_dir.exists() else [])
+            (out_dir / "subsets").mkdir(parents=True, exist_ok=True)
+            for name in ("train.jsonl", "validation.jsonl", "subsets/train_4.jsonl"):
+                (out_dir / name).write_text((FIXTURES / "de_records.jsonl").read_text(encoding="utf-8"))
+            (out_dir / "translations.sqlite").write_text("cache", encoding="utf-8")
+            (out_dir / "stray.txt").write_text("left by this build", encoding="utf-8")
+            return {"train": 12}
+
+    def run() -> FakeStages:
+        fake = Build()
+        assert run_grid(grid_from_dict(tree), fake.functions(), progress=False).ok
+        return fake
+
+    assert run().calls["data"] == 1
+    assert sum(run().calls.values()) == 0
+    # Another file in the source directory: rebuilt from a clean directory (but its translation
+    # cache), retrained, re-evaluated.
+    (src / "b.json").write_text("[]", encoding="utf-8")
+    again = run()
+    assert again.calls["data"] == 1 and again.calls["train"] == 4 and again.calls["eval"] == 4
+    assert built[-1] == ["data.started.json", "translations.sqlite"]
+    # The same bytes again: nothing.
+    assert sum(run().calls.values()) == 0
+    # The model's weights replaced in place: every training and evaluation, not the data.
+    (model / "model.safetensors").write_bytes(b"w2-longer")
+    swapped = run()
+    assert swapped.calls["data"] == 0 and swapped.calls["train"] == 4 and swapped.calls["eval"] == 5
+
+
+def test_a_kill_while_clearing_clears_again(tmp_path):
+    # The stage's directory holds its own markers (as data/<lang>/ and report/ do).
+    out = _outputs(tmp_path)
+    marker = out / "s.done.json"
+    run_stage("s", marker, {"a": 1}, lambda: {"r": 1}, clear=[out])
+    # Killed midway through clearing for {"a": 2}: the started-marker says so, and it survives
+    # the clearing of its own directory.
+    state = {"stage": "s", "fingerprint": fingerprint({"a": 2}), "inputs": {"a": 2}, "clearing": True}
+    started_path(marker).write_text(json.dumps(state), encoding="utf-8")
+    marker.unlink()
+    seen = []
+    run_stage("s", marker, {"a": 2}, lambda: seen.append(sorted(p.name for p in out.iterdir())) or {"r": 2},
+              clear=[out], keep=["*.sqlite"])
+    assert seen == [["cache.sqlite", "s.started.json"]]
+    assert sorted(p.name for p in out.iterdir()) == ["cache.sqlite", "s.done.json"]
+
+
+def test_clear_outputs_refuses_paths_outside_the_stage(tmp_path):
+    (tmp_path / "stage").mkdir()
+    (tmp_path / "precious.txt").write_text("x", encoding="utf-8")
+    marker = tmp_path / "stage" / "s.done.json"
+    for bad in (tmp_path, tmp_path / "precious.txt", tmp_path / "stage" / ".." / "precious.txt"):
+        with pytest.raises(ValueError, match="refusing to clear"):
+            clear_outputs(marker, [bad])
+    assert (tmp_path / "precious.txt").is_file()
+    assert clear_outputs(marker, [tmp_path / "stage" / "absent"]) == []
+
+
+def test_changed_keys_names_the_dotted_keys():
+    old = {"model": "m", "train": {"lr": 1e-3, "beta": 0.1, "epochs": 1}, "opts": {"limit": 4}}
+    new = {"model": "m", "train": {"lr": 2e-3, "beta": 0.2, "epochs": 1}, "opts": {"limit": 4, "retries": 0}}
+    assert changed_keys(old, new) == ["opts.retries", "train.beta", "train.lr"]
+    assert changed_keys(old, old) == []
 
 
 class FakeStages:

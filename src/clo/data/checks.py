@@ -11,7 +11,12 @@ Reasons (stable strings, counted in ``summary.json``):
   (undecidable text passes: code and numbers only, or fewer than ``langid_min_letters`` letters,
   "77.0°F", "Fog.", where language ID is a guess);
 - ``length_ratio_<field>``: the length ratio leaves its bounds;
-- ``repetition_<field>``: the translation repeats itself far more than its source does.
+- ``repetition_<field>``: the translation repeats itself far more than its source does;
+- ``segment_<kind>_<field>``: a segment of the text has no usable translation
+  (:func:`segment_failure`; kinds ``empty``, ``echo``, ``error``), so the text is incomplete.
+
+The segment checks run in :mod:`clo.data.translate` on every segment as it comes back, before the
+cache sees it: a failed segment is never cached, and a record with one is rejected unchecked.
 """
 
 from __future__ import annotations
@@ -27,6 +32,41 @@ from clo.data.segment import _split_code_blocks
 EXPECTED_CHAR_RATIO: dict[str, float] = {"zh": 0.3, "ja": 0.4, "ko": 0.45}
 
 _INLINE_CODE = re.compile(r"`[^`\n]*`")
+_WORD = re.compile(r"[^\W\d_]+")
+
+# Why a segment has no usable translation: translated to nothing, returned unchanged, or the
+# request for it failed (HTTP error, timeout, malformed body) after every retry.
+SEGMENT_FAILURE_KINDS = ("empty", "echo", "error")
+
+
+def has_words_to_translate(text: str) -> bool:
+    """Must a translation of ``text`` differ from it?
+
+    Names, titles and acronyms ("Albert Einstein", "NASA", "Paris.") may legitimately come back
+    unchanged; ordinary words may not. A text has words to translate when it has two words or
+    more and one of them is lowercase with two letters or more ("Hello world.", "Write a poem"),
+    or when it has two letters or more of a script without case (Chinese, Arabic, Hindi, ...).
+    """
+    if sum(ch.isalpha() and not ch.islower() and not ch.isupper() for ch in text) >= 2:
+        return True
+    words = _WORD.findall(text)
+    return len(words) >= 2 and any(len(w) >= 2 and w.islower() for w in words)
+
+
+def _normalised(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def segment_failure(source: str, target: str, *, echo: bool = True) -> str | None:
+    """``"empty"`` or ``"echo"`` when ``target`` is no translation of the segment ``source``, else None.
+
+    ``echo=False`` accepts an unchanged segment (the identity translator echoes by definition).
+    """
+    if not target.strip():
+        return "empty"
+    if echo and _normalised(target) == _normalised(source) and has_words_to_translate(source):
+        return "echo"
+    return None
 
 
 def prose(text: str) -> str:

@@ -208,15 +208,23 @@ SOURCES: dict[str, Callable[[str | None, int], list[SourceExample]]] = {
 
 def load_source(name: str, path: str | None, n: int, max_chars: int | None = None) -> list[SourceExample]:
     """The first ``n`` examples of a source; with ``max_chars``, the first ``n`` of those whose
-    ``len(x_en) + len(y_en) <= max_chars`` (short pairs for a quick CPU run)."""
+    ``len(x_en) + len(y_en) <= max_chars`` (short pairs for a quick CPU run). None at all is an
+    error naming the file."""
     try:
         loader = SOURCES[name]
     except KeyError:
         raise ValueError(f"unknown data source {name!r}; known: {', '.join(SOURCES)}") from None
+    if path is not None and Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes), no {name} examples")
     if max_chars is None:
         examples = loader(path, n)
     else:
         examples = [ex for ex in loader(path, None) if len(ex.x_en) + len(ex.y_en) <= max_chars][:n]
+    if not examples:
+        # Zero examples would "build" an empty dataset and exit 0: say so, naming the file.
+        where = path or f"{name} (hub)"
+        within = f" with len(x_en) + len(y_en) <= {max_chars} (data.max_chars)" if max_chars is not None else ""
+        raise ValueError(f"{where}: no {name} examples{within}; is it the right file, and not empty?")
     seen: dict[str, int] = {}
     for i, ex in enumerate(examples):
         if ex.id in seen:

@@ -1,15 +1,20 @@
-"""A tiny random M2M100 translation model with a real M2M100 tokenizer, built in-process.
+"""Test helpers of the data stage: a tiny M2M100 model, a misbehaving chat endpoint.
 
-Tests and the CPU run of ``bench/translate_throughput.py`` use it in place of
+:func:`tiny_m2m100` builds a tiny random M2M100 translation model with a real M2M100 tokenizer,
+in-process. Tests and the CPU run of ``bench/translate_throughput.py`` use it in place of
 facebook/m2m100_1.2B: the architecture, the tokenizer class, the language tokens and the forced
 BOS mechanism are the real ones, only the sizes shrink (a sentencepiece model trained on a few
 sentences, two layers of width 32 unless asked otherwise).
+
+:class:`FakeChatServer` is a local OpenAI-compatible endpoint with selectable faults (429, 500,
+timeouts, malformed JSON, HTML, empty, null, echoed answers) for the openai translator's tests.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 _CORPUS = [
     "The quick brown fox jumps over the lazy dog. What is the capital of France? Paris.",
@@ -73,3 +78,147 @@ def tiny_m2m100(out_dir: str | Path, *, d_model: int = 32, layers: int = 2, head
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# A misbehaving OpenAI-compatible endpoint, for the fault-injection tests of the openai translator
+
+GERMAN = ("Der Hund schläft im Garten.", "Heute ist das Wetter schön und warm.",
+          "Wir kaufen Brot beim Bäcker um die Ecke.", "Die Kinder spielen gern Fußball.",
+          "Mein Bruder liest jeden Abend ein Buch.", "Das Museum öffnet um neun Uhr.",
+          "Im Winter fällt in den Bergen viel Schnee.", "Sie trinkt ihren Kaffee ohne Zucker.")
+
+
+def fake_german(text: str) -> str:
+    """Real German sentences (so the language check passes), about as long as ``text``, chosen by
+    a hash of it: deterministic, and different for different texts."""
+    import hashlib
+
+    i = int(hashlib.sha256(text.encode()).hexdigest(), 16) % len(GERMAN)
+    out = GERMAN[i]
+    while len(out) < 0.9 * len(text):
+        i = (i + 3) % len(GERMAN)
+        out += " " + GERMAN[i]
+    return out
+
+
+class FakeChatServer:
+    """A local OpenAI-compatible ``/chat/completions`` endpoint that fails on purpose.
+
+    ``faults`` maps a segment (the request's last message) to its answers: a mode for every
+    request, or a list of modes for its first requests and ``ok`` after. Other segments get
+    ``default``. Reassign :attr:`faults` to "fix" the server between runs. Modes:
+
+    ``ok`` (:func:`fake_german`), ``429`` (with ``Retry-After: <retry_after>``), ``500``, ``400``,
+    ``401``, ``timeout`` (answers after ``hang`` seconds: set the client's timeout below it),
+    ``malformed`` (a truncated JSON body), ``html`` (a proxy's error page with status 200),
+    ``empty`` (content ``""``), ``null`` (content null), ``echo`` (the segment itself).
+
+    Every 200 answer that is JSON carries ``usage`` = :attr:`USAGE`. :attr:`log` holds
+    ``(segment, mode, monotonic time)`` per request. Binds 127.0.0.1 on a free port; use it as
+    a context manager (stops the server thread).
+    """
+
+    MODES = ("ok", "429", "500", "400", "401", "timeout", "malformed", "html", "empty", "null", "echo")
+    USAGE: ClassVar[dict] = {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+
+    def __init__(self, faults: dict | None = None, *, default: str = "ok", retry_after: float = 0.05,
+                 hang: float = 1.0, translate=fake_german):
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self.faults = dict(faults or {})
+        for modes in [default, *self.faults.values()]:
+            for m in [modes] if isinstance(modes, str) else modes:
+                if m not in self.MODES:
+                    raise ValueError(f"unknown fault mode {m!r}; known: {', '.join(self.MODES)}")
+        self.default, self.retry_after, self.hang, self.translate = default, retry_after, hang, translate
+        self.log: list[tuple[str, str, float]] = []
+        self._lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def mode_for(self, text: str) -> str:
+        """The mode of this request (called once per request, in arrival order)."""
+        import time
+
+        with self._lock:
+            n = sum(1 for t, _, _ in self.log if t == text)
+            modes = self.faults.get(text, self.default)
+            mode = modes if isinstance(modes, str) else (modes[n] if n < len(modes) else "ok")
+            self.log.append((text, mode, time.monotonic()))
+        return mode
+
+    def requests_for(self, text: str) -> list[str]:
+        with self._lock:
+            return [m for t, m, _ in self.log if t == text]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _handler(server: FakeChatServer):
+    import json
+    import time
+    from http.server import BaseHTTPRequestHandler
+
+    def completion(model: str, content) -> dict:
+        return {"id": "fake", "object": "chat.completion", "created": 0, "model": model,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": content}}],
+                "usage": dict(server.USAGE)}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            text = body["messages"][-1]["content"]
+            mode = server.mode_for(text)
+            model = body.get("model", "")
+            if mode == "timeout":
+                time.sleep(server.hang)  # bounded: the client has given up by now
+                mode = "ok"
+            try:
+                self._answer(mode, text, model)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client timed out and closed the connection
+
+        def _answer(self, mode: str, text: str, model: str):
+            if mode == "ok":
+                return self._json(200, completion(model, f" {server.translate(text)} "))
+            if mode in ("echo", "empty", "null"):
+                return self._json(200, completion(model, {"echo": text, "empty": "", "null": None}[mode]))
+            if mode == "429":
+                return self._json(429, {"error": {"message": "rate limited"}}, {"Retry-After": str(server.retry_after)})
+            if mode in ("500", "400", "401"):
+                return self._json(int(mode), {"error": {"message": f"fault {mode}"}})
+            if mode == "malformed":
+                return self._raw(200, b'{"id": "fake", "object": "chat.completion", "choices": [', "application/json")
+            return self._raw(200, b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html")
+
+        def _json(self, code: int, obj: dict, headers: dict | None = None):
+            self._raw(code, json.dumps(obj).encode(), "application/json", headers)
+
+        def _raw(self, code: int, data: bytes, ctype: str, headers: dict | None = None):
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler

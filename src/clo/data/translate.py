@@ -9,10 +9,17 @@
   converted once from the transformers weights and cached;
 - ``causal``: a causal LM prompted with a few-shot translation prompt, one line at a time,
   greedy, stopping at the first generated line break (offline default ``gemma-3-270m``);
-- ``openai``: an OpenAI-compatible chat endpoint; the official client retries 429, 5xx and
-  connection errors with exponential backoff (honouring ``Retry-After``), requests run
-  ``concurrency`` at a time;
+- ``openai``: an OpenAI-compatible chat endpoint, one request per segment, ``concurrency`` at a
+  time; HTTP errors, timeouts and malformed, empty or null answers are retried with exponential
+  backoff (honouring ``Retry-After``), then the segment fails (:class:`OpenAITranslator`);
 - ``identity``: returns the text (dry runs; every record then fails the language check).
+
+No half-translated text: every segment's translation is checked as it comes back
+(:func:`clo.data.checks.segment_failure`): empty, or returned unchanged while it has words to
+translate, or failed at the endpoint, it is a :class:`SegmentFailure`. Failures are never cached
+(and cached entries that fail the check, left by older versions, are translated again), so a
+rerun asks for exactly the failed segments. :func:`translate_all` reports them per text;
+:func:`translate_texts` raises when there is any.
 
 How a call runs: every text is cut into segments (:mod:`clo.data.segment`); identical segments
 are translated once; the unique segments are sorted by token length and packed into batches of
@@ -26,13 +33,18 @@ run's (given deterministic kernels, which CPU inference and CTranslate2 greedy d
 from __future__ import annotations
 
 import copy
+import email.utils
 import functools
 import hashlib
+import json
 import logging
 import math
 import os
+import random
+import threading
 import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,6 +52,7 @@ from pathlib import Path
 
 from clo import languages
 from clo.data.cache import TranslationCache
+from clo.data.checks import segment_failure
 from clo.data.config import TranslatorConfig
 from clo.data.segment import Piece, reassemble, segment_text, segments_of
 
@@ -51,6 +64,18 @@ PROMPT_VERSION = 1
 
 class TranslationError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class SegmentFailure:
+    """A segment without a usable translation; never cached, and its record is rejected.
+
+    ``kind``: ``empty`` (nothing came back), ``echo`` (the source came back), ``error`` (the
+    request failed: HTTP status, timeout, malformed body); ``detail`` says what exactly.
+    """
+
+    kind: str
+    detail: str
 
 
 def _device(spec: str) -> str:
@@ -65,6 +90,8 @@ class Translator(ABC):
     """Translates batches of single segments. Subclasses set :attr:`kind`."""
 
     kind: str = ""
+    # An unchanged segment is a failed translation, except for a translator that echoes by design.
+    echo_is_failure: bool = True
 
     def __init__(self, cfg: TranslatorConfig):
         self.cfg = cfg
@@ -86,8 +113,12 @@ class Translator(ABC):
         return math.ceil(self.cfg.max_new_tokens_ratio * n_source_tokens) + self.cfg.max_new_tokens_extra
 
     @abstractmethod
-    def translate_batch(self, texts: list[str], src_lang: str, tgt_lang: str) -> list[str]:
-        """One translation per text, in order."""
+    def translate_batch(self, texts: list[str], src_lang: str, tgt_lang: str) -> list[str | SegmentFailure]:
+        """One translation per text, in order (a :class:`SegmentFailure` where there is none)."""
+
+    def request_counts(self) -> dict[str, int]:
+        """Running totals of an endpoint translator: ``requests``, ``retries``, usage tokens."""
+        return {}
 
     def close(self) -> None:
         """Free the model (GPU memory)."""
@@ -99,6 +130,7 @@ class Translator(ABC):
 
 class IdentityTranslator(Translator):
     kind = "identity"
+    echo_is_failure = False
 
     def fingerprint(self) -> str:
         return f"identity/v{PROMPT_VERSION}"
@@ -444,9 +476,69 @@ SYSTEM_PROMPT = (
     "meaning, tone and formatting. Reply with the translation only: no notes, no quotes, no preamble."
 )
 
+# Statuses worth another try, as the official client has them: request timeout, lock conflict,
+# rate limit, server errors. Other 4xx concern the one request (too long, filtered): it fails.
+_RETRY_STATUS = frozenset({408, 409, 429})
+# Statuses that say the configuration is wrong: every request would fail the same way.
+_FATAL_STATUS = frozenset({401, 403, 404})
+
+
+class _FailedAttempt(Exception):
+    """One request that gave no translation: the failure kind, whether to try again, and the
+    delay the server asked for (Retry-After)."""
+
+    def __init__(self, kind: str, detail: str, *, retry: bool = True, retry_after: float | None = None):
+        super().__init__(detail)
+        self.kind, self.detail, self.retry, self.retry_after = kind, detail, retry, retry_after
+
+
+def retry_after_seconds(headers) -> float | None:
+    """The server's ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date), or None."""
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value) / scale)
+        except ValueError:
+            pass
+        if name == "retry-after":
+            try:
+                return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+            except (TypeError, ValueError, IndexError):
+                return None
+    return None
+
+
+def _brief(body: str, n: int = 60) -> str:
+    """The start of a response body, for a message that should fit on one line."""
+    text = " ".join(str(body).split())
+    return repr(text[:n] + ("..." if len(text) > n else ""))
+
 
 class OpenAITranslator(Translator):
+    """One chat request per segment, ``concurrency`` in flight, each retried on its own.
+
+    The retry loop is ours, not the official client's (it runs with ``max_retries=0``): the
+    client retries HTTP errors but returns malformed, HTML, empty and null answers as if they
+    were translations, and it does not say how many requests it sent. Here every failed attempt
+    (HTTP 408/409/429/5xx, timeout, connection error, a body that is not a chat completion, null
+    or empty content, the segment echoed) waits ``INITIAL_BACKOFF * 2**k`` seconds (at most
+    ``MAX_BACKOFF``, with jitter), or what the server's Retry-After says, and tries again,
+    ``max_retries`` times; then the segment fails (:class:`SegmentFailure`) and the build goes on
+    without its record. Another 4xx concerns the one request (too long, filtered): no retry.
+    401/403/404 stop the run: the endpoint, model or key is wrong for every segment alike; so do
+    ``GIVE_UP_AFTER`` segments in a row failing with errors (an endpoint that is down would
+    otherwise take hours of backoff to fail every segment of a large build).
+    """
+
     kind = "openai"
+    INITIAL_BACKOFF = 0.5  # seconds; the official client's defaults
+    MAX_BACKOFF = 8.0
+    MAX_RETRY_AFTER = 120.0  # a server asking for longer is waited on this long, then retried
+    GIVE_UP_AFTER = 32
 
     def __init__(self, cfg: TranslatorConfig):
         super().__init__(cfg)
@@ -457,27 +549,131 @@ class OpenAITranslator(Translator):
             )
         from openai import OpenAI
 
-        self.client = OpenAI(base_url=cfg.base_url, api_key=key, max_retries=cfg.max_retries,
-                             timeout=cfg.timeout)
+        self.endpoint = cfg.base_url or "https://api.openai.com/v1"
+        self.client = OpenAI(base_url=cfg.base_url, api_key=key, max_retries=0, timeout=cfg.timeout)
+        self._lock = threading.Lock()
+        self._counts: Counter = Counter()
+        self._fatal: TranslationError | None = None  # set by a 401/403/404: send nothing more
+        self._errors_in_a_row = 0
 
     def fingerprint(self) -> str:
         return f"openai/v{PROMPT_VERSION}|model={self.cfg.model}|base={self.cfg.base_url or 'api.openai.com'}|t=0"
 
-    def _one(self, text: str, src: str, tgt: str) -> str:
-        resp = self.client.chat.completions.create(
-            model=self.cfg.model, temperature=0,
-            messages=[{"role": "system", "content": SYSTEM_PROMPT.format(src=src, tgt=tgt)},
-                      {"role": "user", "content": text}],
-        )
-        content = resp.choices[0].message.content
+    def request_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def _count(self, **amounts: int) -> None:
+        with self._lock:
+            self._counts.update(amounts)
+
+    def _delay(self, retry: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.MAX_RETRY_AFTER)
+        return min(self.INITIAL_BACKOFF * 2.0 ** retry, self.MAX_BACKOFF) * (1 - 0.25 * random.random())
+
+    def _one(self, text: str, src: str, tgt: str) -> str | SegmentFailure:
+        attempts = 1 + self.cfg.max_retries
+        for k in range(attempts):
+            if self._fatal is not None:
+                raise self._fatal
+            self._count(requests=1, retries=int(k > 0))
+            try:
+                answer = self._request(text, src, tgt)
+            except _FailedAttempt as e:
+                failed = e
+                if not e.retry or k + 1 == attempts:
+                    break
+                time.sleep(self._delay(k, e.retry_after))
+            else:
+                self._errors_in_a_row = 0
+                return answer
+        n = k + 1
+        self._note_failure(failed)
+        log.warning("%s: no translation of a %d-character segment after %d request%s: %s", self.endpoint,
+                    len(text), n, "s" * (n > 1), failed.detail)
+        return SegmentFailure(failed.kind, f"{self.endpoint}: {failed.detail} (after {n} request{'s' * (n > 1)})")
+
+    def _note_failure(self, failed: _FailedAttempt) -> None:
+        with self._lock:
+            self._errors_in_a_row = self._errors_in_a_row + 1 if failed.kind == "error" else 0
+            if self._errors_in_a_row >= self.GIVE_UP_AFTER and self._fatal is None:
+                self._fatal = TranslationError(
+                    f"{self.endpoint}: the last {self._errors_in_a_row} segments all failed (last: {failed.detail}); "
+                    "stopping. The translations so far are cached: run again when the endpoint works"
+                )
+
+    def _request(self, text: str, src: str, tgt: str) -> str:
+        import openai
+
+        try:
+            raw = self.client.chat.completions.with_raw_response.create(
+                model=self.cfg.model, temperature=0,
+                messages=[{"role": "system", "content": SYSTEM_PROMPT.format(src=src, tgt=tgt)},
+                          {"role": "user", "content": text}],
+            )
+        except openai.APITimeoutError:
+            raise _FailedAttempt("error", f"no answer within {self.cfg.timeout:g} s") from None
+        except openai.APIConnectionError as e:
+            raise _FailedAttempt("error", f"connection failed ({e.__cause__ or e})") from None
+        except openai.APIStatusError as e:
+            raise self._status_failure(e) from None
+        answer = self._content(raw.text, raw.headers)
+        # A server that misbehaves now and then may echo one request and translate the next.
+        if segment_failure(text, answer, echo=self.echo_is_failure) == "echo":
+            raise _FailedAttempt("echo", "the segment came back unchanged", retry_after=retry_after_seconds(raw.headers))
+        return answer
+
+    def _status_failure(self, e) -> _FailedAttempt:
+        status = e.status_code
+        body = _brief(getattr(e.response, "text", ""))
+        if status in _FATAL_STATUS:
+            self._fatal = TranslationError(
+                f"{self.endpoint}: HTTP {status} for model {self.cfg.model!r} ({body}); check "
+                f"data.translator.base_url, data.translator.model and the key in ${self.cfg.api_key_env}"
+            )
+            raise self._fatal
+        retry = status in _RETRY_STATUS or status >= 500
+        return _FailedAttempt("error", f"HTTP {status} {body}", retry=retry,
+                              retry_after=retry_after_seconds(e.response.headers))
+
+    def _content(self, body: str, headers) -> str:
+        """The translation in a chat completion body; anything else is a failed attempt."""
+        wait = retry_after_seconds(headers)
+        try:
+            obj = json.loads(body)
+        except ValueError as e:
+            ctype = headers.get("content-type", "no content type") if headers is not None else "?"
+            raise _FailedAttempt("error", f"malformed response ({ctype}, {e}): {_brief(body)}",
+                                 retry_after=wait) from None
+        usage = obj.get("usage") if isinstance(obj, dict) else None
+        if isinstance(usage, dict):
+            self._count(**{k: usage[k] for k in _USAGE_KEYS if isinstance(usage.get(k), int)})
+        try:
+            content = obj["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise _FailedAttempt("error", f"response without choices[0].message.content: {_brief(body)}",
+                                 retry_after=wait) from None
         if content is None:
-            raise TranslationError(f"{self.cfg.base_url}: empty answer for a segment of {len(text)} characters")
+            raise _FailedAttempt("empty", "null content", retry_after=wait)
+        if not isinstance(content, str):
+            raise _FailedAttempt("error", f"content is a {type(content).__name__}, not text", retry_after=wait)
+        if not content.strip():
+            raise _FailedAttempt("empty", f"empty content {content!r}", retry_after=wait)
         return content.strip()
 
     def translate_batch(self, texts, src_lang, tgt_lang):
         src, tgt = languages.get(src_lang).name, languages.get(tgt_lang).name
-        with ThreadPoolExecutor(max_workers=self.cfg.concurrency) as pool:
+        self._fatal, self._errors_in_a_row = None, 0
+        pool = ThreadPoolExecutor(max_workers=self.cfg.concurrency)
+        try:
             return list(pool.map(lambda t: self._one(t, src, tgt), texts))
+        finally:
+            # After a fatal answer (401/403/404) the requests still queued are not sent.
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -511,8 +707,14 @@ class TranslationStats:
     segments: int = 0  # translatable segments, with repeats
     unique_segments: int = 0
     cache_hits: int = 0  # unique segments found in the cache
+    cache_rejected: int = 0  # cached entries that fail the segment check (older versions): redone
     translated: int = 0  # unique segments translated in this call
+    failed: int = 0  # unique segments without a usable translation in this call
+    failures: dict = field(default_factory=dict)  # kind -> failed unique segments
     batches_run: int = 0
+    requests: int = 0  # endpoint translators: HTTP requests sent, retries included
+    retries: int = 0
+    usage: dict = field(default_factory=dict)  # endpoint translators: prompt/completion/total tokens
     seconds: float = 0.0
     translate_seconds: float = 0.0
     extra: dict = field(default_factory=dict)
@@ -521,12 +723,31 @@ class TranslationStats:
     def segments_per_second(self) -> float:
         return self.translated / self.translate_seconds if self.translate_seconds else 0.0
 
+    def add_requests(self, before: dict[str, int], after: dict[str, int]) -> None:
+        """Add what an endpoint translator counted between two :meth:`Translator.request_counts`."""
+        delta = {k: v - before.get(k, 0) for k, v in after.items()}
+        self.requests += delta.pop("requests", 0)
+        self.retries += delta.pop("retries", 0)
+        for k, v in delta.items():
+            self.usage[k] = self.usage.get(k, 0) + v
+
     def to_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        d["failures"] = dict(sorted(self.failures.items()))
+        d["usage"] = dict(sorted(self.usage.items()))
         d["segments_per_second"] = round(self.segments_per_second, 3)
         d["seconds"] = round(self.seconds, 3)
         d["translate_seconds"] = round(self.translate_seconds, 3)
         return d
+
+
+@dataclass
+class Translated:
+    """One text's translation: ``text`` is None when any of its segments failed (``failures``:
+    segment -> why); a text is never returned half translated."""
+
+    text: str | None
+    failures: dict[str, SegmentFailure] = field(default_factory=dict)
 
 
 def plan_batches(lengths: dict[str, int], batch_tokens: int, batch_size: int) -> list[list[str]]:
@@ -550,7 +771,33 @@ def plan_batches(lengths: dict[str, int], batch_tokens: int, batch_size: int) ->
     return batches
 
 
-def translate_texts(
+def _checked(tr: Translator, batch: list[str], outs: list) -> tuple[dict[str, str], dict[str, SegmentFailure]]:
+    """Split a batch's outputs into usable translations and failures, segment by segment."""
+    if len(outs) != len(batch):
+        raise TranslationError(f"{tr.kind} returned {len(outs)} translations for {len(batch)} segments")
+    good: dict[str, str] = {}
+    bad: dict[str, SegmentFailure] = {}
+    for seg, out in zip(batch, outs):
+        if isinstance(out, SegmentFailure):
+            bad[seg] = out
+            continue
+        if out is not None and not isinstance(out, str):
+            raise TranslationError(f"{tr.kind} returned a {type(out).__name__} for a segment, not text")
+        kind = segment_failure(seg, out or "", echo=tr.echo_is_failure)
+        if kind is None:
+            good[seg] = out
+        else:
+            what = "an empty translation" if kind == "empty" else "the segment unchanged"
+            bad[seg] = SegmentFailure(kind, f"{tr.kind} returned {what}")
+    return good, bad
+
+
+def _usable_cached(tr: Translator, cached: dict[str, str]) -> dict[str, str]:
+    # Older versions cached empty and echoed answers as successes: those are translated again.
+    return {s: t for s, t in cached.items() if segment_failure(s, t, echo=tr.echo_is_failure) is None}
+
+
+def translate_all(
     texts: list[str],
     src_lang: str,
     tgt_lang: str,
@@ -560,8 +807,9 @@ def translate_texts(
     progress: bool = True,
     stats: TranslationStats | None = None,
     on_batch: Callable[[int, int], None] | None = None,
-) -> list[str]:
-    """Translate ``texts`` from ``src_lang`` to ``tgt_lang`` (ISO 639-1), one output per input.
+) -> list[Translated]:
+    """Translate ``texts`` from ``src_lang`` to ``tgt_lang`` (ISO 639-1), one :class:`Translated`
+    per input: the text, or None and the failed segments.
 
     Segments, deduplicates, batches by length and caches (see the module docstring). Pass a
     :class:`Translator` instead of its config to reuse a loaded model across calls; from a
@@ -591,9 +839,16 @@ def translate_texts(
     st.texts += len(texts)
     st.segments += len(all_segments)
     st.unique_segments += len(unique)
+    failed: dict[str, SegmentFailure] = {}
+    counts_before = tr.request_counts()
     with TranslationCache(cache_path) as cache:
-        done = cache.get_many(fp, src_lang, tgt_lang, unique)
+        cached = cache.get_many(fp, src_lang, tgt_lang, unique)
+        done = _usable_cached(tr, cached)
         st.cache_hits += len(done)
+        st.cache_rejected += len(cached) - len(done)
+        if len(cached) > len(done):
+            log.warning("%d cached translations are empty or unchanged segments: translating them again",
+                        len(cached) - len(done))
         plan = plan_batches({s: count(s) for s in unique}, cfg.batch_tokens, cfg.batch_size)
         todo = [[s for s in b if s not in done] for b in plan]
         todo = [b for b in todo if b]
@@ -606,24 +861,61 @@ def translate_texts(
         try:
             for i, batch in enumerate(todo):
                 t1 = time.perf_counter()
-                outs = tr.translate_batch(batch, src_lang, tgt_lang)
-                if len(outs) != len(batch):
-                    raise TranslationError(f"{tr.kind} returned {len(outs)} translations for {len(batch)} segments")
-                new = dict(zip(batch, outs))
-                cache.put_many(fp, src_lang, tgt_lang, new)
-                done.update(new)
+                good, bad = _checked(tr, batch, tr.translate_batch(batch, src_lang, tgt_lang))
+                cache.put_many(fp, src_lang, tgt_lang, good)
+                done.update(good)
+                failed.update(bad)
                 st.translate_seconds += time.perf_counter() - t1
-                st.translated += len(batch)
+                st.translated += len(good)
+                st.failed += len(bad)
+                for f in bad.values():
+                    st.failures[f.kind] = st.failures.get(f.kind, 0) + 1
                 st.batches_run += 1
                 if bar is not None:
                     bar.update(len(batch))
-                    bar.set_postfix(hits=st.cache_hits, seg_s=f"{st.segments_per_second:.2f}")
+                    bar.set_postfix(hits=st.cache_hits, failed=st.failed, seg_s=f"{st.segments_per_second:.2f}")
                 if on_batch is not None:
                     on_batch(i + 1, len(todo))
         finally:
             if bar is not None:
                 bar.close()
+            st.add_requests(counts_before, tr.request_counts())
             if own:
                 tr.close()
     st.seconds += time.perf_counter() - t0
-    return [reassemble(p, done) for p in pieces]
+    return [_assemble(p, done, failed) for p in pieces]
+
+
+def _assemble(pieces: list[Piece], done: dict[str, str], failed: dict[str, SegmentFailure]) -> Translated:
+    bad = {s: failed[s] for s in segments_of(pieces) if s in failed}
+    return Translated(None, bad) if bad else Translated(reassemble(pieces, done))
+
+
+def translate_texts(
+    texts: list[str],
+    src_lang: str,
+    tgt_lang: str,
+    translator: TranslatorConfig | Translator,
+    cache_path: str | Path,
+    *,
+    progress: bool = True,
+    stats: TranslationStats | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[str]:
+    """:func:`translate_all` for callers that need every text: one translated text per input.
+
+    Raises :class:`TranslationError` when a segment has no usable translation, after the whole
+    input has been tried; the translations that succeeded are cached, so running again asks
+    only for the failed segments.
+    """
+    results = translate_all(texts, src_lang, tgt_lang, translator, cache_path, progress=progress, stats=stats,
+                            on_batch=on_batch)
+    failures = {s: f for r in results for s, f in r.failures.items()}
+    if failures:
+        seg, first = next(iter(failures.items()))
+        kinds = Counter(f.kind for f in failures.values())
+        raise TranslationError(
+            f"{len(failures)} segment(s) have no usable translation ({dict(sorted(kinds.items()))}); first: "
+            f"{_brief(seg, 40)}: {first.kind}, {first.detail}. The others are cached: run again to retry these."
+        )
+    return [r.text for r in results]

@@ -12,7 +12,9 @@ for English the instruction file's own ``output`` field serves when neither is g
 
 Metrics are fractions in [0, 1]: ``win_rate`` = mean score over judged items (win 1, tie 0.5,
 loss 0) with its standard error; judge failures are excluded from ``n`` and counted in
-``failures``; ``lc_win_rate`` is :func:`clo.eval.stats.length_controlled_win_rate`.
+``failures``; ``lc_win_rate`` is :func:`clo.eval.stats.length_controlled_win_rate`. Only
+successful verdicts are cached: a failed judgment is requested again on the next run. With no
+successful verdict the rates are null and ``reason`` says why.
 """
 
 from __future__ import annotations
@@ -129,9 +131,25 @@ def run_outputs(ctx: TaskContext, *, limit: int | None = None, instructions_file
     records = [{"id": str(i), "instruction": instructions[i], "instruction_en": english[i], "output": outputs[i]}
                for i in range(len(rows))]
     lengths = [len(o) for o in outputs]
-    metrics = {"n": len(rows), "mean_chars": sum(lengths) / len(lengths) if lengths else float("nan")}
+    metrics = {"n": len(rows), "mean_chars": sum(lengths) / len(lengths) if lengths else None}
+    if not lengths:
+        metrics["reason"] = "mean_chars: no instructions"
     extra = {f"{ctx.name}.model_outputs.json": _outputs_file(rows, instructions, outputs, ctx.model_name)}
     return TaskResult(metrics, records, data_hash(instructions), "", extra)
+
+
+def _win_rate_metrics(scores: list[float], len_model: list[int], len_base: list[int], failures: int) -> dict:
+    """The metrics of the judged items. Without one the rates are null, with the reason: NaN is
+    not JSON, and strict parsers reject the file."""
+    counts = {"n": len(scores), "wins": sum(s == 1.0 for s in scores), "ties": sum(s == 0.5 for s in scores),
+              "losses": sum(s == 0.0 for s in scores), "failures": failures}
+    if not scores:
+        reason = (f"no verdict: all {failures} judgments failed (see the records' 'error'); they are judged "
+                  "again on the next run" if failures else "no items")
+        return {"win_rate": None, "stderr": None, "lc_win_rate": None, **counts, "reason": reason}
+    wr, se = mean_stderr(scores)
+    return {"win_rate": wr, "stderr": se, "lc_win_rate": length_controlled_win_rate(scores, len_model, len_base),
+            **counts}
 
 
 @register_task("alpacaeval", description="judged win rate against a baseline on the AlpacaEval instructions")
@@ -171,10 +189,13 @@ def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | 
     for i in range(n):
         item_id = str(i)
         v = ctx.cache.get(f"verdict:{i}")
-        if v is None:
+        # A failed judgment is never final (the judge or its endpoint may have been fixed since), so
+        # it is not cached; caches written before that hold some, which are judged again too.
+        if v is None or v["failed"]:
             v = judge_item(judge, item_id, instructions[i], outputs[i], base[i], ctx.lang,
                            seed=ev.seed, retries=ev.judge.retries)
-            ctx.cache.put(f"verdict:{i}", v)
+            if not v["failed"]:
+                ctx.cache.put(f"verdict:{i}", v)
         bar.update(1)
         if v["failed"]:
             failures += 1
@@ -185,14 +206,7 @@ def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | 
         records.append({"id": item_id, "instruction": instructions[i], "instruction_en": english[i],
                         "output": outputs[i], "baseline_output": base[i], **v})
     bar.close()
-    wr, se = mean_stderr(scores)
-    metrics = {
-        "win_rate": wr, "stderr": se,
-        "lc_win_rate": length_controlled_win_rate(scores, lm, lb) if scores else float("nan"),
-        "n": len(scores),
-        "wins": sum(s == 1.0 for s in scores), "ties": sum(s == 0.5 for s in scores),
-        "losses": sum(s == 0.0 for s in scores), "failures": failures,
-    }
+    metrics = _win_rate_metrics(scores, lm, lb, failures)
     extra = {
         f"{ctx.name}.model_outputs.json": _outputs_file(rows, instructions, outputs, ctx.model_name),
         f"{ctx.name}.baseline_outputs.json": _outputs_file(rows, instructions, base, b_name),

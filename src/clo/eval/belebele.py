@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from clo.eval.core import EvalDataError, TaskContext, TaskResult, data_hash, register_task
+from clo.eval.core import EvalDataError, TaskContext, TaskResult, data_hash, read_text, register_task
 from clo.eval.loglik import encode_pair, has_sliding_window, score_batch, score_shared
 from clo.eval.stats import mean_stderr
 from clo.languages import Language
@@ -57,24 +57,27 @@ def render(row: dict, lang: Language, template: str = "native") -> tuple[str, li
 
 def load_rows(lang: Language, data_dir: Path | None, limit: int | None = None) -> list[dict]:
     """Rows of ``<data_dir>/belebele/<flores>.jsonl``, or of the hub's ``facebook/belebele``."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
     if data_dir is not None:
         path = Path(data_dir) / "belebele" / f"{lang.flores}.jsonl"
         if not path.is_file():
             raise EvalDataError(f"{path}: no BELEBELE file for {lang.name} (expected belebele/{lang.flores}.jsonl "
                                 f"under the data directory)")
         rows = []
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise EvalDataError(f"{path}:{lineno}: malformed JSON: {e.msg}") from None
-                _check(row, f"{path}:{lineno}")
-                rows.append(row)
-                if limit is not None and len(rows) >= limit:
-                    break
+        for lineno, line in enumerate(read_text(path).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EvalDataError(f"{path}:{lineno}: malformed JSON: {e.msg}") from None
+            if not isinstance(row, dict):
+                raise EvalDataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            _check(row, f"{path}:{lineno}")
+            rows.append(row)
+            if limit is not None and len(rows) >= limit:
+                break
         return rows
     from datasets import load_dataset
 
@@ -180,7 +183,8 @@ def run(ctx: TaskContext, *, template: str = "native", limit: int | None = None,
     if not rows:
         raise EvalDataError(f"no BELEBELE rows for {ctx.lang.flores}")
     records = predict(ctx.model, ctx.tokenizer, rows, ctx.lang, template=template,
-                      batch_size=batch_size or ctx.cfg.eval.batch_size, chat=chat, cache=ctx.cache,
+                      batch_size=batch_size if batch_size is not None else ctx.cfg.eval.batch_size,
+                      chat=chat, cache=ctx.cache,
                       share_passages=share_passages)
     acc, se = mean_stderr([float(r["correct"]) for r in records])
     counts = [sum(r["pred"] == k for r in records) for k in range(4)]

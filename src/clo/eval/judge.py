@@ -1,11 +1,12 @@
-"""Pairwise LLM judge (AlpacaEval style) with order randomisation, retries and a verdict cache.
+"""Pairwise LLM judge (AlpacaEval style) with order randomisation and retries.
 
 The judge sees a system prompt, the instruction and two anonymous outputs (``model_1``,
 ``model_2``) and returns a ranking as JSON. Which output is ``model_1`` is decided per item by a
 seeded coin (:func:`swap_order`) and undone when scoring. For a non-English instruction the judge
-is told to rank an answer written in another language lower. A verdict that cannot be parsed is
-asked for again (``retries`` times), then recorded as a failure. Backends (:data:`JUDGES`): any
-OpenAI-compatible endpoint, or a local transformers model.
+is told to rank an answer written in another language lower. Only the ranking in the format asked
+for counts (:func:`parse_ranking`); another answer is asked for again (``retries`` times), then
+recorded as a failure, as is an endpoint that gives no usable response (:class:`JudgeError`).
+Backends (:data:`JUDGES`): any OpenAI-compatible endpoint, or a local transformers model.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import logging
 import os
 import random
 import re
+import time
 from collections.abc import Callable
 from typing import Protocol
 
+from clo.config_base import ConfigError
 from clo.languages import Language
 
 log = logging.getLogger(__name__)
@@ -64,32 +67,50 @@ def build_messages(instruction: str, output_1: str, output_2: str, lang: Languag
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
+# The judge was asked for the ranking and nothing else. Only that is read: the whole answer, or the
+# whole answer inside one code fence. A ranking found somewhere inside a longer answer is most often
+# the example of the prompt echoed back, and reading it gave echoed prompts wins and losses.
+_FENCED_RE = re.compile(r"```[A-Za-z]*[ \t]*\n?(.*?)\s*```", re.DOTALL)
+
+
+def _literal(text: str):
+    """The JSON (or Python literal: judges sometimes answer with single quotes) ``text`` holds, else None."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested deeper than Python's stack
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+
+
+def _ranks(obj) -> dict[str, int] | None:
+    """``{"model_1": r1, "model_2": r2}`` from a ranking list with exactly one entry per model, ranks 1 or 2."""
+    if not isinstance(obj, list) or len(obj) != 2:
+        return None
+    ranks: dict[str, int] = {}
+    for entry in obj:
+        if not isinstance(entry, dict):
+            return None
+        model, rank = entry.get("model"), entry.get("rank")
+        # type(...) is int: True == 1, and "1" is not the format asked for
+        if model not in ("model_1", "model_2") or model in ranks or type(rank) is not int or rank not in (1, 2):
+            return None
+        ranks[model] = rank
+    return ranks if 1 in ranks.values() else None
+
+
 def parse_ranking(text: str) -> int | None:
-    """1 if ``model_1`` ranks first, 2 if ``model_2`` does, 0 for a tie, None if unparseable."""
+    """1 if ``model_1`` ranks first, 2 if ``model_2`` does, 0 for a tie (both rank 1), None when the
+    answer is not the ranking asked for: the whole answer (or the whole answer in one code fence)
+    must be ``[{"model": "model_1", "rank": r1}, {"model": "model_2", "rank": r2}]`` in either order."""
     if not isinstance(text, str):
         return None
-    m = re.search(r"\[.*\]", text, re.DOTALL)
-    if not m:
-        return None
-    raw = m.group(0)
-    try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError:
-        try:
-            obj = ast.literal_eval(raw)  # judges sometimes answer with Python literals (single quotes)
-        except (ValueError, SyntaxError):
-            return None
-    if not isinstance(obj, list):
-        return None
-    ranks = {}
-    for entry in obj:
-        if not isinstance(entry, dict) or entry.get("model") not in ("model_1", "model_2"):
-            return None
-        try:
-            ranks[entry["model"]] = int(entry["rank"])
-        except (KeyError, TypeError, ValueError):
-            return None
-    if set(ranks) != {"model_1", "model_2"}:
+    body = text.strip()
+    fenced = _FENCED_RE.fullmatch(body)
+    ranks = _ranks(_literal(fenced.group(1) if fenced else body))
+    if ranks is None:
         return None
     if ranks["model_1"] == ranks["model_2"]:
         return 0
@@ -109,14 +130,59 @@ def score_from_ranking(ranking: int, swapped: bool) -> float:
     return 1.0 if ranking == model_position else 0.0
 
 
+class JudgeError(RuntimeError):
+    """No verdict for one item from the judge's endpoint (an unusable response, a refused request).
+
+    The item counts as a failed judgment of this run and is judged again on the next one."""
+
+
 class Judge(Protocol):
     name: str
 
     def __call__(self, messages: list[dict]) -> str: ...
 
 
+# A 200 response whose body is no chat completion (an HTML page from a proxy, truncated JSON) is
+# not retried by the openai client, which only retries connection errors and error statuses; it is
+# asked for again here, after BACKOFF_S seconds, doubling up to BACKOFF_MAX_S.
+BACKOFF_S = 1.0
+BACKOFF_MAX_S = 30.0
+_sleep = time.sleep  # replaced in tests
+
+
+class _BadBody(Exception):
+    """The endpoint answered, but not with a chat completion."""
+
+
+def _content(resp) -> str:
+    """The answer text of a chat completion; for anything else (the openai client hands back the
+    text of a non-JSON body as is) a :class:`_BadBody` that quotes the start of it."""
+    try:
+        content = resp.choices[0].message.content
+    except (AttributeError, TypeError, IndexError, KeyError):
+        raise _BadBody(f"not a chat completion: {str(resp)[:120]!r}") from None
+    if content is not None and not isinstance(content, str):
+        raise _BadBody(f"message content is a {type(content).__name__}, not text")
+    return content or ""
+
+
+def _status(e) -> str:
+    """An openai error on one line: the HTTP status and the server's message, or the start of the
+    page it sent (a proxy's HTML page says what went wrong)."""
+    body = getattr(e, "body", None)
+    detail = body if isinstance(body, str) and body else str(getattr(e, "message", e))
+    detail = " ".join(re.sub(r"^Error code: \d+( - )?", "", detail).split())[:200]
+    code = getattr(e, "status_code", None)
+    if code is None:
+        return f"{type(e).__name__}: {detail}"
+    return f"HTTP {code}: {detail}" if detail else f"HTTP {code}"
+
+
 class OpenAIJudge:
-    """Any OpenAI-compatible chat endpoint; the key from the environment variable ``api_key_env``."""
+    """Any OpenAI-compatible chat endpoint; the key from the environment variable ``api_key_env``.
+
+    A refused key, a forbidden or unknown model or path ends the run with a :class:`ConfigError`:
+    no item could be judged. Any other failure, after retries, is a :class:`JudgeError` for that item."""
 
     def __init__(self, cfg):
         from openai import OpenAI
@@ -124,18 +190,48 @@ class OpenAIJudge:
         key = os.environ.get(cfg.api_key_env)
         if not key:
             if cfg.base_url is None:
-                raise RuntimeError(f"judge: environment variable {cfg.api_key_env} is not set (the OpenAI API key)")
+                raise ConfigError(f"judge: environment variable {cfg.api_key_env} is not set (the OpenAI API key)")
             key = "EMPTY"  # self-hosted OpenAI-compatible servers (vLLM) accept any key
         self.client = OpenAI(base_url=cfg.base_url, api_key=key, timeout=cfg.timeout, max_retries=cfg.max_retries)
         self.model = cfg.model
         self.max_tokens = cfg.max_tokens
+        self.max_retries = cfg.max_retries
+        self.api_key_env = cfg.api_key_env
+        self.endpoint = cfg.base_url or "https://api.openai.com/v1"
         self.name = f"openai:{cfg.model}@{cfg.base_url or 'api.openai.com'}"
 
     def __call__(self, messages: list[dict]) -> str:
-        resp = self.client.chat.completions.create(
-            model=self.model, messages=messages, temperature=0.0, max_tokens=self.max_tokens,
-        )
-        return resp.choices[0].message.content or ""
+        delay = BACKOFF_S
+        for attempt in range(self.max_retries + 1):
+            try:
+                return self._request(messages)
+            except _BadBody as e:
+                problem = str(e)
+            if attempt < self.max_retries:
+                log.warning("judge endpoint %s: %s; asking again in %.1f s", self.endpoint, problem, delay)
+                _sleep(delay)
+                delay = min(2 * delay, BACKOFF_MAX_S)
+        raise JudgeError(f"judge endpoint {self.endpoint}: {problem} ({self.max_retries + 1} attempts)")
+
+    def _request(self, messages: list[dict]) -> str:
+        import openai
+        import pydantic
+
+        try:
+            resp = self.client.chat.completions.create(
+                model=self.model, messages=messages, temperature=0.0, max_tokens=self.max_tokens,
+            )
+        except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
+            raise ConfigError(f"judge endpoint {self.endpoint} refused model {self.model!r} ({_status(e)}); check "
+                              f"eval.judge.base_url, eval.judge.model and ${self.api_key_env}") from None
+        except openai.APIResponseValidationError as e:
+            raise _BadBody(_status(e)) from None
+        except openai.APIError as e:
+            # Connection errors, rate limits and server errors were already retried by the client.
+            raise JudgeError(f"judge endpoint {self.endpoint}: {_status(e)}") from None
+        except (json.JSONDecodeError, pydantic.ValidationError) as e:
+            raise _BadBody(f"malformed JSON body ({' '.join(str(e).split())[:160]})") from None
+        return _content(resp)
 
 
 class LocalJudge:
@@ -172,17 +268,25 @@ def make_judge(cfg) -> Judge:
 
 def judge_item(judge: Judge, item_id: str, instruction: str, model_output: str, baseline_output: str,
                lang: Language, *, seed: int, retries: int) -> dict:
-    """One verdict: ``{"swapped", "ranking", "score", "raw", "attempts", "failed"}``."""
+    """One verdict: ``{"swapped", "ranking", "score", "raw", "attempts", "failed", "error"}``.
+
+    ``raw`` holds every answer received (``attempts`` of them); an answer that is not the ranking
+    asked for is requested again up to ``retries`` times. A failed verdict (``error`` says why) is
+    not final: the caller judges the item again on its next run."""
     swapped = swap_order(seed, item_id)
     out_1, out_2 = (baseline_output, model_output) if swapped else (model_output, baseline_output)
     messages = build_messages(instruction, out_1, out_2, lang)
-    raws = []
-    for _ in range(retries + 1):
-        raw = judge(messages)
-        raws.append(raw)
-        ranking = parse_ranking(raw)
-        if ranking is not None:
-            return {"swapped": swapped, "ranking": ranking, "score": score_from_ranking(ranking, swapped),
-                    "raw": raws, "attempts": len(raws), "failed": False}
-    log.warning("judge: unparseable verdict for item %s after %d attempts", item_id, len(raws))
-    return {"swapped": swapped, "ranking": None, "score": None, "raw": raws, "attempts": len(raws), "failed": True}
+    raws: list[str] = []
+    try:
+        for _ in range(retries + 1):
+            raws.append(judge(messages))
+            ranking = parse_ranking(raws[-1])
+            if ranking is not None:
+                return {"swapped": swapped, "ranking": ranking, "score": score_from_ranking(ranking, swapped),
+                        "raw": raws, "attempts": len(raws), "failed": False, "error": None}
+        error = f"no ranking in the format asked for in {len(raws)} answer(s)"
+    except JudgeError as e:
+        error = str(e)
+    log.warning("judge: item %s failed: %s", item_id, error)
+    return {"swapped": swapped, "ranking": None, "score": None, "raw": raws, "attempts": len(raws),
+            "failed": True, "error": error}

@@ -73,10 +73,13 @@ def _pattern() -> re.Pattern:
         rf"(?i:{words})\s*(?:\*\*|\*|__)?\s*(?i:is|ist|adalah|ni|是|为|為|은|는)?\s*[:：]?\s*(?:\*\*|\*|__)?\s*"
         # wrappers: markdown bold, LaTeX \boxed{..} / \text{..} / $..$, brackets, quotes
         r"(?:\$?\s*\\boxed\s*\{\s*)?(?:\\text(?:bf)?\s*\{\s*)?[\(\[\{\"'「“]?\s*"
-        r"([A-D가나다라])"
-        # the letter must stand alone, not start a word ("Because", "다음"); Korean "다입니다" is
-        # the letter plus the copula
-        r"(?!(?!입니다)[A-Za-z\u00C0-\u024F\uAC00-\uD7A3])",
+        # A capital letter must stand alone, not start a word ("Because", "다음"); Korean "다입니다"
+        # is the letter plus the copula.
+        r"(?:([A-D가나다라])(?!(?!입니다)[A-Za-z\u00C0-\u024F\uAC00-\uD7A3])"
+        # A lower-case letter ("answer : a", "Jawaban : b") is often a word: it counts as an option
+        # label ("a)") or when it ends the answer (closing wrappers, then a full stop or the end of
+        # the line). "The answer is a matter of taste" names no option.
+        r"|([a-d])(?=[ \t]*[\)\]\}]|[ \t\"'」”$*_]*(?:[.!?。]|\n|$)))",
     )
 
 
@@ -98,7 +101,8 @@ def extract_answer(text: str) -> str | None:
 
     Handles the answer words of every registered language, full-width letters and colons,
     Korean option letters 가/나/다/라, markdown bold and LaTeX ``\\boxed``/``\\text`` wrappers.
-    Only capital letters count: "the answer is a matter of taste" names no option.
+    After an answer word a lower-case letter counts when it ends the answer (``answer : a``,
+    ``Jawaban: (b).``), not when a sentence goes on: "the answer is a matter of taste" names no option.
     """
     global _ANSWER_RE
     if _ANSWER_RE is None:
@@ -106,7 +110,7 @@ def extract_answer(text: str) -> str | None:
     t = normalize_response(text)
     matches = list(_ANSWER_RE.finditer(t))
     if matches:
-        letter = matches[-1].group(1)
+        letter = matches[-1].group(1) or matches[-1].group(2)
         return _KOREAN_LETTERS.get(letter, letter.upper())
     boxed = list(_BOXED_RE.finditer(t))
     if boxed:
@@ -226,6 +230,20 @@ def _group(records: list[dict], key) -> dict:
     return out
 
 
+def _metrics(records: list[dict]) -> dict:
+    if not records:
+        # null, not NaN (which is not JSON), and why
+        return {"accuracy": None, "stderr": None, "failure_rate": None, "n": 0, "per_subject": {},
+                "per_category": {}, "reason": "no questions"}
+    acc, se = mean_stderr([float(x["correct"]) for x in records])
+    return {
+        "accuracy": acc, "stderr": se, "failure_rate": sum(x["failed"] for x in records) / len(records),
+        "n": len(records),
+        "per_subject": _group(records, lambda x: x["subject"]),
+        "per_category": _group(records, lambda x: x["category"]),
+    }
+
+
 @register_task("mmmlu", description="MMMLU (MMLU in the target language), generative")
 def run(ctx: TaskContext, *, limit: int | None = None, max_new_tokens: int | None = None,
         retries: int | None = None, batch_size: int | None = None, temperature: float | None = None) -> TaskResult:
@@ -273,14 +291,7 @@ def run(ctx: TaskContext, *, limit: int | None = None, max_new_tokens: int | Non
             "gold": r["Answer"], "pred": pred, "correct": pred == r["Answer"], "failed": pred is None,
             "attempts": len(attempts[i]), "responses": attempts[i],
         })
-    acc, se = mean_stderr([float(x["correct"]) for x in records])
-    metrics = {
-        "accuracy": acc, "stderr": se,
-        "failure_rate": sum(x["failed"] for x in records) / len(records) if records else float("nan"),
-        "n": len(records),
-        "per_subject": _group(records, lambda x: x["subject"]),
-        "per_category": _group(records, lambda x: x["category"]),
-    }
+    metrics = _metrics(records)
     md = ["| category | accuracy | ± SE | n |", "|---|---|---|---|"]
     md += [f"| {c} | {v['accuracy']:.4f} | {v['stderr']:.4f} | {v['n']} |" for c, v in metrics["per_category"].items()]
     md += ["", "| subject | accuracy | n |", "|---|---|---|"]

@@ -15,8 +15,17 @@ Layout of a grid directory (``GridConfig.output_dir``)::
         failed.json                the last error of this run, removed once it succeeds
     report/                        tables (Markdown, CSV), figures (PNG), report.json  report.done.json
 
+(next to each ``<stage>.done.json``, a ``<stage>.started.json`` while that stage is running or
+after it died: it records which inputs the partial output belongs to.)
+
 Each stage's marker fingerprints its inputs, including the fingerprints of the stages it reads
-from, so changing the data or a training setting redoes exactly what depends on it.
+from, the content digests of the files it reads (``data.path``, a prebuilt dataset, prompt files)
+and the identity of a local model directory (names, sizes and mtimes of its weight files), so
+changing the data, a setting or a model redoes exactly what depends on it. A stage whose
+fingerprint changed runs from a clean output: its output directory or files are removed first
+(:func:`clo.experiments.stages.run_stage`), so that no result of the old inputs survives (the
+trainer would otherwise return its old ``result.json``, an evaluation its cached items). The
+translation cache (``data/<lang>/translations.sqlite``, keyed by translator and text) is kept.
 The stage functions come from a :class:`StageFunctions` (by default the real ``clo.data``,
 ``clo.train``, ``clo.eval`` and ``clo.report``); tests pass their own.
 """
@@ -46,6 +55,10 @@ from clo.experiments.config import (
 )
 from clo.experiments.stages import fingerprint, marker_path, run_stage, write_json_atomic
 
+# Content-addressed caches a cleared data directory keeps: rows are keyed by the translator's
+# fingerprint and the source text, so they are never stale, and they are the expensive part.
+DATA_KEEP = ("translations.sqlite", "translations.sqlite-*")
+
 log = logging.getLogger(__name__)
 
 
@@ -56,7 +69,9 @@ log = logging.getLogger(__name__)
 def _data_build(cfg: Config, out_dir: Path) -> dict:
     from clo.data.build import build_dataset
 
-    return build_dataset(cfg, out_dir)
+    # The grid's marker decides when a build's inputs changed (it clears the directory then);
+    # the build's own record of another configuration is no reason to refuse here.
+    return build_dataset(cfg, out_dir, overwrite=True)
 
 
 def prebuilt_dataset(path: Path, cfg: Config, out_dir: Path) -> dict:
@@ -128,12 +143,14 @@ _MODELS = _ModelCache()
 def _evaluate(task: str, model: str, cfg: Config, out_dir: Path, opts: dict) -> dict:
     from clo.eval import evaluate
 
+    # The grid's marker decides when an evaluation's inputs changed (it clears its outputs then);
+    # a cache of other settings left behind is started over, not refused.
     if cfg.eval.backend == "vllm":
         # vLLM loads the checkpoint itself and claims a share of the GPU: hand it the spec, and
         # free the transformers copy another stage may have left in memory.
         _MODELS.clear()
-        return evaluate(task, model, cfg, out_dir, **opts)
-    return evaluate(task, _MODELS.get(model, cfg), cfg, out_dir, **opts)
+        return evaluate(task, model, cfg, out_dir, overwrite=True, **opts)
+    return evaluate(task, _MODELS.get(model, cfg), cfg, out_dir, overwrite=True, **opts)
 
 
 def _samples(model: str, cfg: Config, prompts: list[str]) -> list[str]:
@@ -193,14 +210,63 @@ def data_dir(grid_dir: Path, lang: str) -> Path:
     return Path(grid_dir) / "data" / lang
 
 
-def _file_digest(path: Path) -> dict:
-    import hashlib
-
+def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return {"path": str(path), "sha256": h.hexdigest()}
+    return h.hexdigest()
+
+
+def _file_digest(path: Path) -> dict:
+    """``{"path", "sha256"}`` of a file's content; of a directory, the SHA-256 over the relative
+    names and content digests of all its files (sorted; hidden ones such as ``.git/`` or
+    ``.cache/`` left out), so any edit, addition or removal shows; a missing path is
+    ``{"path", "missing": True}`` (the stage itself then says what is wrong)."""
+    path = Path(path)
+    if path.is_file():
+        return {"path": str(path), "sha256": _sha256_file(path)}
+    if path.is_dir():
+        h = hashlib.sha256()
+        files = sorted(f for f in path.rglob("*") if f.is_file()
+                       and not any(part.startswith(".") for part in f.relative_to(path).parts))
+        for f in files:
+            h.update(f.relative_to(path).as_posix().encode("utf-8") + b"\0")
+            h.update(_sha256_file(f).encode("ascii") + b"\n")
+        return {"path": str(path), "sha256": h.hexdigest(), "files": len(files)}
+    return {"path": str(path), "missing": True}
+
+
+def model_identity(spec: str) -> dict | None:
+    """What identifies a local model directory beyond its spec: the names, sizes and modification
+    times of its weight files (as :func:`clo.train.reference.model_identity`; no hashing of
+    billions of weights). None for a hub id or an offline model name, which the spec names."""
+    from clo.models import OFFLINE_MODELS
+
+    if spec in OFFLINE_MODELS or not Path(spec).expanduser().is_dir():
+        return None
+    from clo.train.reference import model_identity as identity
+
+    return identity(spec)
+
+
+def _data_inputs(lang: str, cfg: Config) -> dict:
+    """The data build's fingerprinted inputs: the data config, the content of the file or
+    directory ``data.path`` names, and the translation model's identity when it is a directory.
+    (Keys are added only when they apply, so a hub-sourced build keeps its fingerprint.)"""
+    inputs: dict = {"lang": lang, "data": cfg.data.model_dump(mode="json")}
+    if cfg.data.path:
+        inputs["source"] = _file_digest(Path(cfg.data.path))
+    translator = model_identity(cfg.data.translator.model)
+    if translator is not None:
+        inputs["translator_model"] = translator
+    return inputs
+
+
+def _model_inputs(spec: str) -> dict:
+    """``{"model": spec}``, plus ``model_identity`` for a local directory."""
+    ident = model_identity(spec)
+    return {"model": spec} if ident is None else {"model": spec, "model_identity": ident}
 
 
 def plan(grid: GridConfig, runs: list[RunSpec] | None = None) -> dict:
@@ -290,9 +356,12 @@ def run_grid(
                        if j.task == "alpacaeval" and _job_applies(grid, r, j)}))
     bar = tqdm(total=n_stages, desc=f"grid {grid.name}", unit="stage", disable=not progress)
 
-    def stage(name: str, marker: Path, inputs: Any, fn: Callable[[], Any]) -> tuple[Any, str]:
+    def stage(name: str, marker: Path, inputs: Any, fn: Callable[[], Any], clear: tuple[Path, ...] = (),
+              keep: tuple[str, ...] = (), ignore: tuple[str, ...] = ()) -> tuple[Any, str]:
+        """Run one stage; ``clear``: its outputs, removed when its inputs changed; ``ignore``: input
+        keys that do not change its results (see :func:`clo.experiments.stages.run_stage`)."""
         bar.set_postfix_str(name, refresh=True)
-        out, fp, ran = run_stage(name, marker, inputs, fn)
+        out, fp, ran = run_stage(name, marker, inputs, fn, clear=clear, keep=keep, ignore=ignore)
         (result.ran if ran else result.skipped).append(name)
         bar.update(1)
         return out, fp
@@ -316,10 +385,10 @@ def run_grid(
             inputs = {"lang": lang, "data": cfg.data.model_dump(mode="json"), "prebuilt": _file_digest(src)}
             fn = lambda src=src, cfg=cfg, ddir=ddir: stages.prebuilt(src, cfg, ddir)
         else:
-            inputs = {"lang": lang, "data": cfg.data.model_dump(mode="json")}
+            inputs = _data_inputs(lang, cfg)
             fn = lambda cfg=cfg, ddir=ddir: stages.build_data(cfg, ddir)
         try:
-            out, fp = stage(f"data/{lang}", marker_path(ddir, "data"), inputs, fn)
+            out, fp = stage(f"data/{lang}", marker_path(ddir, "data"), inputs, fn, clear=(ddir,), keep=DATA_KEEP)
             data[lang] = (out, fp)
         except Exception as e:  # noqa: BLE001 - recorded, the other languages go on
             fail(f"data/{lang}", None, e)
@@ -337,7 +406,7 @@ def run_grid(
         with _RunLog(rdir / "log.txt"):
             try:
                 if run.method is None:
-                    model, model_fp = run.model_spec, fingerprint({"model": run.model_spec})
+                    model, model_fp = run.model_spec, fingerprint(_model_inputs(run.model_spec))
                 else:
                     dres, dfp = data[run.lang]
                     ddir = data_dir(grid_dir, run.lang)
@@ -355,12 +424,13 @@ def run_grid(
                             f"{train_path}: no training subset of size {run.size} (the dataset has "
                             f"{n_train if n_train is not None else '?'} training records)"
                         )
-                    inputs = {"model": run.model_spec, "lang": run.lang, "size": run.size, "data": dfp,
+                    inputs = {**_model_inputs(run.model_spec), "lang": run.lang, "size": run.size, "data": dfp,
                               "train": run.config.train.model_dump(mode="json")}
                     out, model_fp = stage(
                         f"train/{run.run_id}", marker_path(rdir, "train"), inputs,
                         lambda run=run, tp=train_path, ddir=ddir, rdir=rdir: stages.train(
                             run.config, tp, ddir / "validation.jsonl", rdir / "train"),
+                        clear=(rdir / "train",), ignore=_train_ignore(),
                     )
                     model = out["checkpoint"]
                 trained[run.run_id] = (model, model_fp)
@@ -370,7 +440,8 @@ def run_grid(
                     stage(f"samples/{run.run_id}", marker_path(rdir, "samples"),
                           {"model": model_fp, "prompts": grid.samples, "max_new_tokens": run.config.eval.max_new_tokens},
                           lambda run=run, model=model, rdir=rdir: _write_samples(
-                              rdir, grid.samples, stages.samples(model, run.config, grid.samples)))
+                              rdir, grid.samples, stages.samples(model, run.config, grid.samples)),
+                          clear=(rdir / "samples.json",))
                 (rdir / "failed.json").unlink(missing_ok=True)
             except Exception as e:  # noqa: BLE001 - recorded in failed.json, the grid goes on
                 fail(run.run_id, rdir, e)
@@ -390,11 +461,17 @@ def run_grid(
                 grid_dir / "alpacaeval" / f"instructions_{key[0]}_{fingerprint(key[1])}.json")
             inputs = {"lang": key[0], "translator": cfg.data.translator.model_dump(mode="json"),
                       "instructions_file": key[1], "data_dir": cfg.eval.data_dir}
+            if key[1] is not None and Path(key[1]).is_file():
+                inputs["instructions_file_digest"] = _file_digest(Path(key[1]))["sha256"]
+            translator = model_identity(cfg.data.translator.model)
+            if translator is not None:
+                inputs["translator_model"] = translator
             bar.total += 1
             try:
                 _, fp = stage(f"instructions/{path.stem}", path.with_suffix(".done.json"), inputs,
                               lambda cfg=cfg, key=key, path=path: stages.translate_instructions(
-                                  cfg, key[0], path, key[1]))
+                                  cfg, key[0], path, key[1]),
+                              clear=(path,))  # not its .sqlite: translations are keyed by translator and text
                 translated[key] = (str(path), fp)
             except Exception as e:  # noqa: BLE001 - the runs of this language report the gap
                 fail(f"instructions/{key[0]}", None, e)
@@ -420,7 +497,8 @@ def run_grid(
                   "eval": base_run.config.eval.model_dump(mode="json", exclude={"judge"}), **textra}
         try:
             _, fp = stage(f"baseline-outputs/{base_run.run_id}/{key}", marker_path(bdir, key), inputs,
-                          lambda: stages.evaluate("alpacaeval-outputs", b_model, base_run.config, bdir / key, opts))
+                          lambda: stages.evaluate("alpacaeval-outputs", b_model, base_run.config, bdir / key, opts),
+                          clear=(bdir / key,), ignore=_eval_ignore())
         except Exception as e:
             # Every later comparison with this baseline reports the failure without retrying it.
             base_failed[(base_run.run_id, key)] = f"{type(e).__name__}: {e}"
@@ -468,7 +546,7 @@ def run_grid(
         inputs = {"evals": sorted(f"{k[0]}:{k[1]}:{v[0]}" for k, v in eval_fps.items()),
                   "failures": sorted(result.failures), "plan": fingerprint(the_plan)}
         result.report, _ = stage("report", marker_path(grid_dir / "report", "report"), inputs,
-                                 lambda: stages.report(grid_dir))
+                                 lambda: stages.report(grid_dir), clear=(grid_dir / "report",))
     except Exception as e:  # noqa: BLE001
         fail("report", None, e)
     bar.close()
@@ -495,8 +573,30 @@ def _eval_job(grid, run, job, model, model_fp, rdir, stages, stage, eval_fps, op
     inputs = {"model": model_fp, "task": job.task, "lang": lang, "opts": _with_file_digests(job.opts),
               "eval": run.config.eval.model_dump(mode="json"), **(extra or {})}
     _, fp = stage(f"eval/{run.run_id}/{key}", marker_path(rdir / "eval", key), inputs,
-                  lambda: stages.evaluate(job.task, model, run.config, out_dir, all_opts))
+                  lambda: stages.evaluate(job.task, model, run.config, out_dir, all_opts), clear=(out_dir,),
+                  ignore=_eval_ignore())
     eval_fps[(run.run_id, key)] = (fp, out_dir)
+
+
+def _train_ignore() -> tuple[str, ...]:
+    """Training settings that change how a run computes, not what (the trainer resumes a run with
+    other values of them): changing one neither clears nor reruns a training."""
+    from clo.train.trainer import OPERATIONAL_KEYS
+
+    return tuple(f"train.{k}" for k in OPERATIONAL_KEYS)
+
+
+def _eval_ignore() -> tuple[str, ...]:
+    """Evaluation settings that change no result: the batch sizes and vLLM's resource settings
+    (those :mod:`clo.eval.core` leaves out of its item cache's fingerprint, but for ``limit``,
+    which changes the number of items), and ``eval.tasks`` (the grid's jobs say what runs)."""
+    from clo.eval.core import _NOT_IN_FINGERPRINT
+
+    def flat(tree: dict, prefix: str) -> list[str]:
+        return [k for name, v in tree.items()
+                for k in (flat(v, f"{prefix}{name}.") if isinstance(v, dict) else [f"{prefix}{name}"])]
+
+    return (*(k for k in flat(_NOT_IN_FINGERPRINT, "eval.") if k != "eval.limit"), "opts.batch_size")
 
 
 def _with_file_digests(opts: dict) -> dict:

@@ -24,25 +24,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trainable", help="attention (default), full, lora, or a regular expression")
     parser.add_argument("--live-reference", action="store_true",
                         help="keep a reference model in memory instead of precomputed log-probs")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in an output directory that holds a run of another configuration")
 
 
 def main(args: argparse.Namespace) -> int:
+    """Errors of the user's making (config, dataset, model spec) propagate to
+    :func:`clo.cli.main`, which prints them as one line and exits 2; a diverged run exits 3."""
     from clo.config import load_config
     from clo.train.trainer import TrainingDiverged, train
 
     overrides = list(args.overrides)
-    if args.method:
+    if args.method is not None:
         overrides.append(f"train.method={args.method}")
-    if args.nll_langs:
+    if args.nll_langs is not None:
         overrides.append(f"train.nll_langs=[{args.nll_langs}]")
-    if args.trainable:
+    if args.trainable is not None:
         overrides.append(f"train.trainable={json.dumps(args.trainable)}")
     if args.live_reference:
         overrides.append("train.live_reference=true")
     cfg = load_config(args.config, overrides)
-    output = args.output or Path(cfg.output_dir)
+    for what, path in (("--data", args.data), ("--val", args.val)):
+        if path is not None and not path.is_file():
+            raise FileNotFoundError(f"{what} {path}: no such dataset file")
+    output = args.output if args.output is not None else Path(cfg.output_dir)
     try:
-        result = train(cfg, args.data, args.val, output)
+        result = train(cfg, args.data, args.val, output, overwrite=args.overwrite)
     except TrainingDiverged as e:
         print(f"clo train: {e}", file=sys.stderr)
         return 3

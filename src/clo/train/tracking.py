@@ -16,14 +16,19 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+class LogFileError(ValueError):
+    """A ``log.jsonl`` line other than the last that is not a JSON object: names file and line."""
+
+
 class JsonLog:
     def __init__(self, output_dir: Path, resume_step: int = 0):
         self.path = Path(output_dir) / "log.jsonl"
         if self.path.exists():
             # Entries written after the checkpoint we resume from are replayed by the resumed run.
-            kept = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
+            kept = [ln for ln in read_log(self.path) if ln[1].get("step", 0) <= resume_step]
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_bytes(b"".join(raw + b"\n" for raw, _ in kept))
+            tmp.replace(self.path)
         self._f = self.path.open("a", encoding="utf-8")
 
     def log(self, record: dict, step: int) -> None:
@@ -32,6 +37,26 @@ class JsonLog:
 
     def close(self) -> None:
         self._f.close()
+
+
+def read_log(path: Path) -> list[tuple[bytes, dict]]:
+    """``(raw line, entry)`` of every entry of a ``log.jsonl``. A torn last line (a run killed
+    mid-write) is dropped with a warning; any other line that is not a JSON object is a
+    :class:`LogFileError` naming the file and line, since the entries after it are real."""
+    lines = [(n, raw) for n, raw in enumerate(Path(path).read_bytes().split(b"\n"), 1) if raw.strip()]
+    out = []
+    for k, (n, raw) in enumerate(lines):
+        try:
+            obj = json.loads(raw)
+        except ValueError:  # malformed JSON, or bytes cut inside a UTF-8 character
+            obj = None
+        if isinstance(obj, dict):
+            out.append((raw, obj))
+        elif k == len(lines) - 1:
+            log.warning("%s:%d: torn last line dropped (a run killed mid-write)", path, n)
+        else:
+            raise LogFileError(f"{path}:{n}: not a JSON object; fix or delete the line to resume")
+    return out
 
 
 class TensorBoardLog:
