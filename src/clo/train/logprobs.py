@@ -338,7 +338,7 @@ def check_packing(score_fn, seqs: list[tuple[list[int], list[int]]], row_capacit
     packed = score_fn(pack_sequences(seqs, row_capacity, pad_id).to(device)).float()
     padded = score_fn(pad_sequences(seqs, pad_id).to(device)).float()
     n = torch.tensor([len(r) for _, r in seqs], dtype=torch.float32, device=packed.device)
-    diff = float(((packed - padded).abs() / n).max())
+    diff = float(((packed - padded).detach().abs() / n).max())
     tol = PACKING_TOLERANCE.get(dtype, 2e-2)
     if not diff <= tol:
         raise PackingError(
