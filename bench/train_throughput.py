@@ -55,8 +55,9 @@ def run_ours(a) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     sys.path.insert(0, str(REPO / "src"))
-    from clo.train.logprobs import pack_sequences, packed_sequence_logps
+    from clo.train.logprobs import pack_sequences, packed_sequence_logps, packing_layout
     from clo.train.losses import KEYS, clo_loss
+    from clo.train.precision import compute_context, upcast_trainable
 
     anchor = _load_anchor(Path(a.anchor))
     cuda = torch.cuda.is_available()
@@ -84,14 +85,20 @@ def run_ours(a) -> dict:
         model = LlamaForCausalLM(cfg).to(dtype)
     for name, prm in model.named_parameters():
         prm.requires_grad = any(k in name for k in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    # The trainer's precision: trainable tensors (and AdamW's state) in fp32, matmuls in `dtype`.
+    master = torch.float32 if a.master_weights == "float32" else None
+    upcast_trainable(model, master)
     if a.grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    flat = getattr(model.config, "_attn_implementation", "") in ("flash_attention_2", "flash_attention_3",
-                                                                "flex_attention")
+    layout, varlen = packing_layout(model)
 
     def pack(seqs):
-        cap = None if flat else max(len(x) + len(y) for x, y in seqs)
+        cap = None if layout == "one_row" else max(len(x) + len(y) for x, y in seqs)
         return pack_sequences(seqs, cap, tok.pad_token_id).to(device)
+
+    def logps(batch):
+        with compute_context(torch.device(device), dtype, master, sharded=False):
+            return packed_sequence_logps(model, batch, varlen=varlen)
 
     def sync():
         if cuda:
@@ -101,14 +108,14 @@ def run_ours(a) -> dict:
     # first: TRL's timed steps come after warm-up steps too.
     model.eval()
     with torch.no_grad():
-        packed_sequence_logps(model, pack([quads[0][k] for k in KEYS]))
+        logps(pack([quads[0][k] for k in KEYS]))
     sync()
     t0 = time.perf_counter()
     ref = torch.empty(len(quads), 4)
     with torch.no_grad():
         for s in range(0, len(quads), a.ref_batch):
             chunk = quads[s : s + a.ref_batch]
-            sums, _ = packed_sequence_logps(model, pack([q[k] for q in chunk for k in KEYS]))
+            sums, _ = logps(pack([q[k] for q in chunk for k in KEYS]))
             ref[s : s + len(chunk)] = sums.view(len(chunk), 4).float().cpu()
     sync()
     ref_s = time.perf_counter() - t0
@@ -120,7 +127,7 @@ def run_ours(a) -> dict:
         seqs = [q[k] for q in batch for k in KEYS]
         sync()
         t0 = time.perf_counter()
-        sums, counts = packed_sequence_logps(model, pack(seqs))
+        sums, counts = logps(pack(seqs))
         sums, counts = sums.view(len(batch), 4), counts.view(len(batch), 4)
         r = ref[step * a.pairs_per_step : (step + 1) * a.pairs_per_step].to(device)
         nll = -sums[:, 2].sum() / counts[:, 2].sum()
@@ -180,6 +187,8 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=0.5)
     ap.add_argument("--ref-batch", type=int, default=8, help="examples per reference-pass batch")
     ap.add_argument("--grad-ckpt", action="store_true")
+    ap.add_argument("--master-weights", choices=["float32", "none"], default="float32",
+                    help="as train.master_weights: fp32 trainable tensors (default) or all in the compute dtype")
     ap.add_argument("--attn", default=None, help="attention implementation for ours (e.g. flash_attention_2)")
     ap.add_argument("--modes", default="ours,trl-clo,trl-sft")
     ap.add_argument("--threads", type=int, default=None,
@@ -218,7 +227,7 @@ def main() -> int:
         import torch
 
         meta = {"threads": os.environ.get("OMP_NUM_THREADS"), "config": a.config, "scale": a.scale, "pairs_per_step": a.pairs_per_step, "steps": a.steps,
-                    "warmup": a.warmup, "grad_ckpt": a.grad_ckpt, "torch": torch.__version__,
+                    "warmup": a.warmup, "grad_ckpt": a.grad_ckpt, "master_weights": a.master_weights, "torch": torch.__version__,
                     "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
         Path(a.out + ".json").write_text(json.dumps({"meta": meta, "results": results, "summary": summary}, indent=1))
         rows = ["| mode | examples/s | tokens/s | step s (median) | peak GiB |", "|---|---|---|---|---|"]

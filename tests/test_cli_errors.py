@@ -205,12 +205,11 @@ def test_train_non_utf8_data_is_one_error_line(work, tmp_path, capsys):
     assert "UTF-8" in _error(capsys, "train")
 
 
-@pytest.mark.xfail(strict=True, reason="clo.data.records.iter_jsonl does not yet name file and line of bad UTF-8")
 def test_train_non_utf8_data_names_file_and_line(work, tmp_path, capsys):
     bad = tmp_path / "latin1.jsonl"
     bad.write_bytes((json.dumps(REC) + "\n").encode() + b'{"id": "\xfc"}\n')
     assert _train(work, bad, tmp_path / "r") == 2
-    assert _error(capsys, "train").startswith(f"{bad}:2:")
+    assert _error(capsys, "train") == f"{bad}:2: not valid UTF-8 (byte 0xfc at column 9); save the file as UTF-8"
 
 
 def test_torn_last_line_of_the_training_log_is_dropped(tmp_path, caplog):
@@ -253,6 +252,13 @@ def test_model_spec_resolution(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"")
     with pytest.raises(ModelLoadError, match="is a file, not a model directory"):
         resolve(str(tmp_path / "weights.bin"))
+
+
+def test_non_utf8_config_names_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "c.yaml"
+    bad.write_bytes(b"lang: de\n# caf\xe9\n")
+    assert main(["eval", "fidelity", "--config", str(bad)]) == 2
+    assert _error(capsys, "eval") == f"{bad}:2: not valid UTF-8 (byte 0xe9 at column 6); save the file as UTF-8"
 
 
 def test_eval_flag_of_another_task(capsys):

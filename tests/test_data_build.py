@@ -17,8 +17,8 @@ from clo.data.views import make_view
 
 # A deterministic stand-in translator that writes real German (so the language check passes):
 # each segment becomes German pool sentences chosen by a hash of the segment, about as long as
-# the source. "FAILME" segments come back in English, to exercise the rejects. An optional
-# delay per batch lets a test kill a build midway.
+# the source. "FAILME" segments come back in English and "ECHOME" segments unchanged, to exercise
+# the rejects. An optional delay per batch lets a test kill a build midway.
 FAKE = textwrap.dedent('''
     import hashlib, os, time
     from clo.data import translate as T
@@ -39,6 +39,9 @@ FAKE = textwrap.dedent('''
             out = []
             for t in texts:
                 if "FAILME" in t:
+                    out.append("Sorry, I cannot translate: " + t)
+                    continue
+                if "ECHOME" in t:
                     out.append(t)
                     continue
                 i = int(hashlib.sha256(t.encode()).hexdigest(), 16) % len(POOL)
@@ -96,14 +99,16 @@ def test_build_writes_records_rejects_splits_subsets(fake, tmp_path):
     src = _alpaca(tmp_path / "a.json", 20, extra=[
         {"instruction": "FAILME please", "input": "", "output": "An answer that is long enough to be checked."},
         {"instruction": "An instruction with no answer.", "input": "", "output": "  "},
+        {"instruction": "Say this: ECHOME back to me", "input": "", "output": "An answer that is long enough."},
     ])
     out = tmp_path / "out"
     s = build_dataset(_cfg(src), out, progress=False)
-    assert (s["records_in"], s["records_out"], s["rejects"]) == (22, 20, 2)
-    assert s["rejects_by_reason"] == {"empty_y_en": 1, "lang_x_tgt": 1}
+    assert (s["records_in"], s["records_out"], s["rejects"]) == (23, 20, 3)
+    assert s["rejects_by_reason"] == {"empty_y_en": 1, "lang_x_tgt": 1, "segment_echo_x_tgt": 1}
     assert (s["train"], s["validation"]) == (18, 2)
+    assert (s["translation"]["failed"], s["translation"]["failures"]) == (1, {"echo": 1})
     train, val = read_records(out / "train.jsonl"), read_records(out / "validation.jsonl")
-    accepted_ids = [f"alpaca-{i}" for i in range(22) if i not in (3, 4)]
+    accepted_ids = [f"alpaca-{i}" for i in range(23) if i not in (3, 4, 5)]
     val_idx = split_indices(20, 0.1, 3)
     assert [r.id for r in val] == [accepted_ids[i] for i in val_idx]
     assert [r.id for r in train] == [x for i, x in enumerate(accepted_ids) if i not in val_idx]
@@ -116,9 +121,18 @@ def test_build_writes_records_rejects_splits_subsets(fake, tmp_path):
     for k in (5, 10, 18):
         assert [x.id for x in read_records(out / "subsets" / f"train_{k}.jsonl")] == [x.id for x in train[:k]]
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
-    assert [(x["id"], x["reasons"]) for x in rejects] == [("alpaca-4", ["empty_y_en"]), ("alpaca-3", ["lang_x_tgt"])]
+    assert [(x["id"], x["reasons"]) for x in rejects] == [
+        ("alpaca-4", ["empty_y_en"]), ("alpaca-3", ["lang_x_tgt"]), ("alpaca-5", ["segment_echo_x_tgt"])]
+    echoed = rejects[2]
+    assert echoed["failures"] == [{"field": "x_tgt", "segment": "Say this: ECHOME back to me", "reason": "echo",
+                                   "detail": "fake-de returned the segment unchanged"}]
+    assert echoed["record"]["x_tgt"] is None and echoed["record"]["y_tgt"]
+    # The echo was not cached: the next build asks for it again.
+    with sqlite3.connect(out / "translations.sqlite") as c:
+        assert c.execute("SELECT COUNT(*) FROM translations WHERE source LIKE '%ECHOME%'").fetchone()[0] == 0
+    assert "| failed segments | 1 |" in (out / "summary.md").read_text()
     assert json.loads((out / "summary.json").read_text())["rejects_by_reason"] == s["rejects_by_reason"]
-    assert "| rejects | 2 |" in (out / "summary.md").read_text()
+    assert "| rejects | 3 |" in (out / "summary.md").read_text()
 
 
 def test_build_is_deterministic_and_parquet_matches_jsonl(fake, tmp_path):
@@ -228,3 +242,61 @@ def test_cli_build_and_view(fake, tmp_path, capsys):
     rc = main(["data", "view", str(tmp_path / "bad.jsonl"), "--view", "sft", "--out", str(tmp_path / "v.jsonl")])
     assert rc == 2
     assert "bad.jsonl:1: field 'x_en' missing field" in capsys.readouterr().err
+
+
+def _errors(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("clo data build:")]
+
+
+def test_cli_empty_source_is_an_error(fake, tmp_path, capsys):
+    from clo.cli import main
+
+    for content, says in (("[]", "no alpaca examples"), ("", "empty file (0 bytes)")):
+        src = tmp_path / "empty.json"
+        src.write_text(content)
+        rc = main(["data", "build", "--source", "alpaca", "--path", str(src), "--lang", "de", "--translator",
+                   "fake-de", "--out", str(tmp_path / "out"), "--no-progress"])
+        assert rc == 2
+        (line,) = _errors(capsys.readouterr().err)
+        assert line.startswith(f"clo data build: {src}: ") and says in line, line
+    # Examples exist, but none is short enough.
+    src = _alpaca(tmp_path / "a.json", 3)
+    rc = main(["data", "build", "--source", "alpaca", "--path", str(src), "--translator", "fake-de",
+               "--out", str(tmp_path / "out"), "--no-progress", "--set", "data.max_chars=10"])
+    assert rc == 2
+    (line,) = _errors(capsys.readouterr().err)
+    assert f"{src}: no alpaca examples with len(x_en) + len(y_en) <= 10" in line
+
+
+def test_cli_build_where_nothing_passes_is_an_error(tmp_path, capsys):
+    from clo.cli import main
+
+    # The identity translator leaves everything English: every record fails the language check.
+    src = _alpaca(tmp_path / "a.json", 4)
+    out = tmp_path / "out"
+    rc = main(["data", "build", "--source", "alpaca", "--path", str(src), "--lang", "de", "--translator", "identity",
+               "--out", str(out), "--no-progress"])
+    assert rc == 2
+    (line,) = _errors(capsys.readouterr().err)
+    assert line == (f"clo data build: {out / 'train.jsonl'}: no record passed (4 read, 4 rejected: lang_x_tgt 4, "
+                    f"lang_y_tgt 4); see {out / 'rejects.jsonl'}")
+    assert (out / "train.jsonl").read_text() == ""
+    assert json.loads((out / "summary.json").read_text())["records_out"] == 0
+
+
+def test_cli_damaged_cache_names_the_fix(fake, tmp_path, capsys):
+    from clo.cli import main
+
+    src = _alpaca(tmp_path / "a.json", 4)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "translations.sqlite").write_bytes(b"SQLite format 3\x00" + b"\xab" * 8000)
+    args = ["data", "build", "--source", "alpaca", "--path", str(src), "--lang", "de", "--translator", "fake-de",
+            "--out", str(out), "--no-progress", "--set", "data.subsets=[2]"]
+    assert main(args) == 2
+    (line,) = _errors(capsys.readouterr().err)
+    assert f"{out / 'translations.sqlite'}: not a usable translation cache" in line and "--rebuild-cache" in line
+    assert main([*args, "--rebuild-cache"]) == 0
+    assert "| English examples read | 4 |" in capsys.readouterr().out
+    (aside,) = out.glob("translations.sqlite.broken-*")
+    assert aside.read_bytes().startswith(b"SQLite format 3\x00\xab")  # kept for inspection

@@ -261,7 +261,8 @@ def test_switching_backend_does_not_reuse_cached_answers(mt, tmp_path, monkeypat
     first = (tmp_path / "fidelity-de.cache.jsonl").read_text().splitlines()[0]
     evaluate("fidelity", mt, load_config(None, [*base, "eval.vllm.chunk_size=7"]), tmp_path, prompts=PROMPTS[:2])
     assert (tmp_path / "fidelity-de.cache.jsonl").read_text().splitlines()[0] == first  # no effect on results
-    evaluate("fidelity", mt, load_config(None, [*base, "eval.backend=vllm"]), tmp_path, prompts=PROMPTS[:2])
+    evaluate("fidelity", mt, load_config(None, [*base, "eval.backend=vllm"]), tmp_path, prompts=PROMPTS[:2],
+             overwrite=True)
     assert (tmp_path / "fidelity-de.cache.jsonl").read_text().splitlines()[0] != first
 
 

@@ -8,7 +8,20 @@
   ``k`` below the training-set size, plus the whole training set as ``train_<len>`` when a
   configured size reaches it (so 200 ⊂ 400 ⊂ ... ⊂ all, nested by construction);
 - ``rejects.jsonl``: every record that failed, with its reasons (nothing is dropped silently);
-- ``summary.json`` and ``summary.md``: counts, rejects by reason, cache hits, time.
+  a record with a failed segment (:class:`~clo.data.translate.SegmentFailure`) is rejected with
+  reasons ``segment_<kind>_<field>`` and the failed segments under ``failures``, never written
+  half translated;
+- ``summary.json`` and ``summary.md``: counts, rejects by reason, cache hits, requests, retries,
+  failed segments, tokens used, time, and the build's ``fingerprint``;
+- ``build.json``: the fingerprint of everything that makes the build (:func:`build_inputs`: the
+  data config with the translator's, the language, the source file's or directory's content
+  digest, the translation model directory's identity, the translation prompt version). A
+  directory holding the outputs of other inputs is refused with :class:`BuildMismatch` naming the
+  differing keys, unless ``overwrite`` (its outputs are removed first; the translation cache,
+  keyed by translator and text, is kept).
+
+A build that reads no example, or where no record passes, writes its files and then raises
+:class:`BuildError` (``clo data build`` exits non-zero): an empty training set is never a success.
 
 Order and split are deterministic: records keep the source order (oasst1: order of ranking);
 the validation records are a seeded random sample (``data.seed``) of ``round(val_fraction * n)``
@@ -19,19 +32,158 @@ the files come out byte-identical.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
 
+from clo.data.cache import set_aside
 from clo.data.checks import check_record
 from clo.data.records import CrossLingualRecord, write_records
 from clo.data.sources import SourceExample, load_source
-from clo.data.translate import TranslationStats, make_translator, translate_texts
+from clo.data.translate import PROMPT_VERSION, Translated, TranslationStats, make_translator, translate_all
 
 log = logging.getLogger(__name__)
+
+
+class BuildError(ValueError):
+    """A build that produced nothing to train on; the message names the file."""
+
+
+class BuildMismatch(ValueError):
+    """The output directory holds a build of other inputs; the message names the differing keys."""
+
+
+# Settings that change how a build runs, not what it makes: a build resumes with other values of
+# them (a smaller batch after running out of memory, another cache file, more retries). The
+# translation cache is keyed without them too, so a cached segment is served whatever they are.
+OPERATIONAL_KEYS = ("cache", "translator.batch_tokens", "translator.batch_size", "translator.concurrency",
+                    "translator.max_retries", "translator.timeout", "translator.api_key_env", "translator.device")
+RECORD = "build.json"
+# What a build writes (both formats), removed before a build of other inputs; nothing else in
+# the directory is touched (the translation cache least of all).
+_OUTPUTS = ("train.jsonl", "train.parquet", "validation.jsonl", "validation.parquet", "rejects.jsonl",
+            "summary.json", "summary.md", "subsets")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def content_digest(path: Path) -> dict:
+    """``{"sha256"}`` of a file's content; of a directory, the SHA-256 over the relative names and
+    content digests of all its files (sorted; hidden ones left out) and their number; a missing
+    path is ``{"missing": True}`` (reading the source then says what is wrong). The same digest
+    as the grid's (:func:`clo.experiments.grid._file_digest`), without the path: a moved source
+    is the same source."""
+    path = Path(path)
+    if path.is_file():
+        return {"sha256": _sha256_file(path)}
+    if path.is_dir():
+        h = hashlib.sha256()
+        files = sorted(f for f in path.rglob("*") if f.is_file()
+                       and not any(part.startswith(".") for part in f.relative_to(path).parts))
+        for f in files:
+            h.update(f.relative_to(path).as_posix().encode("utf-8") + b"\0")
+            h.update(_sha256_file(f).encode("ascii") + b"\n")
+        return {"sha256": h.hexdigest(), "files": len(files)}
+    return {"missing": True}
+
+
+def _without(tree: dict, dotted: tuple[str, ...]) -> dict:
+    out = json.loads(json.dumps(tree))
+    for key in dotted:
+        *parents, last = key.split(".")
+        node = out
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(last, None)
+    return out
+
+
+def build_inputs(cfg) -> dict:
+    """What a build's outputs depend on: the data config (but for :data:`OPERATIONAL_KEYS`, and
+    ``path``, which the source's content digest stands for), the language, the source's content,
+    the translation model directory's identity and the translation prompt version."""
+    d = cfg.data
+    inputs: dict = {"lang": cfg.lang, "data": _without(d.model_dump(mode="json"), OPERATIONAL_KEYS),
+                    "prompt_version": PROMPT_VERSION}
+    if d.path:
+        inputs["data"].pop("path")
+        inputs["source"] = content_digest(Path(d.path))
+    model_dir = Path(d.translator.model).expanduser()
+    if model_dir.is_dir():
+        from clo.train.reference import model_identity
+
+        inputs["translator_model"] = model_identity(str(model_dir))
+    return json.loads(json.dumps(inputs))  # as stored: tuples become lists
+
+
+def fingerprint(inputs: dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+
+
+def _flat(obj, prefix=""):
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def differing_keys(old: dict, new: dict) -> list[str]:
+    """The dotted keys whose values differ between two input trees."""
+    a, b = _flat(old), _flat(new)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def claim_directory(out_dir: Path, inputs: dict, overwrite: bool = False) -> str:
+    """Make ``out_dir`` the build of ``inputs`` and return their fingerprint. A directory holding
+    the outputs of other inputs (or outputs without a ``build.json``) raises :class:`BuildMismatch`
+    naming the differing keys, unless ``overwrite``: then those outputs are removed. A directory
+    with no outputs yet (a build that failed or was killed before writing them) is taken over."""
+    out_dir = Path(out_dir)
+    fp = fingerprint(inputs)
+    record = out_dir / RECORD
+    old = None
+    if record.is_file():
+        try:
+            old = json.loads(record.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            old = None
+    if old is not None and old.get("fingerprint") == fp:
+        return fp
+    present = [out_dir / n for n in _OUTPUTS if (out_dir / n).exists()]
+    if present:
+        if isinstance(old, dict) and isinstance(old.get("inputs"), dict):
+            keys = differing_keys(old["inputs"], inputs) or ["(fingerprint)"]
+        else:
+            keys = [f"(no readable {RECORD}: made by an older clo)"]
+        if not overwrite:
+            raise BuildMismatch(f"{out_dir} holds a build of another configuration (differing: {', '.join(keys)}); "
+                                f"pass --overwrite to start over there, or choose another output directory")
+        log.warning("%s: a build of another configuration (differing: %s); starting over (the translation "
+                    "cache is kept)", out_dir, ", ".join(keys))
+        for p in present:
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(RECORD + ".tmp")
+    tmp.write_text(json.dumps({"fingerprint": fp, "inputs": inputs}, indent=1, ensure_ascii=False) + "\n",
+                   encoding="utf-8")
+    tmp.replace(record)
+    return fp
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> list[int]:
@@ -51,16 +203,37 @@ def subset_sizes(requested: list[int], n_train: int) -> list[int]:
     return sizes
 
 
-def _records_from(examples: list[SourceExample], x_tgt: list[str], y_tgt: list[str], cfg, fingerprint: str):
-    accepted, rejected = [], []
-    for ex, xt, yt in zip(examples, x_tgt, y_tgt):
-        checks = check_record(ex.x_en, ex.y_en, xt, yt, cfg.lang, cfg.data.checks)
-        rec = CrossLingualRecord(
-            id=ex.id, tgt_lang=cfg.lang, x_en=ex.x_en, y_en=ex.y_en, x_tgt=xt, y_tgt=yt, source=ex.source,
-            meta={"translator": fingerprint, "checks": checks},
-        )
-        (accepted if checks["passed"] else rejected).append(rec)
-    return accepted, rejected
+def _failure_rows(ex: SourceExample, results: dict[str, Translated]) -> tuple[list[str], list[dict]]:
+    """Reasons (``segment_<kind>_<field>``, each once) and details of a record's failed segments."""
+    reasons, rows = [], []
+    for name, res in results.items():
+        for seg, f in res.failures.items():
+            reason = f"segment_{f.kind}_{name}"
+            if reason not in reasons:
+                reasons.append(reason)
+            rows.append({"field": name, "segment": seg, "reason": f.kind, "detail": f.detail})
+    return reasons, rows
+
+
+def _records_from(examples: list[SourceExample], x_res: list[Translated], y_res: list[Translated], cfg,
+                  fingerprint: str) -> tuple[list[CrossLingualRecord], list[dict]]:
+    """(accepted records, reject rows). A record with a failed segment is rejected unchecked:
+    its texts are incomplete, and they are null in the reject row."""
+    accepted, rejects = [], []
+    for ex, xr, yr in zip(examples, x_res, y_res):
+        rec = CrossLingualRecord(id=ex.id, tgt_lang=cfg.lang, x_en=ex.x_en, y_en=ex.y_en, x_tgt=xr.text,
+                                 y_tgt=yr.text, source=ex.source, meta={"translator": fingerprint})
+        reasons, failures = _failure_rows(ex, {"x_tgt": xr, "y_tgt": yr})
+        if failures:
+            rec.meta["checks"] = {"passed": False, "reasons": reasons}
+            rejects.append({"id": ex.id, "reasons": reasons, "failures": failures, "record": rec.to_dict()})
+            continue
+        rec.meta["checks"] = check_record(ex.x_en, ex.y_en, xr.text, yr.text, cfg.lang, cfg.data.checks)
+        if rec.meta["checks"]["passed"]:
+            accepted.append(rec)
+        else:
+            rejects.append({"id": ex.id, "reasons": rec.meta["checks"]["reasons"], "record": rec.to_dict()})
+    return accepted, rejects
 
 
 def _write_jsonl(rows: list[dict], path: Path) -> None:
@@ -69,6 +242,15 @@ def _write_jsonl(rows: list[dict], path: Path) -> None:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     tmp.replace(path)
+
+
+def _request_lines(t: dict) -> list[str]:
+    """Endpoint translators only: requests, retries, tokens used."""
+    if not t["requests"]:
+        return []
+    u = t["usage"]
+    return [f"| requests / retries | {t['requests']} / {t['retries']} |",
+            f"| tokens used (prompt / completion) | {u.get('prompt_tokens', 0)} / {u.get('completion_tokens', 0)} |"]
 
 
 def summary_markdown(s: dict) -> str:
@@ -82,6 +264,10 @@ def summary_markdown(s: dict) -> str:
         f"| translator | `{s['translator']}` |",
         f"| segments (unique) | {s['translation']['segments']} ({s['translation']['unique_segments']}) |",
         f"| cache hits / translated | {s['translation']['cache_hits']} / {s['translation']['translated']} |",
+        f"| failed segments | {s['translation']['failed']} |",
+    ]
+    lines += _request_lines(s["translation"])
+    lines += [
         f"| translation speed | {s['translation']['segments_per_second']} segments/s |",
         f"| time | {s['seconds']} s |", "",
     ]
@@ -94,17 +280,24 @@ def summary_markdown(s: dict) -> str:
     return "\n".join(lines)
 
 
-def build_dataset(cfg, out_dir: Path, *, progress: bool = True) -> dict:
+def build_dataset(cfg, out_dir: Path, *, progress: bool = True, rebuild_cache: bool = False,
+                  overwrite: bool = False) -> dict:
     """Build the dataset of ``cfg.data`` for target language ``cfg.lang`` into ``out_dir``.
 
-    Returns the summary (also written to ``summary.json``).
+    Returns the summary (also written to ``summary.json``). ``rebuild_cache`` moves the
+    translation cache aside first (:func:`clo.data.cache.set_aside`): a damaged one is refused.
+    A directory holding a build of other inputs raises :class:`BuildMismatch` naming the
+    differing keys, unless ``overwrite`` (its outputs are removed, the translation cache kept).
+    Raises :class:`BuildError` after writing the files when no record passes.
     """
     t0 = time.perf_counter()
     d = cfg.data
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    fp = claim_directory(out_dir, build_inputs(cfg), overwrite)
     cache_path = Path(d.cache) if d.cache else out_dir / "translations.sqlite"
     ext = ".parquet" if d.format == "parquet" else ".jsonl"
+    if rebuild_cache:
+        set_aside(cache_path)
 
     examples = load_source(d.source, d.path, d.n, d.max_chars)
     log.info("read %d English examples from %s", len(examples), d.path or d.source)
@@ -120,11 +313,10 @@ def build_dataset(cfg, out_dir: Path, *, progress: bool = True) -> dict:
     stats = TranslationStats()
     try:
         texts = [ex.x_en for ex in usable] + [ex.y_en for ex in usable]
-        out = translate_texts(texts, "en", cfg.lang, translator, cache_path, progress=progress, stats=stats)
+        out = translate_all(texts, "en", cfg.lang, translator, cache_path, progress=progress, stats=stats)
     finally:
         translator.close()
-    x_tgt, y_tgt = out[: len(usable)], out[len(usable):]
-    accepted, rejected = _records_from(usable, x_tgt, y_tgt, cfg, translator.fingerprint())
+    accepted, rejected = _records_from(usable, out[: len(usable)], out[len(usable):], cfg, translator.fingerprint())
 
     val_idx = set(split_indices(len(accepted), d.val_fraction, d.seed))
     train = [r for i, r in enumerate(accepted) if i not in val_idx]
@@ -136,9 +328,7 @@ def build_dataset(cfg, out_dir: Path, *, progress: bool = True) -> dict:
     subsets = {}
     for k in subset_sizes(d.subsets, len(train)):
         subsets[k] = str(write_records(train[:k], out_dir / "subsets" / f"train_{k}{ext}"))
-    reject_rows = source_rejects + [
-        {"id": r.id, "reasons": r.meta["checks"]["reasons"], "record": r.to_dict()} for r in rejected
-    ]
+    reject_rows = source_rejects + rejected
     _write_jsonl(reject_rows, out_dir / "rejects.jsonl")
     files["rejects"] = str(out_dir / "rejects.jsonl")
 
@@ -151,11 +341,19 @@ def build_dataset(cfg, out_dir: Path, *, progress: bool = True) -> dict:
         "rejects_by_reason": dict(sorted(by_reason.items())),
         "subsets": subsets, "files": files, "cache": str(cache_path),
         "translator": translator.fingerprint(), "translation": stats.to_dict(),
-        "seconds": round(time.perf_counter() - t0, 2),
+        "seconds": round(time.perf_counter() - t0, 2), "fingerprint": fp,
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out_dir / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
-    log.info("built %d records (%d train, %d validation), %d rejects %s, %d cache hits, %.1fs",
-             len(accepted), len(train), len(val), len(reject_rows), dict(by_reason), stats.cache_hits,
-             summary["seconds"])
+    log.info("built %d records (%d train, %d validation), %d rejects %s, %d cache hits, %d failed segments, "
+             "%d requests (%d retries), %.1fs", len(accepted), len(train), len(val), len(reject_rows), dict(by_reason),
+             stats.cache_hits, stats.failed, stats.requests, stats.retries, summary["seconds"])
+    if not accepted:
+        raise BuildError(_nothing_passed(files["train"], summary))
     return summary
+
+
+def _nothing_passed(train_file: str, s: dict) -> str:
+    top = ", ".join(f"{k} {v}" for k, v in sorted(s["rejects_by_reason"].items(), key=lambda kv: -kv[1])[:3])
+    return (f"{train_file}: no record passed ({s['records_in']} read, {s['rejects']} rejected: {top}); "
+            f"see {s['files']['rejects']}")

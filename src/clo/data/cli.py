@@ -26,6 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--translator", help="data.translator.kind (seq2seq, causal, openai, identity)")
     b.add_argument("--model", dest="translator_model", help="data.translator.model")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--rebuild-cache", action="store_true",
+                   help="move the translation cache aside (to <cache>.broken-<time>) and start a new one: "
+                        "for a damaged cache; every segment is translated again")
+    b.add_argument("--overwrite", action="store_true",
+                   help="the output directory holds a build of other inputs: remove its outputs and build "
+                        "again (the translation cache is kept); without it such a directory is refused")
     v = sub.add_parser("view", help="export a per-method view (sft, sft-eng, sft-tgt, dpo, clo)")
     v.add_argument("dataset", help="a dataset file (train.jsonl / .parquet)")
     v.add_argument("--view", required=True, help="sft, sft-eng, sft-tgt, dpo or clo")
@@ -64,7 +70,8 @@ def _run(args) -> int:
 
         cfg = load_config(args.config, _overrides(args))
         out = Path(args.out) if args.out else Path(cfg.output_dir) / "data"
-        build_dataset(cfg, out, progress=not args.no_progress)
+        build_dataset(cfg, out, progress=not args.no_progress, rebuild_cache=args.rebuild_cache,
+                      overwrite=args.overwrite)
         print((out / "summary.md").read_text(encoding="utf-8"))
         return 0
     if args.data_command == "view":

@@ -63,10 +63,16 @@ class CrossLingualRecord:
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; a malformed line names file and line."""
+    """(line number, object) for every non-blank line; a malformed line, or one that is not
+    UTF-8, names file and line (and the byte's column)."""
     path = Path(path)
-    with path.open(encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, data in enumerate(f, 1):
+            try:
+                raw = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RecordError(path, lineno, None, f"not valid UTF-8 (byte 0x{data[e.start]:02x} at column "
+                                                      f"{e.start + 1}); save the file as UTF-8") from None
             if not raw.strip():
                 continue
             try:

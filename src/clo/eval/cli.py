@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 HELP = "evaluate a model: belebele, mmmlu, alpacaeval, alpacaeval-outputs, fidelity, confusion"
@@ -30,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline-outputs", help="alpacaeval: baseline outputs (alpaca_eval JSON)")
     parser.add_argument("--instructions-file", help="alpacaeval: instructions (alpaca_eval JSON)")
     parser.add_argument("--translated-file", help="alpacaeval: instructions already in the target language")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="the output's item cache was written by an evaluation of other settings (model, "
+                             "options, data): start it over; without it such a cache is refused")
     add_config_arguments(parser)
 
 
@@ -46,19 +48,23 @@ _OPTIONS = {
 }
 
 
+def _flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
 def main(args: argparse.Namespace) -> int:
-    from clo.config import load_config
+    """Errors of the user's making (config, data, model spec, options) propagate to
+    :func:`clo.cli.main`, which prints them as one line and exits 2."""
+    from clo.config import ConfigError, load_config
     from clo.eval import evaluate
+    from clo.eval.core import validate_options
 
     overrides = list(args.overrides)
-    if args.model:
-        overrides.append(f"model={args.model}")
-    if args.lang:
-        overrides.append(f"lang={args.lang}")
-    if args.data_dir:
-        overrides.append(f"eval.data_dir={args.data_dir}")
-    if args.backend:
-        overrides.append(f"eval.backend={args.backend}")
+    for flag, key in (("model", "model"), ("lang", "lang"), ("data_dir", "eval.data_dir"),
+                      ("backend", "eval.backend")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
     cfg = load_config(args.config, overrides)
     options = {}
     for flag, (opt, tasks) in _OPTIONS.items():
@@ -66,13 +72,13 @@ def main(args: argparse.Namespace) -> int:
         if value is None:
             continue
         if args.task not in tasks:
-            print(f"clo eval {args.task}: --{flag.replace('_', '-')} applies only to {', '.join(sorted(tasks))}",
-                  file=sys.stderr)
-            return 2
+            raise ConfigError(f"{_flag(flag)} applies only to {', '.join(sorted(tasks))}, not {args.task}")
         options[opt] = value
     if args.limit is not None:
         options["limit"] = args.limit
-    out = Path(args.output) if args.output else Path(cfg.output_dir) / "eval"
-    metrics = evaluate(args.task, cfg.model, cfg, out, **options)
+    # --limit 0, --max-new-tokens -1: refused as eval.limit / eval.max_new_tokens would be.
+    validate_options(cfg.eval, options, label=_flag)
+    out = Path(args.output) if args.output is not None else Path(cfg.output_dir) / "eval"
+    metrics = evaluate(args.task, cfg.model, cfg, out, overwrite=args.overwrite, **options)
     print(json.dumps(metrics, indent=2, ensure_ascii=False))
     return 0

@@ -28,12 +28,30 @@ class EvalDataError(ValueError):
     """Bad or missing evaluation data; the message names the file, line and field."""
 
 
+class CacheMismatch(EvalDataError):
+    """The evaluation cache holds items of another configuration; the message names the differing
+    keys (start over with ``overwrite``, ``clo eval ... --overwrite``)."""
+
+
+def read_text(path: Path) -> str:
+    """The UTF-8 text of ``path``; bytes that are not UTF-8 are an :class:`EvalDataError` naming
+    the file, line and column."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise EvalDataError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {col}); "
+                            "save the file as UTF-8") from None
+
+
 def read_json_list(path: Path, what: str) -> list:
     """A JSON file holding a list; any other content is an :class:`EvalDataError`."""
     if not path.is_file():
         raise EvalDataError(f"{path}: no such {what} file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise EvalDataError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
     if not isinstance(data, list):
@@ -49,32 +67,79 @@ class ItemCache:
     """Finished items of one evaluation, appended to a JSONL file as they complete.
 
     The first line holds a fingerprint of everything that determines an item's result (task,
-    language, model, options, generation settings). A file with another fingerprint belongs to a
-    different evaluation and is replaced, so a changed setting never mixes with old results.
+    language, model, options, generation settings, the digests of the data files read) and those
+    inputs themselves. A file with another fingerprint belongs to a different evaluation: it is
+    refused with :class:`CacheMismatch` naming the differing keys, so a changed setting never
+    mixes with old results nor silently discards them; with ``overwrite`` it is started over.
+
+    A run killed mid-write leaves a torn last line (or a torn header, in a file with no items):
+    it is dropped with a warning and the file rewritten without it, so that later appends start
+    on a line of their own; those items rerun.
     """
 
-    def __init__(self, path: Path | None, fingerprint: str):
+    def __init__(self, path: Path | None, fingerprint: str, inputs: dict | None = None, *, overwrite: bool = False):
         self.path = path
         self.fingerprint = fingerprint
+        self.inputs = inputs
+        self.overwrite = overwrite
         self._items: dict[str, Any] = {}
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            lines = path.read_text(encoding="utf-8").splitlines()
-            head = json.loads(lines[0]) if lines else {}
-            if head.get("fingerprint") == fingerprint:
-                for line in lines[1:]:
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError:
-                        # A run killed mid-write leaves a partial last line; that item reruns.
-                        continue
-                    self._items[obj["key"]] = obj["value"]
-                log.info("resuming %s: %d cached items", path, len(self._items))
-                return
-            log.info("%s was written by a different evaluation; starting afresh", path)
-        path.write_text(json.dumps({"fingerprint": fingerprint}) + "\n", encoding="utf-8")
+        if path.exists() and self._resume(path):
+            return
+        head = {"fingerprint": fingerprint} if inputs is None else {"fingerprint": fingerprint, "inputs": inputs}
+        path.write_text(json.dumps(head, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    def _differing(self, head: dict) -> list[str]:
+        old = head.get("inputs")
+        if not isinstance(old, dict) or self.inputs is None:
+            return ["(no inputs in its header: written by an older clo)"]
+        a, b = _flat(old), _flat(self.inputs)
+        return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k)) or ["(fingerprint)"]
+
+    def _resume(self, path: Path) -> bool:
+        """Read the items of a file with this fingerprint; False when the file is to be replaced."""
+        raw = path.read_bytes()
+        lines = raw.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()  # the newline that ends the last line
+        unterminated = bool(raw) and not raw.endswith(b"\n")
+        numbered = [(n, ln) for n, ln in enumerate(lines, 1) if ln.strip()]
+        if not numbered:
+            log.warning("%s: empty evaluation cache; starting afresh", path)
+            return False
+        head = _parse_json(numbered[0][1])
+        if not isinstance(head, dict) or not isinstance(head.get("fingerprint"), str):
+            if len(numbered) == 1:
+                log.warning("%s:1: torn cache header (a run killed while starting); starting afresh", path)
+                return False
+            raise EvalDataError(f"{path}:1: not an evaluation cache (its first line holds no fingerprint); "
+                                "delete the file, or choose another output directory")
+        if head["fingerprint"] != self.fingerprint:
+            keys = ", ".join(self._differing(head))
+            if not self.overwrite:
+                raise CacheMismatch(f"{path} holds an evaluation of another configuration (differing: {keys}); "
+                                    "pass --overwrite to start over there, or choose another output directory")
+            log.warning("%s: an evaluation of another configuration (differing: %s); starting over", path, keys)
+            return False
+        kept, dropped = [numbered[0][1]], 0
+        last = numbered[-1][0]
+        for n, line in numbered[1:]:
+            obj = _parse_json(line)
+            if not (isinstance(obj, dict) and isinstance(obj.get("key"), str) and "value" in obj):
+                what = "torn last line (a run killed mid-write)" if n == last else "malformed line"
+                log.warning("%s:%d: %s dropped from the evaluation cache; that item reruns", path, n, what)
+                dropped += 1
+                continue
+            self._items[obj["key"]] = obj["value"]
+            kept.append(line)
+        if dropped or unterminated:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(b"".join(ln + b"\n" for ln in kept))
+            tmp.replace(path)
+        log.info("resuming %s: %d cached items", path, len(self._items))
+        return True
 
     def __contains__(self, key: str) -> bool:
         return key in self._items
@@ -90,6 +155,34 @@ class ItemCache:
         if self.path is not None:
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"key": key, "value": value}, ensure_ascii=False) + "\n")
+
+    def after_failure(self) -> None:
+        """After a failed run: a file that holds no finished item is removed (a rerun starts as
+        if the run never happened); one with finished items stays, for the rerun to resume."""
+        if self.path is None or not self.path.exists():
+            return
+        if not self._items:
+            self.path.unlink()
+            return
+        log.warning("%s keeps the %d items finished before the failure; rerun the same command to resume",
+                    self.path, len(self._items))
+
+
+def _flat(obj: Any, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are values)."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def _parse_json(line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:  # malformed JSON, or bytes cut inside a UTF-8 character
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,6 +359,18 @@ def metrics_table(metrics: dict) -> str:
     return "\n".join(rows)
 
 
+def _strict_json(v: Any) -> Any:
+    """``v`` with NaN and infinities as None: they are not JSON, and strict parsers reject a file
+    holding them. A task says why a metric is missing (its ``reason``); this is the safety net."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _strict_json(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_strict_json(x) for x in v]
+    return v
+
+
 # ---------------------------------------------------------------------------------------------
 # Entry point
 
@@ -278,22 +383,102 @@ _NOT_IN_FINGERPRINT = {
 }
 
 
-def evaluate(task: str, model, cfg, output_dir: Path, **task_options) -> dict:
+# Task options that override the ``eval`` setting of the same name, and obey its constraints.
+SHARED_OPTIONS = ("limit", "batch_size", "max_new_tokens", "temperature", "top_p")
+
+
+def validate_options(eval_cfg, options: dict, label: Callable[[str], str] = str) -> None:
+    """Check the task options of :data:`SHARED_OPTIONS` against the constraints of the ``eval``
+    setting they override, so that ``limit=-3`` is refused as ``eval.limit: -3`` would be;
+    ``label`` names an option in the :class:`~clo.config_base.ConfigError` (the CLI passes its
+    flag)."""
+    from pydantic import ValidationError
+
+    from clo.config_base import ConfigError
+
+    probe = eval_cfg.model_copy()
+    errors = []
+    for k, v in options.items():
+        if k not in SHARED_OPTIONS or v is None:
+            continue
+        try:
+            setattr(probe, k, v)  # validated on assignment
+        except ValidationError as e:
+            errors.append(f"{label(k)}: {e.errors()[0]['msg']}, got {v!r}")
+    if errors:
+        raise ConfigError("\n".join(errors))
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _task_data_files(task: str, lang: Language, data_dir: Path | None, options: dict) -> list[Path]:
+    """The files under ``eval.data_dir`` that ``task`` reads for ``lang`` (none from the hub):
+    they are few and small, so their content digests go into the cache key."""
+    if data_dir is None:
+        return []
+    if task == "belebele":
+        return [data_dir / "belebele" / f"{lang.flores}.jsonl"]
+    if task == "mmmlu":
+        from clo.eval.mmmlu import _file_code
+
+        return [data_dir / "mmlu" / f"mmlu_{_file_code(lang)}.csv"]
+    if task in ("alpacaeval", "alpacaeval-outputs") and not options.get("instructions_file"):
+        return [data_dir / "alpaca_eval" / "text_davinci_003.json"]
+    lcb = data_dir / "language_confusion"
+    if task == "fidelity" and not options.get("prompts") and not options.get("prompts_file"):
+        return sorted((lcb / "monolingual").glob(f"*/{lang.code}.csv"))
+    if task == "confusion":
+        split = options.get("split", "monolingual")
+        splits = ("monolingual", "crosslingual") if split == "all" else (split,)
+        files = [f for sp in splits for f in sorted((lcb / str(sp)).glob(f"*/{lang.code}.csv"))]
+        return files + ([] if options.get("words_file") else [lcb / "words"])
+    return []
+
+
+def data_digests(task: str, lang: Language, data_dir: Path | None, options: dict) -> dict:
+    """``{name: sha256[:16]}`` of the data files a run of ``task`` reads: its files under the data
+    directory (named relative to it) and every option naming a file (named by the option); for
+    an option naming a directory (a baseline model), a digest of its files' names, sizes and times."""
+    out = {}
+    for f in _task_data_files(task, lang, data_dir, options):
+        if f.is_file():
+            out[f.relative_to(data_dir).as_posix()] = _file_digest(f)
+    for k, v in sorted(options.items()):
+        if isinstance(v, (str, Path)) and str(v):
+            p = Path(v).expanduser()
+            if p.is_file():
+                out[k] = _file_digest(p)
+            elif p.is_dir():
+                out[k] = model_identity(None, str(v)).rpartition("@")[2]
+    return out
+
+
+def evaluate(task: str, model, cfg, output_dir: Path, *, overwrite: bool = False, **task_options) -> dict:
     """Run ``task`` on ``model`` (spec string or ``(model, tokenizer)``) and write its results.
 
-    Writes ``output_dir/<name>.json`` (keys task, model, lang, config, data_hash, metrics,
-    records) and ``output_dir/<name>.md``; items finished by an earlier, interrupted run with the
-    same settings are read from ``output_dir/<name>.cache.jsonl``. Returns the metrics.
-    ``lang=`` overrides ``cfg.lang``; ``name=`` overrides the output name; the other options are
-    the task's own.
+    Writes ``output_dir/<name>.json`` (keys task, model, lang, config, fingerprint, data_hash,
+    metrics, records) and ``output_dir/<name>.md``; items finished by an earlier, interrupted run
+    with the same settings are read from ``output_dir/<name>.cache.jsonl``. A cache of other
+    settings raises :class:`CacheMismatch` naming the differing keys, unless ``overwrite`` (then
+    it is started over). Returns the metrics. ``lang=`` overrides ``cfg.lang``; ``name=``
+    overrides the output name; the other options are the task's own.
     """
     spec = get_task(task)
     options = dict(task_options)
-    lang = languages.get(options.pop("lang", None) or cfg.lang)
-    name = options.pop("name", None) or spec.output_name(lang.code, options)
+    lang_code = options.pop("lang", None)
+    lang = languages.get(lang_code if lang_code is not None else cfg.lang)
+    name = options.pop("name", None)
+    name = name if name is not None else spec.output_name(lang.code, options)
     if "data_dir" in options:
         cfg = cfg.model_copy(deep=True)
         cfg.eval.data_dir = str(options.pop("data_dir"))
+    validate_options(cfg.eval, options)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -303,16 +488,25 @@ def evaluate(task: str, model, cfg, output_dir: Path, **task_options) -> dict:
     shown = {k: _describe(v) for k, v in options.items()}
     # Items are cached by id, and a different limit or batch size changes no item's result.
     keyed = {k: v for k, v in shown.items() if k not in ("limit", "batch_size")}
-    fingerprint = json.dumps(
-        {"task": task, "lang": lang.code, "model": model_name, "options": keyed,
-         "eval": cfg.eval.model_dump(mode="json", exclude=_NOT_IN_FINGERPRINT)},
-        sort_keys=True, default=str,
-    )
-    cache = ItemCache(output_dir / f"{name}.cache.jsonl", hashlib.sha256(fingerprint.encode()).hexdigest())
+    data_dir = Path(cfg.eval.data_dir) if cfg.eval.data_dir else None
+    inputs = json.loads(json.dumps(
+        {"task": task, "lang": lang.code, "model": model_name, "opts": keyed,
+         "eval": cfg.eval.model_dump(mode="json", exclude=_NOT_IN_FINGERPRINT),
+         "data": data_digests(task, lang, data_dir, options),
+         # Samples are drawn per item (clo.eval.generation.request_seed); caches of the earlier
+         # per-batch seeding hold other samples.
+         "seeding": "per-item"},
+        default=str,
+    ))
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    cache = ItemCache(output_dir / f"{name}.cache.jsonl", key, inputs, overwrite=overwrite)
     ctx = TaskContext(tok, cfg, lang, model_name, output_dir, name, cache, load, spec_str)
     t0 = time.perf_counter()
     try:
         result = spec.run(ctx, **options)
+    except BaseException:
+        cache.after_failure()
+        raise
     finally:
         ctx.close()
     seconds = time.perf_counter() - t0
@@ -322,16 +516,21 @@ def evaluate(task: str, model, cfg, output_dir: Path, **task_options) -> dict:
         "model": model_name,
         "lang": lang.code,
         "config": {"options": shown, **cfg.model_dump(mode="json")},
+        # The cache key and what it is made of: two results with the same key measured the same.
+        "fingerprint": {"key": key, "inputs": inputs},
         "data_hash": result.data_hash,
         "metrics": result.metrics,
         "records": result.records,
         "seconds": round(seconds, 2),
     }
+    doc = _strict_json(doc)
     (output_dir / f"{name}.json").write_text(
-        json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
+        json.dumps(doc, indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n", encoding="utf-8"
     )
     for fname, content in result.extra_files.items():
-        (output_dir / fname).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (output_dir / fname).write_text(
+            json.dumps(_strict_json(content), indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8"
+        )
     md = [
         f"# {task} ({lang.name}, `{lang.code}`)",
         "",
@@ -345,4 +544,4 @@ def evaluate(task: str, model, cfg, output_dir: Path, **task_options) -> dict:
     if result.markdown:
         md += ["", result.markdown]
     (output_dir / f"{name}.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-    return result.metrics
+    return doc["metrics"]
