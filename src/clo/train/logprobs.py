@@ -323,7 +323,10 @@ def packing_layout(model) -> tuple[str, bool]:
     return "one_row", fn is not None and fn is mapping.get("flash_attention_2")
 
 
-PACKING_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}  # per response token; half types: 2e-2
+# Per response token. Measured on CPU with a random 2-layer Llama (bench/packing_check.py):
+# rounding of packed against padded up to 2e-4 in bf16 (eager), a kernel attending across the
+# row 1.8e-2 even with random weights (trained models attend far more sharply).
+PACKING_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}  # half types: 1e-2
 
 
 def check_packing(score_fn, seqs: list[tuple[list[int], list[int]]], row_capacity: int | None, pad_id: int,
@@ -339,7 +342,7 @@ def check_packing(score_fn, seqs: list[tuple[list[int], list[int]]], row_capacit
     padded = score_fn(pad_sequences(seqs, pad_id).to(device)).float()
     n = torch.tensor([len(r) for _, r in seqs], dtype=torch.float32, device=packed.device)
     diff = float(((packed - padded).detach().abs() / n).max())
-    tol = PACKING_TOLERANCE.get(dtype, 2e-2)
+    tol = PACKING_TOLERANCE.get(dtype, 1e-2)
     if not diff <= tol:
         raise PackingError(
             f"packed sequences do not score like padded ones with this attention implementation "
