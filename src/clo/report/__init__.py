@@ -25,6 +25,19 @@ def _write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def _drift_figures(grid_dir: Path, res, out: Path) -> list[str]:
+    from clo.report.plots import drift_curves, plot_drift
+
+    files = []
+    for run_id, r in sorted(res.runs.items()):
+        curves = drift_curves(grid_dir / "runs" / run_id / "train")
+        if curves:
+            name = f"drift_{run_id}.png"
+            plot_drift(curves, f"{run_id} ({r.info.get('method')}, {r.info.get('lang')})", out / name)
+            files.append(name)
+    return files
+
+
 def write_report(grid_dir: str | Path, out_dir: str | Path | None = None) -> dict:
     """Write every table and the figure of ``grid_dir``; returns {files, runs: {status: count}}."""
     from clo.report.plots import plot_winrate_vs_size
@@ -43,6 +56,8 @@ def write_report(grid_dir: str | Path, out_dir: str | Path | None = None) -> dic
     fig_table = next(t for t in tables if t.name == "figure3_winrate_vs_size")
     plot_winrate_vs_size(fig_table, res, out / FIGURE)
     files.append(FIGURE)
+    drift = _drift_figures(grid_dir, res, out)
+    files += drift
     status: dict[str, int] = {}
     for r in res.runs.values():
         status[r.status] = status.get(r.status, 0) + 1
@@ -54,6 +69,11 @@ def write_report(grid_dir: str | Path, out_dir: str | Path | None = None) -> dic
         md.append(t.to_markdown())
         if t.name == "figure3_winrate_vs_size":
             md += [f"![Figure 3]({FIGURE})", ""]
+    if drift:
+        md += ["## Language drift during training", "",
+               ("Greedy answers to held-out validation prompts at every validation step: the share in the "
+               "prompt's language (among answers that do not echo the prompt) and the share that echo it."), ""]
+        md += [f"![drift]({f})" for f in drift] + [""]
     _write_text(out / "report.md", "\n".join(md))
     files.append("report.md")
     _write_text(out / "report.json", json.dumps(

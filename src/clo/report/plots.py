@@ -48,3 +48,51 @@ def plot_winrate_vs_size(table: Table, res: GridResults, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+DRIFT_SERIES = (("tgt_lang_share", "target prompts: answers in the target language"),
+                ("en_lang_share", "English prompts: answers in English"),
+                ("tgt_echo_share", "target prompts: echoes"), ("en_echo_share", "English prompts: echoes"))
+
+
+def drift_curves(train_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """``{series: [(step, share)]}`` from the ``drift/*`` entries of every ``log.jsonl`` under
+    ``train_dir`` (``sft+dpo`` has one per stage; the second stage's steps follow the first's)."""
+    from clo.train.tracking import read_log
+
+    curves: dict[str, list[tuple[int, float]]] = {}
+    offset = 0
+    for log_path in sorted(Path(train_dir).rglob("log.jsonl"), key=lambda p: (len(p.parts), str(p))):
+        last = 0
+        for _, row in read_log(log_path):
+            last = max(last, int(row.get("step", 0)))
+            for key, _ in DRIFT_SERIES:
+                v = row.get(f"drift/{key}")
+                if v is not None:
+                    curves.setdefault(key, []).append((offset + int(row["step"]), float(v)))
+        offset += last
+    return curves
+
+
+def plot_drift(curves: dict[str, list[tuple[int, float]]], title: str, path: Path) -> Path:
+    """One run's language and echo shares against the training step (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    for key, label in DRIFT_SERIES:
+        pts = curves.get(key)
+        if pts:
+            xs, ys = zip(*sorted(pts))
+            ax.plot(xs, [y * 100 for y in ys], marker="o", ms=3, ls="-" if "lang" in key else ":", label=label)
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("share of greedy answers (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

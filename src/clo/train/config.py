@@ -47,4 +47,7 @@ class TrainConfig(StrictModel):
     attn_implementation: str | None = Field(None, description="eager | sdpa | flash_attention_2 | flex_attention")
     reference_cache: str | None = Field(None, description="directory of cached reference log-probs "
                                         "(default $CLO_CACHE/reference)")
+    drift_prompts: int = Field(8, ge=0, description="held-out prompts per language answered greedily at every "
+                               "validation, to log language drift and echoes (0: off; not under FSDP2)")
+    drift_max_new_tokens: int = Field(32, gt=0)
     log_every: int = Field(10, gt=0, description="steps between console lines (the JSON log has every step)")

@@ -56,7 +56,8 @@ KEY_COLUMN = {k: j for j, k in enumerate(KEYS)}
 # Keys that change how a run is computed, not what it computes: a run may resume with others
 # (e.g. a smaller micro-batch after running out of memory).
 OPERATIONAL_KEYS = ("micro_batch_size", "max_tokens_per_micro_batch", "gradient_checkpointing", "logit_chunk",
-                    "pack_length", "attn_implementation", "reference_cache", "log_every", "sharding")
+                    "pack_length", "attn_implementation", "reference_cache", "log_every", "sharding",
+                    "drift_prompts", "drift_max_new_tokens")
 GPU_TOKENS_PER_MICRO_BATCH = 16384
 
 
@@ -200,6 +201,11 @@ class _Stage:
         ckpt = self.tc.gradient_checkpointing
         self.checkpointing = on_gpu if ckpt == "auto" else bool(ckpt)
         self.max_tokens = self.tc.max_tokens_per_micro_batch or (GPU_TOKENS_PER_MICRO_BATCH if on_gpu else None)
+        self.drift = None
+        if val_path is not None and self.tc.drift_prompts > 0:
+            from clo.train.drift import DriftProbe
+
+            self.drift = DriftProbe(val_path, self.tok, cfg.lang, self.tc.drift_prompts, self.tc.drift_max_new_tokens)
 
     def compute(self):
         return compute_context(self.device, self.compute_dtype, self.master, self.sharding == "fsdp2")
@@ -526,6 +532,15 @@ class _Stage:
         self.acc.wait_for_everyone()
         return TrainResult(self.out / "best", metrics, self.out)
 
+    def _drift(self) -> dict:
+        """Language and echo shares of greedy answers to held-out prompts (process 0 generates)."""
+        if not self.drift or not self.acc.is_main_process:
+            return {}
+        if self.sharding == "fsdp2":  # generation would need every process and unsharded weights
+            return {}
+        with self.compute():
+            return self.drift.measure(base_model(self.model))
+
     def _evaluate(self, step, best, trackers):
         if self.val_ds is None:
             return best, {}
@@ -533,6 +548,7 @@ class _Stage:
         if not math.isfinite(vm["val/loss"]):
             raise TrainingDiverged(f"non-finite validation loss at step {step}: {vm}")
         vm["val/best"] = min(vm["val/loss"], best["loss"] if best["loss"] is not None else math.inf)
+        vm.update(self._drift())
         trackers.log(vm, step)
         log.info("step %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in vm.items()))
         if best["loss"] is None or vm["val/loss"] < best["loss"]:
