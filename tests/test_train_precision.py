@@ -90,3 +90,19 @@ def test_bf16_losses_follow_fp32_at_a_small_learning_rate(workdir, tmp_path):
     print(f"max |loss - fp32 loss| over {STEPS} steps: fp32 master {d_mixed:.4f}, pure bf16 {d_pure:.4f}")
     assert len(ref) == len(mixed) == STEPS
     assert d_mixed <= 1e-3  # measured 2e-4 on the development machine
+
+
+@pytest.mark.parametrize("trainable, method", [("full", "clo"), ("full", "sft"), ("lora", "clo")])
+def test_bf16_with_fp32_masters_trains_every_kind_of_parameter(workdir, tmp_path, trainable, method):
+    """The head and embeddings too (full), adapters (LoRA): fp32 masters meet bf16 activations
+    in forward (autocast) and in backward (the chunked head recomputes outside autocast)."""
+    cfg = config_from_dict({"model": str(workdir / "model"), "lang": "de", "train": {
+        "dtype": "bfloat16", "trainable": trainable, "method": method, "lr": 1e-3, "min_lr": 1e-3,
+        "batch_size": 4, "epochs": 0.2, "max_length": 64, "reference_cache": str(tmp_path / "ref")}})
+    res = train(cfg, workdir / "train.jsonl", None, tmp_path / "run")
+    assert res.metrics["steps"] >= 1 and res.metrics["compute_dtype"] == "bfloat16"
+    state = torch.load(tmp_path / "run" / "last" / "state.pt", weights_only=False)["trainable"]
+    assert state and all(t.dtype == torch.float32 for t in state.values())
+    import math
+
+    assert math.isfinite(res.metrics["train_loss"])

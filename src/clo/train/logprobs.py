@@ -185,14 +185,18 @@ class ChunkedTokenLogProbs(torch.autograd.Function):
         gh = torch.empty_like(h) if ctx.needs_input_grad[0] else None
         gw = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         gb = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and ctx.needs_input_grad[2] else None
+        # Backward runs outside autocast: an fp32 master head meets activations in the compute
+        # dtype. Recompute in the activations' dtype, as the forward's autocast did (one cast).
+        w = weight.to(h.dtype)
+        b = bias.to(h.dtype) if bias is not None else None
         cs = ctx.chunk_size
         for s in range(0, h.shape[0], cs):
             hc, tc = h[s : s + cs], targets[s : s + cs]
-            z, t = _chunk_logits(hc, weight, bias, ctx.softcap)
+            z, t = _chunk_logits(hc, w, b, ctx.softcap)
             lse = torch.logsumexp(z, dim=-1)
             g = _dlogp_dz(z, lse, tc, t) * grad_out[s : s + cs, None].float()
             if gh is not None:
-                gh[s : s + cs] = (g.to(weight.dtype) @ weight).to(h.dtype)
+                gh[s : s + cs] = (g.to(w.dtype) @ w).to(h.dtype)
             if gw is not None:
                 gw += g.t() @ hc.float()
             if gb is not None:
