@@ -175,6 +175,9 @@ class _Stage:
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.device = self.acc.device
         self.sharding = dist.resolve_sharding(self.tc.sharding, self.acc)
+        if self.sharding == "fsdp2" and self.world == 1:
+            log.info("FSDP2 with one process shards nothing: training unsharded")
+            self.sharding = "none"
         if self.sharding == "fsdp2" and self.tc.live_reference and self.tc.trainable != "lora":
             raise ValueError("train.live_reference with FSDP2: a second, unsharded model would not fit where "
                              "sharding is needed; use the precomputed reference (the default)")
