@@ -8,7 +8,8 @@
 # Steps (each time-boxed; a failed step is recorded and the next one runs):
 #   1. the trainer's tests on CUDA: precision (bf16 with fp32 masters), packing check, run
 #      directories, the training loop (tests/test_train_{precision,packing_check,rundir,trainer}.py)
-#   2. the FSDP2 path through accelerate's own launcher and config (1 GPU, fsdp.yaml)
+#   2. accelerate's launcher with configs/accelerate/fsdp.yaml on the one GPU (one process trains
+#      unsharded: sharding itself needs 2+ GPUs; it is tested on 2 CPU processes in the suite)
 #   3. packed = padded for sdpa and flash attention (where installed), Llama-3-8B layer shapes, bf16
 #   4. clo's CLO step against TRL (trl_anchor.py) at Llama-3-8B shapes: examples/s, peak memory
 #   5. translation throughput: CTranslate2 against generate, M2M100-1.2B shapes, batch 128
