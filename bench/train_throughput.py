@@ -7,12 +7,15 @@ subprocess so that peak memory (CUDA max allocated, or the process's max RSS on 
 
 - ``ours``: clo's CLO step: the 4 sequences of each example packed padding-free in one forward,
   chunked LM head over response tokens, reference log-probs precomputed in one no-grad pass
-  (its time is COUNTED: spread over the steps it serves, see ``ref_s_per_step``).
+  (its time is COUNTED: spread over the steps it serves, see ``ref_s_per_step``). ``--cl-loss``
+  picks the preference term (``train.cl_loss``); the reference-free ``orpo`` and ``simpo`` skip
+  the reference pass, as the trainer does.
 - ``trl-clo`` / ``trl-sft``: run by the anchor script itself.
 
 Prints one JSON line per side and a summary with the ratios; ``--out`` writes JSON + Markdown.
 
     python bench/train_throughput.py --config tiny --scale 0.5          # CPU
+    python bench/train_throughput.py --config tiny --modes ours --cl-loss simpo --threads 1
     python bench/train_throughput.py --config llama3-8b --grad-ckpt     # GPU
 """
 
@@ -30,6 +33,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+CL_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "orpo", "simpo")  # clo.train.losses.CL_LOSSES (no import here)
 DEFAULT_ANCHOR = REPO.parent / "shared" / "bench" / "trl_anchor.py"
 
 
@@ -56,7 +60,7 @@ def run_ours(a) -> dict:
 
     sys.path.insert(0, str(REPO / "src"))
     from clo.train.logprobs import pack_sequences, packed_sequence_logps, packing_layout
-    from clo.train.losses import KEYS, clo_loss
+    from clo.train.losses import KEYS, REFERENCE_FREE, clo_loss
     from clo.train.precision import compute_context, upcast_trainable
 
     anchor = _load_anchor(Path(a.anchor))
@@ -105,20 +109,22 @@ def run_ours(a) -> dict:
             torch.cuda.synchronize()
 
     # Reference pass: every sequence once, no grad, the starting model. One untimed forward
-    # first: TRL's timed steps come after warm-up steps too.
-    model.eval()
-    with torch.no_grad():
-        logps(pack([quads[0][k] for k in KEYS]))
-    sync()
-    t0 = time.perf_counter()
-    ref = torch.empty(len(quads), 4)
-    with torch.no_grad():
-        for s in range(0, len(quads), a.ref_batch):
-            chunk = quads[s : s + a.ref_batch]
-            sums, _ = logps(pack([q[k] for q in chunk for k in KEYS]))
-            ref[s : s + len(chunk)] = sums.view(len(chunk), 4).float().cpu()
-    sync()
-    ref_s = time.perf_counter() - t0
+    # first: TRL's timed steps come after warm-up steps too. Reference-free losses have none.
+    ref, ref_s = None, 0.0
+    if a.cl_loss not in REFERENCE_FREE:
+        model.eval()
+        with torch.no_grad():
+            logps(pack([quads[0][k] for k in KEYS]))
+        sync()
+        t0 = time.perf_counter()
+        ref = torch.empty(len(quads), 4)
+        with torch.no_grad():
+            for s in range(0, len(quads), a.ref_batch):
+                chunk = quads[s : s + a.ref_batch]
+                sums, _ = logps(pack([q[k] for q in chunk for k in KEYS]))
+                ref[s : s + len(chunk)] = sums.view(len(chunk), 4).float().cpu()
+        sync()
+        ref_s = time.perf_counter() - t0
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5)
     times, tokens = [], []
@@ -129,9 +135,11 @@ def run_ours(a) -> dict:
         t0 = time.perf_counter()
         sums, counts = logps(pack(seqs))
         sums, counts = sums.view(len(batch), 4), counts.view(len(batch), 4)
-        r = ref[step * a.pairs_per_step : (step + 1) * a.pairs_per_step].to(device)
+        r = None if ref is None else ref[step * a.pairs_per_step : (step + 1) * a.pairs_per_step].to(device)
         nll = -sums[:, 2].sum() / counts[:, 2].sum()
-        loss, _ = clo_loss(dict(zip(KEYS, sums.unbind(1))), dict(zip(KEYS, r.unbind(1))), nll)
+        loss, _ = clo_loss(dict(zip(KEYS, sums.unbind(1))), None if r is None else dict(zip(KEYS, r.unbind(1))), nll,
+                           beta=a.beta, cl_loss=a.cl_loss, counts=dict(zip(KEYS, counts.unbind(1))),
+                           label_smoothing=0.1 if a.cl_loss == "robust" else 0.0)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()
@@ -143,7 +151,8 @@ def run_ours(a) -> dict:
     med = statistics.median(steady)
     ref_per_step = ref_s / len(quads) * a.pairs_per_step
     return {
-        "mode": "ours-clo", "step_s_median": round(med, 4), "ref_pass_s": round(ref_s, 3),
+        "mode": "ours-clo" if a.cl_loss == "sigmoid" else f"ours-clo-{a.cl_loss}", "cl_loss": a.cl_loss,
+        "step_s_median": round(med, 4), "ref_pass_s": round(ref_s, 3),
         "ref_s_per_step": round(ref_per_step, 4),
         "pairs_per_s": round(a.pairs_per_step / (med + ref_per_step), 3),
         "pairs_per_s_without_ref": round(a.pairs_per_step / med, 3),
@@ -190,12 +199,17 @@ def main() -> int:
     ap.add_argument("--master-weights", choices=["float32", "none"], default="float32",
                     help="as train.master_weights: fp32 trainable tensors (default) or all in the compute dtype")
     ap.add_argument("--attn", default=None, help="attention implementation for ours (e.g. flash_attention_2)")
+    ap.add_argument("--cl-loss", default="sigmoid", choices=CL_LOSSES,
+                    help="ours: train.cl_loss (orpo, simpo: no reference pass; robust: label smoothing 0.1)")
+    ap.add_argument("--beta", type=float, default=None, help="ours: train.beta (default 0.1; 2.0 for simpo)")
     ap.add_argument("--modes", default="ours,trl-clo,trl-sft")
     ap.add_argument("--threads", type=int, default=None,
                     help="OMP_NUM_THREADS for both sides (on a shared CPU, 1 avoids OpenMP spin-waits)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", help="write results as JSON and Markdown (OUT.json, OUT.md)")
     a = ap.parse_args()
+    if a.beta is None:
+        a.beta = 2.0 if a.cl_loss == "simpo" else 0.1  # SimPO's paper range; the rest: the CLO paper's
     if a.threads is not None and os.environ.get("OMP_NUM_THREADS") != str(a.threads):
         # Set before torch starts in the subprocesses (both sides inherit the environment).
         os.environ["OMP_NUM_THREADS"] = str(a.threads)
@@ -232,7 +246,7 @@ def main() -> int:
         Path(a.out + ".json").write_text(json.dumps({"meta": meta, "results": results, "summary": summary}, indent=1))
         rows = ["| mode | examples/s | tokens/s | step s (median) | peak GiB |", "|---|---|---|---|---|"]
         for name, r in results.items():
-            rows.append(f"| {name} | {r['pairs_per_s']} | {r.get('tokens_per_s')} | {r['step_s_median']} | "
+            rows.append(f"| {r.get('mode', name)} | {r['pairs_per_s']} | {r.get('tokens_per_s')} | {r['step_s_median']} | "
                         f"{r['peak_mem_gib']} |")
         md = [f"# CLO training throughput ({meta['device']}, config {a.config}, scale {a.scale})", "", *rows, ""]
         md += [f"- {k}: {v}" for k, v in summary.items()]

@@ -213,8 +213,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_state(workdir, tmp_path, monk
     clo = methods.METHODS["clo"]
     calls = {"n": 0}
 
-    def objective(logps, ref, nll, cfg):
-        loss, m = clo.objective(logps, ref, nll, cfg)
+    def objective(logps, ref, nll, cfg, counts=None):
+        loss, m = clo.objective(logps, ref, nll, cfg, counts)
         calls["n"] += 1
         return (loss * float("nan"), m) if calls["n"] == 3 else (loss, m)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from clo.config_base import StrictModel
 
@@ -13,6 +13,12 @@ class TrainConfig(StrictModel):
     method: Literal["sft", "sft-eng", "sft-tgt", "dpo", "sft+dpo", "clo"] = "clo"
     lam: float = Field(0.5, ge=0.0, le=1.0, description="weight of the target NLL in the CLO loss")
     beta: float = Field(0.1, gt=0.0)
+    cl_loss: Literal["sigmoid", "ipo", "hinge", "robust", "orpo", "simpo"] = Field(
+        "sigmoid", description="preference term of the CLO loss (method clo): sigmoid (the paper), ipo, hinge, robust; "
+        "reference-free (no reference pass): orpo, simpo")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="ε, the assumed rate of flipped preferences: "
+                                   "cl_loss robust (required > 0) and simpo (CPO's smoothing) only")
+    simpo_gamma: float = Field(0.5, ge=0.0, description="SimPO's target margin γ (TRL's simpo_gamma)")
     lr: float = Field(5e-5, gt=0.0)
     min_lr: float = Field(1.1e-6, ge=0.0)
     batch_size: int = Field(8, gt=0, description="examples (quadruples) per optimiser step")
@@ -51,3 +57,13 @@ class TrainConfig(StrictModel):
                                "validation, to log language drift and echoes (0: off; not under FSDP2)")
     drift_max_new_tokens: int = Field(32, gt=0)
     log_every: int = Field(10, gt=0, description="steps between console lines (the JSON log has every step)")
+
+    @model_validator(mode="after")
+    def _smoothing_has_a_use(self):
+        # A smoothing the chosen term ignores would silently change nothing; robust without one is sigmoid.
+        if self.cl_loss == "robust" and self.label_smoothing == 0.0:
+            raise ValueError("train.cl_loss=robust needs train.label_smoothing in (0, 0.5); with 0 it is sigmoid")
+        if self.label_smoothing > 0.0 and self.cl_loss not in ("robust", "simpo"):
+            raise ValueError(f"train.label_smoothing={self.label_smoothing} has no effect with "
+                             f"train.cl_loss={self.cl_loss!r} (used by robust and simpo only)")
+        return self

@@ -4,7 +4,7 @@ A *unit* is what the sampler shuffles and a batch counts: for ``clo`` the whole 
 four sequences always share a batch, which is the point of CLO), for ``dpo`` one preference row
 ``(prompt, chosen, rejected)``, for the SFT baselines one ``(prompt, response)`` row. Units name
 their sequences by the keys of :data:`clo.train.data.SEQUENCES`; the objective sees their summed
-log-probs as a ``[batch, slots]`` tensor in the order of the unit's keys.
+log-probs, and their response token counts, as ``[batch, slots]`` tensors in the order of the unit's keys.
 
 Composite methods (``sft+dpo``) are listed in :data:`STAGES` and run their stages in order.
 """
@@ -16,9 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
-from clo.train.losses import KEYS, clo_loss, dpo_loss
+from clo.train.losses import KEYS, REFERENCE_FREE, clo_loss, dpo_loss
 
-Objective = Callable[[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None", object], tuple]
+#: (logps [b,k], ref [b,k] | None, nll scalar | None, train config, counts [b,k] | None) -> (loss, metrics)
+Objective = Callable[[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None", object, "torch.Tensor | None"],
+                     tuple]
 
 
 @dataclass(frozen=True)
@@ -27,11 +29,23 @@ class Method:
     description: str
     unit_keys: Callable[[object], list[tuple[str, ...]]]  # train config -> key tuples made per example
     nll_slots: Callable[[object, tuple[str, ...]], list[int]]  # (train config, unit keys) -> NLL slots
-    objective: Callable  # (logps [b,k], ref [b,k] | None, nll scalar | None, train config) -> (loss, metrics)
-    needs_reference: bool
+    objective: Objective
+    needs_reference: Callable[[object], bool]  # train config -> whether the objective reads reference log-probs
 
 
-def _sft_objective(logps, ref, nll, cfg):
+def _always(cfg) -> bool:
+    return True
+
+
+def _never(cfg) -> bool:
+    return False
+
+
+def _clo_needs_reference(cfg) -> bool:
+    return cfg.cl_loss not in REFERENCE_FREE
+
+
+def _sft_objective(logps, ref, nll, cfg, counts=None):
     return nll, {"loss": nll.detach(), "nll": nll.detach()}
 
 
@@ -39,12 +53,15 @@ def _all_slots(cfg, keys):
     return list(range(len(keys)))
 
 
-def _dpo_objective(logps, ref, nll, cfg):
+def _dpo_objective(logps, ref, nll, cfg, counts=None):
     return dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], beta=cfg.beta)
 
 
-def _clo_objective(logps, ref, nll, cfg):
-    return clo_loss(dict(zip(KEYS, logps.unbind(1))), dict(zip(KEYS, ref.unbind(1))), nll, cfg.beta, cfg.lam)
+def _clo_objective(logps, ref, nll, cfg, counts=None):
+    return clo_loss(dict(zip(KEYS, logps.unbind(1))), None if ref is None else dict(zip(KEYS, ref.unbind(1))), nll,
+                    cfg.beta, cfg.lam, cl_loss=cfg.cl_loss,
+                    counts=None if counts is None else dict(zip(KEYS, counts.unbind(1))),
+                    label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma)
 
 
 def _clo_nll_slots(cfg, keys):
@@ -57,16 +74,16 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("sft", "NLL on (x_en -> y_en) and (x_tgt -> y_tgt) rows",
-               lambda cfg: [("en_en",), ("tgt_tgt",)], _all_slots, _sft_objective, False),
+               lambda cfg: [("en_en",), ("tgt_tgt",)], _all_slots, _sft_objective, _never),
         Method("sft-eng", "NLL on (x_en -> y_en) rows only",
-               lambda cfg: [("en_en",)], _all_slots, _sft_objective, False),
+               lambda cfg: [("en_en",)], _all_slots, _sft_objective, _never),
         Method("sft-tgt", "NLL on (x_tgt -> y_tgt) rows only",
-               lambda cfg: [("tgt_tgt",)], _all_slots, _sft_objective, False),
+               lambda cfg: [("tgt_tgt",)], _all_slots, _sft_objective, _never),
         Method("dpo", "sigmoid DPO on independent rows (x_en, y_en > y_tgt) and (x_tgt, y_tgt > y_en)",
                lambda cfg: [("en_en", "en_tgt"), ("tgt_tgt", "tgt_en")], lambda cfg, keys: [],
-               _dpo_objective, True),
-        Method("clo", "cross-lingual optimisation: lam * NLL(nll_langs) + (1 - lam) * (CL_en + CL_tgt)",
-               lambda cfg: [KEYS], _clo_nll_slots, _clo_objective, True),
+               _dpo_objective, _always),
+        Method("clo", "cross-lingual optimisation: lam * NLL(nll_langs) + (1 - lam) * (CL_en + CL_tgt), CL of "
+               "train.cl_loss", lambda cfg: [KEYS], _clo_nll_slots, _clo_objective, _clo_needs_reference),
     )
 }
 

@@ -217,7 +217,7 @@ class _Stage:
     def prepare(self):
         tc = self.tc
         self.ref_model = None
-        if self.method.needs_reference and tc.live_reference and tc.trainable != "lora":
+        if self.method.needs_reference(tc) and tc.live_reference and tc.trainable != "lora":
             # The starting weights in the compute dtype: under autocast the policy's first
             # forward rounds its fp32 masters to exactly these.
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -258,7 +258,7 @@ class _Stage:
     def reference(self):
         """The starting model's log-probs of every train/val sequence, each process scoring its share."""
         self.ref, self.ref_info = {"train": None, "val": None}, {}
-        if not self.method.needs_reference or self.tc.live_reference:
+        if not self.method.needs_reference(self.tc) or self.tc.live_reference:
             return
         sets = {"train": self.train_ds, **({"val": self.val_ds} if self.val_ds else {})}
         cache = Path(self.tc.reference_cache) if self.tc.reference_cache else None
@@ -300,14 +300,14 @@ class _Stage:
         cap = None if self.layout == "one_row" else (self.tc.pack_length or max(len(p) + len(r) for p, r in seqs))
         batch = pack_sequences(seqs, cap, self.pad_id).to(self.device)
         sums = self._score(batch).view(len(units), -1)
-        ref = self._ref_for(split, units, batch) if self.method.needs_reference else None
+        ref = self._ref_for(split, units, batch) if self.method.needs_reference(self.tc) else None
         nll = None
         slots = self.method.nll_slots(self.tc, units[0].keys)
         if slots:
             # This micro-batch's NLL sum over the global batch's token count, rescaled by
             # 1/share so that objective(...) * share is its exact share of the global loss.
             nll = -sums[:, slots].sum() / (nll_tokens_global * share)
-        loss, metrics = self.method.objective(sums, ref, nll, self.tc)
+        loss, metrics = self.method.objective(sums, ref, nll, self.tc, batch.response_counts().view(len(units), -1))
         w = share * weight
         return loss * w, {k: v * w for k, v in metrics.items()}, batch.n_tokens if weight else 0
 
