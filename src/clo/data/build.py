@@ -62,7 +62,8 @@ class BuildMismatch(ValueError):
 # them (a smaller batch after running out of memory, another cache file, more retries). The
 # translation cache is keyed without them too, so a cached segment is served whatever they are.
 OPERATIONAL_KEYS = ("cache", "translator.batch_tokens", "translator.batch_size", "translator.concurrency",
-                    "translator.max_retries", "translator.timeout", "translator.api_key_env", "translator.device")
+                    "translator.max_retries", "translator.timeout", "translator.api_key_env", "translator.device",
+                    "translator.base_url")  # where the model is served, not what translates
 RECORD = "build.json"
 # What a build writes (both formats), removed before a build of other inputs; nothing else in
 # the directory is touched (the translation cache least of all).
