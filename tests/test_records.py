@@ -36,3 +36,24 @@ def test_bad_lines_name_file_line_field(tmp_path):
     f.write_text(json.dumps(_rec(0)) + "\n" + json.dumps(_rec(0)) + "\n")
     with pytest.raises(RecordError, match="duplicate id 'r0'"):
         read_records(f)
+
+
+def test_json_list_of_records_and_hints_for_other_files(tmp_path):
+    f = tmp_path / "d.json"
+    recs = [CrossLingualRecord.from_dict(_rec(i)) for i in range(2)]
+    f.write_text(json.dumps([r.to_dict() for r in recs]), encoding="utf-8")
+    assert read_records(f) == recs
+    bad = _rec(1)
+    del bad["y_tgt"]
+    f.write_text(json.dumps([_rec(0), bad]), encoding="utf-8")
+    with pytest.raises(RecordError, match=r"d\.json: field '\[1\]\.y_tgt' missing field"):
+        read_records(f)
+    # Files of other formats say what they are and which command reads them.
+    f = tmp_path / "par.jsonl"
+    f.write_text(json.dumps({"x_en": "a", "y_en": "b", "x_tgt": "c", "y_tgt": "d"}) + "\n")
+    with pytest.raises(RecordError, match=r"par\.jsonl:1: field 'id' missing field; a parallel record .*"
+                                          r"clo data check FILE --lang xx"):
+        read_records(f)
+    f.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"}]}) + "\n")
+    with pytest.raises(RecordError, match=r"an English chat row, not a cross-lingual record .* clo data build"):
+        read_records(f)

@@ -87,6 +87,10 @@ def test_best_is_written_once_with_the_best_tensors(workdir, tmp_path, monkeypat
     monkeypatch.setattr(trainer._Stage, "save_model", lambda self, name, t: (writes.append(name), real(self, name, t)))
     res = _run(workdir, tmp_path / "run", lr=5e-2, min_lr=5e-2)
     assert writes == ["best"]
+    card = (res.best_checkpoint / "README.md").read_text()
+    assert "- clo" in card and "- de" in card  # the model card: tags and languages
+    state_summary = json.dumps(json.loads((res.best_checkpoint / "trainer_state.json").read_text()))
+    assert str(res.metrics["best_val_loss"]) in state_summary
     # The kept model is the best validation step's, not the last step's.
     from transformers import AutoModelForCausalLM
 

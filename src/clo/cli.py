@@ -23,6 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("clo.report.cli", "the paper's tables and plots from finished runs"),
     "run": ("clo.experiments.cli", "run a grid of experiments from a YAML config, resumably"),
     "demo": ("clo.demo", "end-to-end demo on SmolLM2-135M-Instruct, German, on a laptop CPU"),
+    "languages": ("clo.languages", "list the languages: resource codes, prompt texts, tasks and translators"),
+    "push": ("clo.hub", "upload a model or dataset directory to the Hugging Face hub"),
 }
 
 NOT_BUILT_EXIT = 2

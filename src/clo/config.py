@@ -24,11 +24,25 @@ __all__ = ["Config", "ConfigError", "StrictModel", "config_from_dict", "dump_con
 
 class Config(StrictModel):
     model: str = Field("smollm2-135m-instruct", description="hub id, local directory or offline model name")
+    # Before `lang`: pydantic validates fields in order, and `lang` may name a language this file adds.
+    languages_file: str | None = Field(None, description="YAML file adding/overriding languages (clo languages --help)")
     lang: str = Field("de", description="target language, ISO 639-1 code from clo.languages")
     output_dir: str = "runs/default"
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("languages_file")
+    @classmethod
+    def _load_languages(cls, v: str | None) -> str | None:
+        if v:
+            from clo import languages
+
+            try:
+                languages.load_file(v)
+            except ConfigError as e:
+                raise ValueError(str(e)) from None
+        return v
 
     @field_validator("lang")
     @classmethod

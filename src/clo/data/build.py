@@ -44,7 +44,7 @@ from pathlib import Path
 from clo.data.cache import set_aside
 from clo.data.checks import check_record
 from clo.data.records import CrossLingualRecord, write_records
-from clo.data.sources import SourceExample, load_source
+from clo.data.sources import SourceExample, load_examples
 from clo.data.translate import PROMPT_VERSION, Translated, TranslationStats, make_translator, translate_all
 
 log = logging.getLogger(__name__)
@@ -118,8 +118,9 @@ def build_inputs(cfg) -> dict:
     inputs: dict = {"lang": cfg.lang, "data": _without(d.model_dump(mode="json"), OPERATIONAL_KEYS),
                     "prompt_version": PROMPT_VERSION}
     if d.path:
-        inputs["data"].pop("path")
         inputs["source"] = content_digest(Path(d.path))
+        if not inputs["source"].get("missing"):  # a hub dataset id: its name is what identifies it
+            inputs["data"].pop("path")
     model_dir = Path(d.translator.model).expanduser()
     if model_dir.is_dir():
         from clo.train.reference import model_identity
@@ -300,7 +301,7 @@ def build_dataset(cfg, out_dir: Path, *, progress: bool = True, rebuild_cache: b
     if rebuild_cache:
         set_aside(cache_path)
 
-    examples = load_source(d.source, d.path, d.n, d.max_chars)
+    examples = load_examples(d, cfg.lang, allow_parallel=True)
     log.info("read %d English examples from %s", len(examples), d.path or d.source)
     # Empty sources are rejected before translation: no point paying for them.
     usable = [ex for ex in examples if ex.x_en.strip() and ex.y_en.strip()]
@@ -310,14 +311,20 @@ def build_dataset(cfg, out_dir: Path, *, progress: bool = True, rebuild_cache: b
         if reasons:
             source_rejects.append({"id": ex.id, "reasons": reasons, "record": ex.__dict__})
 
-    translator = make_translator(d.translator)
     stats = TranslationStats()
-    try:
-        texts = [ex.x_en for ex in usable] + [ex.y_en for ex in usable]
-        out = translate_all(texts, "en", cfg.lang, translator, cache_path, progress=progress, stats=stats)
-    finally:
-        translator.close()
-    accepted, rejected = _records_from(usable, out[: len(usable)], out[len(usable):], cfg, translator.fingerprint())
+    if d.source == "parallel":  # translated elsewhere: the checks only, no translator
+        translator_fp = "pretranslated"
+        x_res, y_res = [Translated(ex.x_tgt) for ex in usable], [Translated(ex.y_tgt) for ex in usable]
+    else:
+        translator = make_translator(d.translator)
+        try:
+            texts = [ex.x_en for ex in usable] + [ex.y_en for ex in usable]
+            out = translate_all(texts, "en", cfg.lang, translator, cache_path, progress=progress, stats=stats)
+        finally:
+            translator.close()
+        translator_fp = translator.fingerprint()
+        x_res, y_res = out[: len(usable)], out[len(usable):]
+    accepted, rejected = _records_from(usable, x_res, y_res, cfg, translator_fp)
 
     val_idx = set(split_indices(len(accepted), d.val_fraction, d.seed))
     train = [r for i, r in enumerate(accepted) if i not in val_idx]
@@ -341,7 +348,7 @@ def build_dataset(cfg, out_dir: Path, *, progress: bool = True, rebuild_cache: b
         "train": len(train), "validation": len(val), "rejects": len(reject_rows),
         "rejects_by_reason": dict(sorted(by_reason.items())),
         "subsets": subsets, "files": files, "cache": str(cache_path),
-        "translator": translator.fingerprint(), "translation": stats.to_dict(),
+        "translator": translator_fp, "translation": stats.to_dict(),
         "seconds": round(time.perf_counter() - t0, 2), "fingerprint": fp,
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

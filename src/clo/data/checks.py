@@ -8,12 +8,18 @@ Reasons (stable strings, counted in ``summary.json``):
 
 - ``empty_<field>``: a text is empty or whitespace (source or translation);
 - ``lang_<field>``: the detected language of ``x_tgt`` / ``y_tgt`` is not the target language
-  (undecidable text passes: code and numbers only, or fewer than ``langid_min_letters`` letters,
-  "77.0°F", "Fog.", where language ID is a guess);
+  (one of its ``langid`` labels in :mod:`clo.languages`; undecidable text passes: code and numbers
+  only, or fewer than ``langid_min_letters`` letters, "77.0°F", "Fog.", where language ID is a
+  guess, and every text of a language no detector knows, ``langid: []``);
 - ``length_ratio_<field>``: the length ratio leaves its bounds;
 - ``repetition_<field>``: the translation repeats itself far more than its source does;
 - ``segment_<kind>_<field>``: a segment of the text has no usable translation
   (:func:`segment_failure`; kinds ``empty``, ``echo``, ``error``), so the text is incomplete.
+
+- ``echo_<field>`` (:func:`check_records` only: data translated elsewhere): the "translation" is
+  the English text unchanged, though it has words to translate.
+
+:func:`check_records` runs the checks on records translated elsewhere (``clo data check``).
 
 The segment checks run in :mod:`clo.data.translate` on every segment as it comes back, before the
 cache sees it: a failed segment is never cached, and a record with one is rejected unchecked.
@@ -95,6 +101,17 @@ def repetition(text: str, n: int = 10) -> float:
     return 1.0 - len(grams) / total
 
 
+def _langid_labels(tgt_lang: str) -> tuple[str, ...]:
+    """The detector labels that count as ``tgt_lang`` (clo.languages ``langid``: ``zh-Hant`` is
+    detected as ``zh``, Egyptian Arabic as ``arz`` or ``ar``); an unregistered code is its own label."""
+    from clo import languages
+
+    try:
+        return languages.get(tgt_lang).langid or ()
+    except KeyError:
+        return (tgt_lang,)
+
+
 def check_pair(
     field: str, source: str, target: str, tgt_lang: str, cfg: ChecksConfig, detect=None
 ) -> tuple[dict, list[str]]:
@@ -108,9 +125,11 @@ def check_pair(
             from clo.langid import detect_language as detect
         text = prose(target)
         letters = sum(ch.isalpha() for ch in text)
-        lang = detect(text) if letters >= cfg.langid_min_letters else None
+        labels = _langid_labels(tgt_lang)
+        # A language no detector knows (labels empty) is undecidable: the check passes.
+        lang = detect(text) if letters >= cfg.langid_min_letters and labels else None
         values["lang"] = lang
-        if lang is not None and lang != tgt_lang:
+        if lang is not None and lang not in labels:
             reasons.append(f"lang_{field}")
     ratio = length_ratio(source, target)
     values["length_ratio"] = round(ratio, 4)
@@ -140,3 +159,25 @@ def check_record(x_en: str, y_en: str, x_tgt: str, y_tgt: str, tgt_lang: str, cf
     out["passed"] = not reasons
     out["reasons"] = reasons
     return out
+
+
+def check_records(records: list, cfg: ChecksConfig, detect=None) -> tuple[list, list[dict]]:
+    """Check :class:`~clo.data.records.CrossLingualRecord` s translated elsewhere (``clo data check``).
+
+    Every record gets ``meta["checks"]`` (:func:`check_record`, plus ``echo_<field>`` for a text
+    left in English); returns (passing records, reject rows ``{"id", "reasons", "record"}``), in
+    input order, as a build writes them.
+    """
+    accepted, rejects = [], []
+    for r in records:
+        checks = check_record(r.x_en, r.y_en, r.x_tgt, r.y_tgt, r.tgt_lang, cfg, detect)
+        for name, src, tgt in (("x_tgt", r.x_en, r.x_tgt), ("y_tgt", r.y_en, r.y_tgt)):
+            if tgt.strip() and segment_failure(src, tgt) == "echo":
+                checks["reasons"].append(f"echo_{name}")
+        checks["passed"] = not checks["reasons"]
+        r.meta["checks"] = checks
+        if checks["passed"]:
+            accepted.append(r)
+        else:
+            rejects.append({"id": r.id, "reasons": checks["reasons"], "record": r.to_dict()})
+    return accepted, rejects

@@ -11,13 +11,17 @@ from clo.config_base import StrictModel, registered
 
 class TranslatorConfig(StrictModel):
     kind: str = Field("causal", description="translator registry name: seq2seq, causal, openai, identity")
-    model: str = Field("gemma-3-270m", description="translation model (hub id, path, offline name)")
+    model: str = Field("gemma-3-270m", description="translation model (hub id, path, offline name; seq2seq: also "
+                       "a directory made by ct2-transformers-converter)")
+    tokenizer: str | None = Field(None, description="seq2seq: the tokenizer, where the model directory has none "
+                                  "(a CTranslate2 conversion without --copy_files); None: the model's")
     backend: Literal["auto", "transformers", "ctranslate2"] = Field(
         "auto", description="seq2seq runtime: auto takes CTranslate2 when installed"
     )
     base_url: str | None = Field(None, description="openai: OpenAI-compatible endpoint")
     api_key_env: str = Field("OPENAI_API_KEY", description="openai: environment variable with the key")
-    batch_tokens: int = Field(4096, gt=0, description="token budget per translation batch (padded source tokens)")
+    batch_tokens: int | None = Field(None, gt=0, description="padded source tokens per translation batch; None: "
+                                     "chosen for the device (4096 on a CPU, from free memory on a GPU)")
     batch_size: int = Field(128, gt=0, description="at most this many segments per batch")
     max_segment_tokens: int = Field(200, gt=0)
     max_new_tokens_ratio: float = Field(2.0, gt=0, description="generated tokens <= ratio * source tokens + extra")
@@ -27,7 +31,8 @@ class TranslatorConfig(StrictModel):
     timeout: float = Field(120.0, gt=0, description="openai: seconds per request")
     prefix_cache: bool = Field(True, description="causal: compute the few-shot prefix once per language pair")
     device: str = "auto"
-    dtype: str = Field("auto", description="auto, float32, bfloat16, float16")
+    dtype: str = Field("auto", description="auto, float32, bfloat16, float16; CTranslate2 also int8, int8_float16, "
+                       "... (auto: float16 on a GPU, int8 on a CPU; transformers: bfloat16 on a GPU, else float32)")
 
     @field_validator("kind")
     @classmethod
@@ -50,9 +55,37 @@ class ChecksConfig(StrictModel):
     repetition_margin: float = Field(0.2, ge=0, le=1, description="allowed excess over the English text's share")
 
 
+class ColumnsConfig(StrictModel):
+    """``data.columns``: the column of your data that holds each field clo reads, where the names
+    differ (``{instruction: question, output: answer}``); unset fields keep their own names."""
+
+    id: str | None = None
+    instruction: str | None = Field(None, description="alpaca: the instruction")
+    input: str | None = Field(None, description="alpaca: the optional input, after a blank line")
+    output: str | None = Field(None, description="alpaca: the response")
+    system: str | None = Field(None, description="a system prompt (dropped, or prepended: data.system_prompt)")
+    history: str | None = Field(None, description="alpaca: earlier [instruction, response] turns")
+    messages: str | None = Field(None, description="chat: OpenAI messages [{role, content}]")
+    conversations: str | None = Field(None, description="chat: ShareGPT conversations [{from, value}]")
+    prompt: str | None = Field(None, description="trl: the prompt (a string or messages)")
+    completion: str | None = Field(None, description="trl: the completion")
+    chosen: str | None = Field(None, description="trl: the preferred completion")
+    x_en: str | None = Field(None, description="parallel: the English instruction")
+    y_en: str | None = Field(None, description="parallel: the English response")
+    x_tgt: str | None = Field(None, description="parallel: the translated instruction")
+    y_tgt: str | None = Field(None, description="parallel: the translated response")
+    tgt_lang: str | None = Field(None, description="parallel: the target language")
+
+
 class DataConfig(StrictModel):
-    source: Literal["oasst1", "alpaca", "chat"] = "alpaca"
-    path: str | None = Field(None, description="local file/dir; None reads the hub")
+    source: Literal["auto", "oasst1", "alpaca", "chat", "sharegpt", "trl", "parallel"] = Field(
+        "alpaca", description="the format of the rows (clo.data.sources); auto: told by each row's keys")
+    path: str | None = Field(None, description="local file/dir or hub dataset id; None reads the hub (oasst1)")
+    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+    split: str = Field("train", description="the split of a hub dataset or a dataset directory")
+    hub_config: str | None = Field(None, description="the config (subset) of a hub dataset")
+    system_prompt: Literal["drop", "prepend"] = Field(
+        "drop", description="system prompts: drop (the paper's single turn) or put before the instruction")
     n: int = Field(6400, gt=0, description="number of English examples")
     max_chars: int | None = Field(None, gt=0, description="take only pairs with len(x_en) + len(y_en) <= this")
     translator: TranslatorConfig = Field(default_factory=TranslatorConfig)

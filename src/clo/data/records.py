@@ -1,4 +1,4 @@
-"""The cross-lingual record (DESIGN.md section 2) and its JSONL / Parquet files.
+"""The cross-lingual record (docs/data.md, "The record schema") and its JSONL / JSON / Parquet files.
 
 One record is one parallel quadruple ``(x_en, y_en, x_tgt, y_tgt)``. Reading validates every
 line: a malformed line, a missing field or an empty text is an error naming file, line and field.
@@ -38,7 +38,7 @@ class CrossLingualRecord:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        # The DESIGN.md key order, so files diff and hash stably.
+        # The documented key order (docs/data.md), so files diff and hash stably.
         return {k: d[k] for k in ("id", "source", "tgt_lang", *TEXT_FIELDS, "meta")}
 
     @classmethod
@@ -93,8 +93,15 @@ def read_records(path: str | Path) -> list[CrossLingualRecord]:
             if isinstance(r.get("meta"), str):
                 r["meta"] = json.loads(r["meta"])
         records = [CrossLingualRecord.from_dict(r, path, i) for i, r in enumerate(rows, 1)]
+    elif path.suffix == ".json" and path.read_bytes().lstrip()[:1] == b"[":
+        records = _records_of_list(path)
     else:
-        records = [CrossLingualRecord.from_dict(obj, path, line) for line, obj in iter_jsonl(path)]
+        records = []
+        for line, obj in iter_jsonl(path):
+            try:
+                records.append(CrossLingualRecord.from_dict(obj, path, line))
+            except RecordError as e:
+                raise _with_hint(e, obj) from None
     seen: dict[str, int] = {}
     for i, r in enumerate(records, 1):
         if r.id in seen:
@@ -128,3 +135,43 @@ def write_records(records: Iterable[CrossLingualRecord], path: str | Path) -> Pa
         for r in rows:  # Parquet has no free-form maps: meta travels as a JSON string
             r["meta"] = json.dumps(r["meta"], ensure_ascii=False, sort_keys=True)
     return write_rows(rows, path)
+
+
+def format_hint(obj) -> str | None:
+    """What a row that is no cross-lingual record looks like, and which command reads it."""
+    from clo.data.sources import detect_format
+
+    fmt = detect_format(obj) if isinstance(obj, dict) else None
+    if fmt == "parallel":
+        return ("a parallel record without the fields above: `clo data check FILE --lang xx --out DIR` "
+                "reads it (ids made when absent, other column names through data.columns) and writes "
+                "checked records")
+    if fmt == "preference":
+        return ("this is a TRL preference row (prompt/chosen/rejected), not a cross-lingual record "
+                f"({', '.join(REQUIRED_FIELDS)}): use it as English source data (clo data build --source "
+                "trl), or export preference views from records with clo data view --view dpo")
+    if fmt is not None:
+        return (f"this is an English {fmt} row, not a cross-lingual record ({', '.join(REQUIRED_FIELDS)}): "
+                "translate it with clo data build --source auto --path FILE")
+    return None
+
+
+def _with_hint(e: RecordError, obj) -> RecordError:
+    hint = format_hint(obj) if e.reason == "missing field" else None
+    return RecordError(e.path, e.line, e.field, f"{e.reason}; {hint}") if hint else e
+
+
+def _records_of_list(path: Path) -> list[CrossLingualRecord]:
+    """Records written as one JSON list (``.json``); a bad item is named by its position."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RecordError(path, e.lineno, None, f"malformed JSON: {e.msg} (column {e.colno})") from None
+    out = []
+    for k, obj in enumerate(data):
+        try:
+            out.append(CrossLingualRecord.from_dict(obj, path, None))
+        except RecordError as e:
+            e = _with_hint(e, obj)
+            raise RecordError(path, None, f"[{k}]" + (f".{e.field}" if e.field else ""), e.reason) from None
+    return out

@@ -532,6 +532,9 @@ class _Stage:
         }
         if finished and self.acc.is_main_process:
             _write_json(self.out / "result.json", {"best_checkpoint": str(self.out / "best"), "metrics": metrics})
+            from clo.train.card import write_model_card
+
+            write_model_card(self.out / "best", metrics, self.cfg)
         self.acc.wait_for_everyone()
         return TrainResult(self.out / "best", metrics, self.out)
 
