@@ -500,16 +500,59 @@ def test_translate_instructions_writes_one_translation_per_instruction(tmp_path,
     assert all(r["instruction"] == r["instruction_en"] for r in rows)  # the identity translator
 
 
-def test_clo_run_dry_run_lists_runs_and_evaluations(capsys, tmp_path):
+def test_clo_run_dry_run_lists_runs_and_evaluations(capsys, tmp_path, monkeypatch):
     from clo.cli import main
 
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the spec tiny-llama is not looked up on the hub
     repo = Path(__file__).resolve().parents[1]
     assert main(["run", str(repo / "configs" / "tiny.yaml"), "--dry-run", "--set", f"output_dir={tmp_path}"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"grid tiny: 3 runs in {tmp_path}"
-    assert [ln.split()[0] for ln in lines[1:]] == ["tiny-llama/de/base", "tiny-llama/de/sft/nall", "tiny-llama/de/clo/nall"]
+    assert [ln.split()[0] for ln in lines[1:4]] == ["tiny-llama/de/base", "tiny-llama/de/sft/nall", "tiny-llama/de/clo/nall"]
     assert lines[1].split(None, 1)[1] == "belebele_de, belebele_en, mmmlu_en, fidelity_de"
-    assert not (tmp_path / "plan.json").exists()  # a dry run writes nothing
+    # Then the estimate per stage and the checks (a hub id cannot be checked offline: a warning).
+    assert lines[4].startswith("estimate (19 stages to run, 0 already done; assumptions in ")
+    assert [ln.split()[0] for ln in lines[6:11]] == ["data", "train", "eval", "pairwise", "report"]
+    # (and the evaluation data, read from the hub, cannot be either).
+    assert "checks: 0 error(s), 3 warning(s)" in lines
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_fidelity_without_benchmark_prompts_reads_the_held_out_prompts(tmp_path, shared_data):
+    """Swahili has no Language Confusion Benchmark prompts: fidelity answers the run's held-out
+    validation prompts (x_tgt of data/sw/validation.jsonl), and their content is an input."""
+    rows = [json.loads(ln) for ln in (FIXTURES / "de_records.jsonl").read_text(encoding="utf-8").splitlines()]
+    sw = tmp_path / "sw.jsonl"
+    sw.write_text("".join(json.dumps({**r, "tgt_lang": "sw", "x_tgt": f"Swali {r['id']}"}) + "\n" for r in rows),
+                  encoding="utf-8")
+    tree = _grid(tmp_path, langs=["de", "sw"], dataset={"de": str(FIXTURES / "de_records.jsonl"), "sw": str(sw)},
+                 eval_jobs=[{"task": "fidelity"}], sizes=[None],
+                 base={"data": {"val_fraction": 0.25, "subsets": [4, 8]}, "eval": {"data_dir": str(shared_data)}})
+    stages = FakeStages()
+    run_grid(grid_from_dict(tree), stages.functions(), progress=False)
+    by_lang = {o["lang"]: o for o in stages.seen_opts if o["task"] == "fidelity"}
+    assert "held_out_file" not in by_lang["de"]  # German: the benchmark's prompts
+    assert by_lang["sw"]["held_out_file"] == str(tmp_path / "grid" / "data" / "sw" / "validation.jsonl")
+    marker = read_marker(tmp_path / "grid" / "runs" / "Tiny-1" / "sw" / "base" / "eval" / "fidelity_sw.done.json")
+    assert len(marker["inputs"]["held_out"]) == 64  # the SHA-256 of the prompts, not their path
+
+    # The task itself, on a tiny model: the held-out x_tgt are the prompts.
+    from clo.config import load_config
+    from clo.eval import evaluate
+    from clo.testing import tiny_model, tiny_tokenizer
+
+    held = tmp_path / "grid" / "data" / "sw" / "validation.jsonl"
+    cfg = load_config(None, ["lang=sw", f"eval.data_dir={shared_data}", "eval.max_new_tokens=4"])
+    m = evaluate("fidelity", (tiny_model("llama", vocab_size=512), tiny_tokenizer()), cfg, tmp_path / "ev",
+                 held_out_file=str(held))
+    assert m["n"] == 3
+    doc = json.loads((tmp_path / "ev" / "fidelity-sw.json").read_text(encoding="utf-8"))
+    assert all(r["prompt"].startswith("Swali fx-") for r in doc["records"])
+    assert "Prompts: held-out records" in (tmp_path / "ev" / "fidelity-sw.md").read_text(encoding="utf-8")
+    from clo.eval.core import EvalDataError
+
+    with pytest.raises(EvalDataError, match="no prompts for sw .* give prompts_file="):
+        evaluate("fidelity", (tiny_model("llama", vocab_size=512), tiny_tokenizer()), cfg, tmp_path / "ev2")
 
 
 def test_clo_run_reports_configuration_errors(capsys, tmp_path):

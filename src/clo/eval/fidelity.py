@@ -2,7 +2,12 @@
 
 ``fidelity``: the detected language (clo.langid) of every response; ``rate`` is the share in
 the prompt's language, ``per_language`` the share of each detected language (``"none"`` for a
-response with no letters).
+response with no letters). Prompts (:data:`SOURCES`): ``prompts`` or ``prompts_file`` when given;
+else ``source="auto"`` takes the Language Confusion Benchmark's monolingual prompts where it has
+the language and otherwise the held-out prompts of ``held_out_file`` (cross-lingual records, e.g.
+a grid's ``data/<lang>/validation.jsonl``: ``x_tgt``, or ``x_en`` for English), so that every
+language has a source (the benchmark has no Swahili or Yoruba); ``"lcb"`` and ``"held-out"``
+choose one.
 
 ``confusion``: the Language Confusion Benchmark (Marchisio et al., 2024) on its prompts, scored
 with the benchmark's own rules (:mod:`clo.eval.lcb_metrics`, metric ``lcb``: fastText lid.176
@@ -110,6 +115,81 @@ def load_prompts(path: Path) -> list[str]:
     raise EvalDataError(f"{path}: unknown prompts format {path.suffix!r}; use .txt, .json, .jsonl or .csv")
 
 
+def lcb_languages(data_dir: Path | None, split: str = "monolingual") -> set[str]:
+    """The language codes with Language Confusion Benchmark prompts of ``split`` under ``data_dir``."""
+    if data_dir is None:
+        return set()
+    return {f.stem for f in (Path(data_dir) / "language_confusion" / split).glob("*/*.csv")}
+
+
+#: Where fidelity prompts come from when neither ``prompts`` nor ``prompts_file`` is given.
+SOURCES = ("auto", "lcb", "held-out")
+
+
+def _source(opts: dict) -> str:
+    source = opts.get("source", "auto")
+    if source not in SOURCES:
+        raise ValueError(f"fidelity: unknown source {source!r}; use {', '.join(SOURCES)}")
+    return source
+
+
+def uses_held_out(lang: str, data_dir: Path | None, opts: dict) -> bool:
+    """Whether a fidelity run with these options reads the held-out prompts (``held_out_file``):
+    no ``prompts``/``prompts_file``, and ``source`` is ``held-out``, or ``auto`` for a language
+    the benchmark has no monolingual prompts for."""
+    if opts.get("prompts") is not None or opts.get("prompts_file"):
+        return False
+    source = _source(opts)
+    return source == "held-out" or (source == "auto" and lang not in lcb_languages(data_dir))
+
+
+def load_held_out(path: Path, lang: str) -> list[str]:
+    """The prompts of held-out cross-lingual records: ``x_tgt`` of the records in ``lang``, or
+    ``x_en`` when ``lang`` is English."""
+    from clo.data.records import read_records
+
+    records = read_records(path)
+    if lang == "en":
+        return [r.x_en for r in records]
+    wrong = sorted({r.tgt_lang for r in records} - {lang})
+    if wrong:
+        raise EvalDataError(f"{path}: held-out records in {', '.join(wrong)}, not {lang!r}")
+    return [r.x_tgt for r in records]
+
+
+def missing_data(lang, data_dir: Path | None, opts: dict) -> str | None:
+    """What a fidelity run in ``lang`` lacks (None: nothing), read before a grid starts."""
+    if opts.get("prompts") is not None:
+        return None
+    if opts.get("prompts_file"):
+        return None if Path(opts["prompts_file"]).is_file() else f"{opts['prompts_file']}: no such prompts file"
+    if uses_held_out(lang.code, data_dir, opts):
+        # A grid passes the validation split its data stage writes; the task checks it exists.
+        return None if opts.get("held_out_file") else (
+            f"no prompts for {lang.code}: the Language Confusion Benchmark has none under "
+            f"{data_dir or '(no eval.data_dir)'}; give prompts_file= or held_out_file=")
+    if lang.code not in lcb_languages(data_dir):  # source: lcb
+        return (f"no prompts for {lang.code}: source lcb, and the Language Confusion Benchmark has none under "
+                f"{data_dir or '(no eval.data_dir)'}; use source auto or held-out")
+    return None
+
+
+def missing_confusion_data(lang, data_dir: Path | None, opts: dict) -> str | None:
+    """What a confusion run in ``lang`` lacks (None: nothing)."""
+    if data_dir is None:
+        return "the Language Confusion Benchmark is read from a local copy: set eval.data_dir"
+    split = opts.get("split", "monolingual")
+    root = Path(data_dir) / "language_confusion"
+    if not root.is_dir():
+        return f"{root}: no such directory (a local copy of the Language Confusion Benchmark)"
+    for s in SPLITS if split == "all" else (split,):
+        if lang.code not in lcb_languages(data_dir, s):
+            has = ", ".join(sorted(lcb_languages(data_dir, s))) or "none"
+            return f"{root / s}: no {s} prompts for {lang.code} (<source>/{lang.code}.csv; it has {has})"
+    words = Path(opts["words_file"]) if opts.get("words_file") else Path(data_dir) / "language_confusion" / "words"
+    return None if words.exists() else f"{words}: no English word list (the word-level pass rate needs it)"
+
+
 # ---------------------------------------------------------------------------------------------
 # Tasks
 
@@ -136,14 +216,25 @@ def _responses(ctx: TaskContext, prompts: list[str], ids: list[str], *, batch_si
 
 @register_task("fidelity", description="share of responses in the prompt's language")
 def run_fidelity(ctx: TaskContext, *, prompts: list[str] | None = None, prompts_file: str | None = None,
+                 source: str = "auto", held_out_file: str | None = None,
                  limit: int | None = None, batch_size: int | None = None,
                  max_new_tokens: int | None = None) -> TaskResult:
     limit = limit if limit is not None else ctx.cfg.eval.limit
+    opts = {"prompts": prompts, "prompts_file": prompts_file, "source": source}
+    origin = "given prompts" if prompts is not None else f"prompts file {prompts_file}"
     if prompts is None:
         if prompts_file:
             prompts = load_prompts(Path(prompts_file))
+        elif uses_held_out(ctx.lang.code, ctx.data_dir, opts):
+            if not held_out_file:
+                raise EvalDataError(
+                    f"fidelity: no prompts for {ctx.lang.code} (the Language Confusion Benchmark has none "
+                    f"under {ctx.data_dir or 'eval.data_dir, which is unset'}); give prompts_file= (--prompts-file) "
+                    "or held_out_file= (cross-lingual records such as a grid's data/<lang>/validation.jsonl)")
+            prompts, origin = load_held_out(Path(held_out_file), ctx.lang.code), f"held-out records {held_out_file}"
         else:
             prompts = [r["prompt"] for r in load_lcb(ctx.data_dir, ctx.lang.code, "monolingual")]
+            origin = "Language Confusion Benchmark, monolingual"
     prompts = list(prompts)[:limit]
     if not prompts:
         raise EvalDataError("fidelity: no prompts")
@@ -160,9 +251,12 @@ def run_fidelity(ctx: TaskContext, *, prompts: list[str] | None = None, prompts_
     }
     records = [{"id": i, "prompt": p, "response": r, "detected": d, "in_language": d == ctx.lang.code}
                for i, p, r, d in zip(ids, prompts, responses, detected)]
-    md = "| detected language | share |\n|---|---|\n" + "\n".join(
+    md = f"Prompts: {origin}.\n\n| detected language | share |\n|---|---|\n" + "\n".join(
         f"| {k} | {v:.3f} |" for k, v in metrics["per_language"].items())
     return TaskResult(metrics, records, data_hash(prompts), md)
+
+
+run_fidelity.missing_data = missing_data  # type: ignore[attr-defined]  # read by clo.experiments.preflight
 
 
 SPLITS = ("monolingual", "crosslingual")
@@ -241,3 +335,6 @@ def run_confusion(ctx: TaskContext, *, split: str = "monolingual", limit: int | 
         md.append(f"| {s} | all | {cell(m['lpr'])} | {cell(m['wpr'])} | {cell(m['lcpr'])} | {m['kept']} | "
                   f"{cell(c['lpr'])} | {cell(c['wpr'])} |")
     return TaskResult(metrics, records, data_hash([r["prompt"] for r in rows]), "\n".join(md))
+
+
+run_confusion.missing_data = missing_confusion_data  # type: ignore[attr-defined]

@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -136,6 +136,70 @@ def model_slug(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "-", tail) or "model"
 
 
+class StageResources(StrictModel):
+    """What each job of one stage asks the cluster for (``launcher.stages.<stage>``)."""
+
+    gpus_per_node: int = Field(1, ge=0)
+    nodes: int = Field(1, ge=1, description="more than 1: only for train (accelerate launch across the nodes)")
+    cpus_per_task: int = Field(8, ge=1)
+    mem_gb: float | None = Field(None, gt=0, description="None: the partition's default")
+    timeout_min: int = Field(240, gt=0, description="Slurm time limit of each job, minutes")
+    partition: str | None = Field(None, description="overrides launcher.partition for this stage")
+    additional_parameters: dict[str, Any] = Field(
+        default_factory=dict, description="more sbatch options for this stage, e.g. {constraint: h100}")
+
+
+def _resources(**kw: Any) -> Any:
+    return Field(default_factory=lambda: StageResources(**kw))
+
+
+class LauncherStages(StrictModel):
+    """Resources per stage: one job per language (data: the translation, also of the AlpacaEval
+    instructions), per trained run (train), per run (eval: its evaluations that need no other run),
+    per cell of model, language and size (pairwise: judged comparisons with the baseline), one report."""
+
+    data: StageResources = _resources(gpus_per_node=1, timeout_min=240)
+    train: StageResources = _resources(gpus_per_node=1, timeout_min=720, cpus_per_task=16)
+    eval: StageResources = _resources(gpus_per_node=1, timeout_min=480)
+    pairwise: StageResources = _resources(gpus_per_node=1, timeout_min=480)
+    report: StageResources = _resources(gpus_per_node=0, cpus_per_task=2, timeout_min=30)
+
+    @model_validator(mode="after")
+    def _one_node(self) -> LauncherStages:
+        for name in ("data", "eval", "pairwise", "report"):
+            if getattr(self, name).nodes != 1:
+                raise ValueError(f"{name}.nodes: only train jobs span several nodes")
+        return self
+
+
+class LauncherConfig(StrictModel):
+    """How ``clo run`` runs the stages (``--launcher`` overrides ``kind``)."""
+
+    kind: str = Field("local", description="local: every stage in this process; slurm: each stage a Slurm job")
+    executor: Literal["slurm", "local", "debug"] = Field(
+        "slurm", description="submitit executor of kind slurm; local and debug run the jobs on this machine, "
+                             "one after another (tests, a single machine)")
+    folder: str | None = Field(None, description="submitit's job files and logs; None: <output_dir>/slurm")
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    setup: list[str] = Field(default_factory=list,
+                             description="shell lines each job runs first, e.g. 'source .venv/bin/activate'")
+    additional_parameters: dict[str, Any] = Field(default_factory=dict, description="more sbatch options for every job")
+    accelerate_config: str | None = Field(
+        None, description="accelerate config file of the training jobs (e.g. configs/accelerate/fsdp.yaml); "
+                          "processes and machines come from launcher.stages.train")
+    main_process_port: int = Field(29500, gt=0, lt=65536, description="rendezvous port of multi-node training")
+    stages: LauncherStages = Field(default_factory=LauncherStages)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        from clo.experiments.launchers import LAUNCHERS
+
+        return registered(v, sorted(LAUNCHERS), "launcher")
+
+
 class GridConfig(StrictModel):
     name: str = "grid"
     output_dir: str = Field("runs/grid", description="the grid directory: data/, runs/, report/")
@@ -153,6 +217,7 @@ class GridConfig(StrictModel):
         None, description="prebuilt cross-lingual JSONL per language, used instead of building the data"
     )
     samples: list[str] = Field(default_factory=list, description="prompts answered side by side by every model")
+    launcher: LauncherConfig = Field(default_factory=LauncherConfig, description="where the stages run")
 
     @field_validator("models", mode="before")
     @classmethod
@@ -331,6 +396,6 @@ def dump_grid(grid: GridConfig) -> str:
 
 
 __all__ = [
-    "BASE_VARIANT", "METHODS", "PAIRWISE_TASKS", "EvalJob", "GridConfig", "MethodVariant", "ModelEntry",
-    "RunSpec", "dump_grid", "expand", "grid_from_dict", "load_grid", "model_slug",
+    "BASE_VARIANT", "METHODS", "PAIRWISE_TASKS", "EvalJob", "GridConfig", "LauncherConfig", "MethodVariant",
+    "ModelEntry", "RunSpec", "StageResources", "dump_grid", "expand", "grid_from_dict", "load_grid", "model_slug",
 ]

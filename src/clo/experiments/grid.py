@@ -14,6 +14,7 @@ Layout of a grid directory (``GridConfig.output_dir``)::
         samples.json                                                                  samples.done.json
         failed.json                the last error of this run, removed once it succeeds
     report/                        tables (Markdown, CSV), figures (PNG), report.json  report.done.json
+    slurm/<job id>/                submitit's files when the stages run as Slurm jobs (clo.experiments.launchers)
 
 (next to each ``<stage>.done.json``, a ``<stage>.started.json`` while that stage is running or
 after it died: it records which inputs the partial output belongs to.)
@@ -36,6 +37,7 @@ import hashlib
 import logging
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +55,14 @@ from clo.experiments.config import (
     dump_grid,
     expand,
 )
-from clo.experiments.stages import fingerprint, marker_path, run_stage, write_json_atomic
+from clo.experiments.stages import (
+    StageNotDone,
+    fingerprint,
+    lookup_stage,
+    marker_path,
+    run_stage,
+    write_json_atomic,
+)
 
 # Content-addressed caches a cleared data directory keeps: rows are keyed by the translator's
 # fingerprint and the source text, so they are never stale, and they are the expensive part.
@@ -142,10 +151,11 @@ _MODELS = _ModelCache()
 
 def _evaluate(task: str, model: str, cfg: Config, out_dir: Path, opts: dict) -> dict:
     from clo.eval import evaluate
+    from clo.eval.generation import resolve_backend
 
     # The grid's marker decides when an evaluation's inputs changed (it clears its outputs then);
     # a cache of other settings left behind is started over, not refused.
-    if cfg.eval.backend == "vllm":
+    if resolve_backend(cfg.eval.backend) == "vllm":  # eval.backend auto: vLLM on a CUDA machine that has it
         # vLLM loads the checkpoint itself and claims a share of the GPU: hand it the spec, and
         # free the transformers copy another stage may have left in memory.
         _MODELS.clear()
@@ -166,13 +176,15 @@ def translate_instructions(cfg: Config, lang: str, out_path: Path, instructions_
     """The AlpacaEval instructions in ``lang``, translated once per grid with ``data.translator``.
 
     Every run of a language is then judged on the same prompts, and the translation is not
-    repeated per run. Writes ``[{"instruction": translated, "instruction_en": original}, ...]``.
+    repeated per run. Only the first ``cfg.eval.limit`` instructions (all when None), the ones an
+    evaluation with ``cfg`` uses; the grid passes the largest limit of its jobs. Writes
+    ``[{"instruction": translated, "instruction_en": original}, ...]``.
     """
     from clo.data.translate import translate_texts
     from clo.eval.alpacaeval import load_instructions
 
     rows = load_instructions(Path(instructions_file) if instructions_file else None,
-                             Path(cfg.eval.data_dir) if cfg.eval.data_dir else None)
+                             Path(cfg.eval.data_dir) if cfg.eval.data_dir else None)[:cfg.eval.limit]
     english = [r["instruction"] for r in rows]
     out = translate_texts(english, "en", lang, cfg.data.translator, out_path.with_suffix(".sqlite"))
     write_json_atomic(out_path, [{"instruction": t, "instruction_en": e} for t, e in zip(out, english)])
@@ -282,6 +294,84 @@ def plan(grid: GridConfig, runs: list[RunSpec] | None = None) -> dict:
             "runs": out}
 
 
+def _instructions_limit(grid: GridConfig, jobs: list[EvalJob], runs: list[RunSpec],
+                        key: tuple[str, str | None]) -> int | None:
+    """How many AlpacaEval instructions the jobs translating ``key`` (language, file) use, for
+    their runs and baselines: the largest ``limit`` (the job's, else the run's ``eval.limit``);
+    None (all) when one of them has none."""
+    limits = []
+    for job in jobs:
+        if job.task != "alpacaeval" or "translated_file" in job.opts:
+            continue
+        for r in runs:
+            if (job.resolve_lang(r.lang), job.opts.get("instructions_file")) != key or (
+                    job.only_langs is not None and r.lang not in job.only_langs):
+                continue
+            limit = job.opts.get("limit")
+            limits.append(limit if limit is not None else r.config.eval.limit)
+    return None if not limits or None in limits else max(limits)
+
+
+@dataclass(frozen=True)
+class StageRef:
+    """One stage of a grid as :func:`run_grid` names it (``train/<run id>``, ``eval/<run id>/<key>``, ...).
+
+    ``kind``: data, instructions (AlpacaEval instructions translated), train, eval (a task that
+    needs no other run), samples, baseline-outputs, pairwise (judged against the baseline), report.
+    """
+
+    name: str
+    kind: str
+    lang: str | None = None
+    run: RunSpec | None = None
+    job: EvalJob | None = None
+    key: tuple | None = None  # instructions: (lang, instructions file); baseline-outputs: the baseline run id
+
+
+def stage_refs(grid: GridConfig, runs: list[RunSpec] | None = None) -> list[StageRef]:
+    """Every stage :func:`run_grid` runs for ``grid``, in the order it runs them."""
+    runs = expand(grid) if runs is None else runs
+    jobs = grid.jobs()
+    local = [j for j in jobs if j.task not in PAIRWISE_TASKS]
+    pairwise = [j for j in jobs if j.task in PAIRWISE_TASKS]
+    out = [StageRef(f"data/{lang}", "data", lang) for lang in grid.langs]
+    for run in runs:
+        if run.method is not None:
+            out.append(StageRef(f"train/{run.run_id}", "train", run.lang, run))
+        out += [StageRef(f"eval/{run.run_id}/{j.key(run.lang)}", "eval", j.resolve_lang(run.lang), run, j)
+                for j in local if _job_applies(grid, run, j)]
+        if grid.samples:
+            out.append(StageRef(f"samples/{run.run_id}", "samples", run.lang, run))
+    seen: set = set()
+    for job in pairwise:
+        if job.task != "alpacaeval" or "translated_file" in job.opts:
+            continue
+        for lang in grid.langs:
+            key = (job.resolve_lang(lang), job.opts.get("instructions_file"))
+            if key[0] == "en" or key in seen or not any(r.lang == lang and _job_applies(grid, r, job) for r in runs):
+                continue
+            seen.add(key)
+            name = f"instructions/{instructions_path(Path(grid.output_dir), *key).stem}"
+            out.append(StageRef(name, "instructions", key[0], job=job, key=key))
+    by_cell = {(r.model, r.lang, r.size, r.variant): r for r in runs}
+    outputs: set[str] = set()
+    for run in runs:
+        base = by_cell.get((run.model, run.lang, run.size, grid.baseline))
+        for job in pairwise:
+            if not _job_applies(grid, run, job):
+                continue
+            key = job.key(run.lang)
+            if job.task == "alpacaeval" and base is not None:
+                name = f"baseline-outputs/{base.run_id}/{key}"
+                if name not in outputs:
+                    outputs.add(name)
+                    out.append(StageRef(name, "baseline-outputs", job.resolve_lang(run.lang), base, job))
+            out.append(StageRef(f"eval/{run.run_id}/{key}", "pairwise", job.resolve_lang(run.lang), run, job,
+                                key=None if base is None else (base.run_id,)))
+    out.append(StageRef("report", "report"))
+    return out
+
+
 def _job_applies(grid: GridConfig, run: RunSpec, job: EvalJob) -> bool:
     if job.only_langs is not None and run.lang not in job.only_langs:
         return False
@@ -298,6 +388,10 @@ class GridResult:
     ran: list[str] = field(default_factory=list)  # stage names that ran (not skipped)
     skipped: list[str] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)  # run id or stage -> error
+    # With ``only``: stages left to other jobs that were done (looked up), and those that were not
+    # (run id or stage -> why), so what depended on them did not run here.
+    looked_up: list[str] = field(default_factory=list)
+    pending: dict[str, str] = field(default_factory=dict)
     report: dict | None = None
     seconds: float = 0.0
 
@@ -309,16 +403,20 @@ class GridResult:
 class _RunLog:
     """Copies log records to the run's log.txt while its stages run."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path | None) -> None:
+        self.path = path  # None: no log file (a look-up that writes nothing)
 
     def __enter__(self) -> None:
+        if self.path is None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.handler = logging.FileHandler(self.path, encoding="utf-8")
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(self.handler)
 
     def __exit__(self, *exc) -> None:
+        if self.path is None:
+            return
         logging.getLogger().removeHandler(self.handler)
         self.handler.close()
 
@@ -329,21 +427,35 @@ def run_grid(
     *,
     fail_fast: bool = False,
     progress: bool = True,
+    only: Callable[[str], bool] | None = None,
+    stage_runner: Callable[..., tuple[Any, str, bool]] = run_stage,
+    lookup_only: bool = False,
 ) -> GridResult:
     """Run (or resume) every stage of ``grid``; finished stages are skipped.
 
     A failing stage is logged to its run's ``log.txt`` and ``failed.json`` and the grid goes on
     with what does not depend on it (``fail_fast`` re-raises instead); the report is written
     at the end either way, with the missing results as gaps.
+
+    ``only`` (a predicate on stage names such as ``train/<run id>``) runs just those stages, as
+    one job of a launcher does (:mod:`clo.experiments.launchers`): every other stage is looked up
+    by its done-marker (the same fingerprints), and what depends on one that is not done is
+    recorded in ``pending``, not as a failure. ``only=lambda name: False`` runs nothing and says
+    what is done. ``stage_runner`` replaces :func:`~clo.experiments.stages.run_stage` (a training
+    job's worker nodes follow the first node's decision instead of writing markers).
+    ``lookup_only``: run nothing and write nothing, only say which stages are done (``looked_up``).
     """
     stages = stages or StageFunctions()
     t_start = time.perf_counter()
     grid_dir = Path(grid.output_dir)
-    grid_dir.mkdir(parents=True, exist_ok=True)
-    (grid_dir / "grid.yaml").write_text(dump_grid(grid), encoding="utf-8")
+    if lookup_only:
+        only, progress = (lambda name: False), False
+    else:
+        grid_dir.mkdir(parents=True, exist_ok=True)
     runs = expand(grid)
     the_plan = plan(grid, runs)
-    write_json_atomic(grid_dir / "plan.json", the_plan)
+    if only is None:  # a launcher writes them once, before its jobs start
+        write_grid_files(grid, the_plan)
     result = GridResult(grid_dir)
 
     jobs = grid.jobs()
@@ -361,16 +473,25 @@ def run_grid(
         """Run one stage; ``clear``: its outputs, removed when its inputs changed; ``ignore``: input
         keys that do not change its results (see :func:`clo.experiments.stages.run_stage`)."""
         bar.set_postfix_str(name, refresh=True)
-        out, fp, ran = run_stage(name, marker, inputs, fn, clear=clear, keep=keep, ignore=ignore)
+        if only is not None and not only(name):
+            out, fp = lookup_stage(name, marker, inputs, ignore=ignore)  # StageNotDone: left to its job
+            result.looked_up.append(name)
+            bar.update(1)
+            return out, fp
+        out, fp, ran = stage_runner(name, marker, inputs, fn, clear=clear, keep=keep, ignore=ignore)
         (result.ran if ran else result.skipped).append(name)
         bar.update(1)
         return out, fp
 
     def fail(key: str, rdir: Path | None, err: BaseException) -> None:
+        if isinstance(err, StageNotDone):  # another job's stage: nothing failed here
+            result.pending[key] = str(err)
+            log.debug("%s: waits for %s", key, err)
+            return
         msg = f"{type(err).__name__}: {err}"
         result.failures[key] = msg
         log.error("%s failed: %s", key, msg)
-        if rdir is not None:
+        if rdir is not None and not lookup_only:
             write_json_atomic(rdir / "failed.json", {"error": msg, "traceback": traceback.format_exc()})
         if fail_fast:
             raise err
@@ -400,10 +521,11 @@ def run_grid(
         rdir = run_dir(grid_dir, run)
         if run.lang not in data and run.method is not None:
             continue
-        rdir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(rdir / "run.json", run.describe())
-        (rdir / "config.yaml").write_text(dump_config(run.config), encoding="utf-8")
-        with _RunLog(rdir / "log.txt"):
+        if not lookup_only:
+            rdir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(rdir / "run.json", run.describe())
+            _write_text_atomic(rdir / "config.yaml", dump_config(run.config))
+        with _RunLog(None if lookup_only else rdir / "log.txt"):
             try:
                 if run.method is None:
                     model, model_fp = run.model_spec, fingerprint(_model_inputs(run.model_spec))
@@ -442,7 +564,8 @@ def run_grid(
                           lambda run=run, model=model, rdir=rdir: _write_samples(
                               rdir, grid.samples, stages.samples(model, run.config, grid.samples)),
                           clear=(rdir / "samples.json",))
-                (rdir / "failed.json").unlink(missing_ok=True)
+                if not lookup_only:
+                    (rdir / "failed.json").unlink(missing_ok=True)
             except Exception as e:  # noqa: BLE001 - recorded in failed.json, the grid goes on
                 fail(run.run_id, rdir, e)
 
@@ -456,11 +579,13 @@ def run_grid(
             key = (job.resolve_lang(lang), job.opts.get("instructions_file"))
             if key[0] == "en" or not lang_runs or key in translated:
                 continue
+            # Only the instructions the jobs use: the largest limit of those sharing this file.
+            limit = _instructions_limit(grid, pairwise, runs, key)
             cfg = lang_runs[0].config
-            path = grid_dir / "alpacaeval" / f"instructions_{key[0]}.json" if key[1] is None else (
-                grid_dir / "alpacaeval" / f"instructions_{key[0]}_{fingerprint(key[1])}.json")
+            cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"limit": limit})})
+            path = instructions_path(grid_dir, *key)
             inputs = {"lang": key[0], "translator": cfg.data.translator.model_dump(mode="json"),
-                      "instructions_file": key[1], "data_dir": cfg.eval.data_dir}
+                      "instructions_file": key[1], "data_dir": cfg.eval.data_dir, "limit": limit}
             if key[1] is not None and Path(key[1]).is_file():
                 inputs["instructions_file_digest"] = _file_digest(Path(key[1]))["sha256"]
             translator = model_identity(cfg.data.translator.model)
@@ -512,7 +637,7 @@ def run_grid(
             if run.run_id not in trained or run.run_id in result.failures:
                 continue
             rdir = run_dir(grid_dir, run)
-            with _RunLog(rdir / "log.txt"):
+            with _RunLog(None if lookup_only else rdir / "log.txt"):
                 try:
                     base_run = by_cell.get((run.model, run.lang, run.size, grid.baseline))
                     for job in pairwise:
@@ -537,14 +662,17 @@ def run_grid(
                             opts, extra = {"baseline": b_model, **topts}, {"baseline": b_fp, **textra}
                         _eval_job(grid, run, job, model, model_fp, rdir, stages, stage, eval_fps,
                                   opts=opts, extra=extra)
-                    (rdir / "failed.json").unlink(missing_ok=True)
+                    # (A launcher's pairwise job leaves the record of an evaluation job's failure.)
+                    if not lookup_only and run.run_id not in result.pending:
+                        (rdir / "failed.json").unlink(missing_ok=True)
                 except Exception as e:  # noqa: BLE001
                     fail(run.run_id, rdir, e)
 
     # -- report ----------------------------------------------------------------------------
     try:
+        # A job of a launcher knows other jobs' failures as stages not done: the same keys.
         inputs = {"evals": sorted(f"{k[0]}:{k[1]}:{v[0]}" for k, v in eval_fps.items()),
-                  "failures": sorted(result.failures), "plan": fingerprint(the_plan)}
+                  "failures": sorted(set(result.failures) | set(result.pending)), "plan": fingerprint(the_plan)}
         result.report, _ = stage("report", marker_path(grid_dir / "report", "report"), inputs,
                                  lambda: stages.report(grid_dir), clear=(grid_dir / "report",))
     except Exception as e:  # noqa: BLE001
@@ -552,11 +680,32 @@ def run_grid(
     bar.close()
     _MODELS.clear()
     result.seconds = time.perf_counter() - t_start
-    write_json_atomic(grid_dir / "status.json", {
-        "ok": result.ok, "failures": result.failures, "ran": result.ran, "skipped": result.skipped,
-        "seconds": round(result.seconds, 1),
-    })
+    if not lookup_only and (only is None or only("report")):
+        write_json_atomic(grid_dir / "status.json", {
+            "ok": result.ok and not result.pending, "failures": {**result.pending, **result.failures},
+            "ran": result.ran, "skipped": result.skipped + result.looked_up, "seconds": round(result.seconds, 1),
+        })
     return result
+
+
+def write_grid_files(grid: GridConfig, the_plan: dict | None = None) -> None:
+    """``grid.yaml`` and ``plan.json`` of the grid directory."""
+    grid_dir = Path(grid.output_dir)
+    grid_dir.mkdir(parents=True, exist_ok=True)
+    _write_text_atomic(grid_dir / "grid.yaml", dump_grid(grid))
+    write_json_atomic(grid_dir / "plan.json", the_plan if the_plan is not None else plan(grid))
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{uuid.uuid4().hex[:12]}")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def instructions_path(grid_dir: Path, lang: str, instructions_file: str | None) -> Path:
+    """Where the grid keeps the AlpacaEval instructions translated into ``lang``."""
+    name = f"instructions_{lang}" if instructions_file is None else f"instructions_{lang}_{fingerprint(instructions_file)}"
+    return Path(grid_dir) / "alpacaeval" / f"{name}.json"
 
 
 # The options of `alpacaeval` that `alpacaeval-outputs` shares (the rest concern the judging).
@@ -569,13 +718,39 @@ def _eval_job(grid, run, job, model, model_fp, rdir, stages, stage, eval_fps, op
     lang = job.resolve_lang(run.lang)
     key = job.key(run.lang)
     out_dir = rdir / "eval" / key
+    extra = dict(extra or {})
+    held_out = held_out_prompts(grid, run, job)
+    if held_out is not None:
+        # Languages without Language Confusion Benchmark prompts (sw, yo): the run's held-out
+        # validation prompts. Their content is an input (the untrained model's fingerprint does not
+        # carry the data's); the path is not, so that the grid directory may move.
+        opts = {**opts, "held_out_file": str(held_out)}
+        extra["held_out"] = _file_digest(held_out).get("sha256", "missing")
     all_opts = {**job.opts, "lang": lang, **opts}
     inputs = {"model": model_fp, "task": job.task, "lang": lang, "opts": _with_file_digests(job.opts),
-              "eval": run.config.eval.model_dump(mode="json"), **(extra or {})}
+              "eval": run.config.eval.model_dump(mode="json"), **extra}
     _, fp = stage(f"eval/{run.run_id}/{key}", marker_path(rdir / "eval", key), inputs,
                   lambda: stages.evaluate(job.task, model, run.config, out_dir, all_opts), clear=(out_dir,),
                   ignore=_eval_ignore())
     eval_fps[(run.run_id, key)] = (fp, out_dir)
+
+
+def held_out_prompts(grid: GridConfig, run: RunSpec, job: EvalJob) -> Path | None:
+    """The held-out validation records of the run's language when ``job`` (a fidelity job) takes
+    its prompts from them (:func:`clo.eval.fidelity.uses_held_out`), else None."""
+    if job.task != "fidelity":
+        return None
+    from clo.eval.fidelity import uses_held_out
+
+    if not uses_held_out(job.resolve_lang(run.lang), job_data_dir(run, job), job.opts):
+        return None
+    return data_dir(Path(grid.output_dir), run.lang) / "validation.jsonl"
+
+
+def job_data_dir(run: RunSpec, job: EvalJob) -> Path | None:
+    """The evaluation data directory of a job: its ``opts.data_dir``, else the run's ``eval.data_dir``."""
+    d = job.opts.get("data_dir") or run.config.eval.data_dir
+    return Path(d) if d else None
 
 
 def _train_ignore() -> tuple[str, ...]:

@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,7 +51,8 @@ def fingerprint(inputs: Any) -> str:
 def write_json_atomic(path: Path, obj: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    # Unique per writer: jobs on several nodes may write the same file (same content) at once.
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}.{uuid.uuid4().hex[:8]}")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
@@ -71,6 +73,15 @@ def read_marker(path: Path) -> dict | None:
         log.warning("%s: unreadable done-marker; the stage will run again", path)
         return None
     return obj if isinstance(obj, dict) and "fingerprint" in obj else None
+
+
+class StageNotDone(RuntimeError):
+    """A stage another job runs (see ``only`` in :func:`clo.experiments.grid.run_grid`) has no
+    done-marker for these inputs: what depends on it cannot run in this job."""
+
+    def __init__(self, name: str, why: str = "not done") -> None:
+        super().__init__(f"{name}: {why}")
+        self.stage = name
 
 
 def is_done(path: Path, fp: str) -> bool:
@@ -213,3 +224,13 @@ def run_stage(
     started_at.unlink(missing_ok=True)
     log.info("%s: finished in %.1fs", name, seconds)
     return result, fp, True
+
+
+def lookup_stage(name: str, marker: Path, inputs: Any, *, ignore: Iterable[str] = ()) -> tuple[Any, str]:
+    """The stored (result, fingerprint) of a stage done with these inputs (as :func:`run_stage`
+    would skip it), without running or clearing anything; :class:`StageNotDone` otherwise."""
+    fp = fingerprint(inputs)
+    done = read_marker(Path(marker))
+    if done is not None and _same_inputs(done, fp, inputs, tuple(ignore)):
+        return done.get("result"), done["fingerprint"]
+    raise StageNotDone(name, "not done" if done is None else "done with other inputs")

@@ -32,7 +32,7 @@ def _drift_figures(grid_dir: Path, res, out: Path) -> list[str]:
     for run_id, r in sorted(res.runs.items()):
         curves = drift_curves(grid_dir / "runs" / run_id / "train")
         if curves:
-            name = f"drift_{run_id}.png"
+            name = f"drift_{run_id.replace('/', '_')}.png"
             plot_drift(curves, f"{run_id} ({r.info.get('method')}, {r.info.get('lang')})", out / name)
             files.append(name)
     return files
