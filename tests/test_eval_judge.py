@@ -58,7 +58,7 @@ class ScriptedJudge(BaseHTTPRequestHandler):
         if broken and "MALFORMED" in user:
             return self._send(200, "application/json", b'{"id": "x", "object": "chat.completion", "choices": [')
         if broken and "HTML502" in user:
-            # retry-after-ms keeps the openai client's own retries of a 5xx short
+            # retry-after-ms: the wait before the judge asks again
             return self._send(502, "text/html", b"<html><body>502 Bad Gateway</body></html>", {"retry-after-ms": "1"})
         if broken and "HTML" in user:
             return self._send(200, "text/html", b"<html><body>Please log in</body></html>")
@@ -376,8 +376,9 @@ def test_echoed_prompts_fail_and_are_judged_again_once_the_judge_is_fixed(judge_
 
 def test_malformed_and_html_bodies_are_retried_then_failed(judge_server, tmp_path, monkeypatch, caplog):
     """A truncated JSON body and a 200 HTML page are asked for again after 1 s and 2 s (max_retries=2),
-    then the item fails with a message naming the endpoint; a 502 page is retried by the openai
-    client itself. The run goes on with the other items, and the next run retries the failed ones."""
+    then the item fails with a message naming the endpoint; a 502 page is asked for again after
+    its Retry-After (1 ms). The run goes on with the other items (judged concurrently: the waits
+    of items 1-3 interleave), and the next run retries the failed ones."""
     sleeps = []
     monkeypatch.setattr("clo.eval.judge._sleep", sleeps.append)
     model_out = ["WIN a", "MALFORMED WIN b", "HTML WIN c", "HTML502 WIN d", "LOSE e"]
@@ -387,7 +388,7 @@ def test_malformed_and_html_bodies_are_retried_then_failed(judge_server, tmp_pat
     with caplog.at_level("WARNING", logger="clo.eval.judge"):
         m, recs = run(monkeypatch)
     assert len(ScriptedJudge.requests) == 1 + 3 + 3 + 3 + 1
-    assert sleeps == [1.0, 2.0, 1.0, 2.0]
+    assert sorted(sleeps) == [0.001, 0.001, 1.0, 1.0, 2.0, 2.0]
     assert (m["n"], m["wins"], m["losses"], m["failures"], m["win_rate"]) == (2, 1, 1, 3, 0.5)
     assert [r["failed"] for r in recs] == [False, True, True, True, False]
     assert recs[1]["error"].startswith(f"judge endpoint {judge_server}: malformed JSON body")
@@ -425,3 +426,246 @@ def test_a_refused_key_stops_the_run_with_a_config_error(judge_server, tmp_path,
     with pytest.raises(ConfigError, match=rf"judge endpoint {judge_server} refused model 'gpt-4o' \(HTTP 401"):
         run(monkeypatch)
     assert len(ScriptedJudge.requests) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Concurrency, rate limits and Retry-After (issue 12)
+
+
+class LatencyJudge(BaseHTTPRequestHandler):
+    """Answers after ``latency`` seconds with a verdict that depends on the request alone (model_1
+    wins when its output sorts before model_2's); counts requests in flight. The request numbered
+    ``throttle`` (0-based) gets a 429 with ``retry-after-ms: throttle_ms`` instead."""
+
+    latency: ClassVar[float] = 0.05
+    lock = threading.Lock()
+    in_flight: ClassVar[int] = 0
+    max_in_flight: ClassVar[int] = 0
+    arrivals: ClassVar[list] = []
+    throttle: ClassVar[int | None] = None
+    throttle_ms: ClassVar[int] = 0
+    throttled_at: ClassVar[float | None] = None
+
+    def log_message(self, *a):
+        pass
+
+    def do_POST(self):
+        import time
+
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with LatencyJudge.lock:
+            number = len(LatencyJudge.arrivals)
+            LatencyJudge.arrivals.append(time.monotonic())
+            LatencyJudge.in_flight += 1
+            LatencyJudge.max_in_flight = max(LatencyJudge.max_in_flight, LatencyJudge.in_flight)
+        try:
+            time.sleep(LatencyJudge.latency)
+            if number == LatencyJudge.throttle:
+                data = b'{"error": {"message": "Rate limit reached", "type": "requests"}}'
+                self.send_response(429)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("retry-after-ms", str(LatencyJudge.throttle_ms))
+                self.end_headers()
+                self.wfile.write(data)
+                LatencyJudge.throttled_at = time.monotonic()
+                return
+            user = body["messages"][-1]["content"]
+            seg1 = user.split('"model_1": ')[1].split('"model_2": ')[0]
+            seg2 = user.split('"model_2": ')[1].split("## Your task")[0]
+            first = "model_1" if seg1.strip() < seg2.strip() else "model_2"
+            other = "model_2" if first == "model_1" else "model_1"
+            content = f'[{{"model": "{first}", "rank": 1}}, {{"model": "{other}", "rank": 2}}]'
+            data = json.dumps(_completion(body["model"], content)).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        finally:
+            with LatencyJudge.lock:
+                LatencyJudge.in_flight -= 1
+
+
+@pytest.fixture()
+def latency_server():
+    LatencyJudge.in_flight = LatencyJudge.max_in_flight = 0
+    LatencyJudge.arrivals, LatencyJudge.throttle, LatencyJudge.throttled_at = [], None, None
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), LatencyJudge)
+    srv.daemon_threads = True
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    srv.shutdown()
+    srv.server_close()
+    th.join(timeout=10)
+
+
+MANY_MODEL = [f"answer {k * 7 % 24:02d}" for k in range(24)]
+MANY_BASE = [f"answer {k * 11 % 24:02d}x" for k in range(24)]
+
+
+def test_concurrent_judging_gives_the_sequential_verdicts_in_order(latency_server, tmp_path, monkeypatch):
+    """24 items at concurrency 1 and 8: the same records in the same order; at most 8 requests
+    were in flight at once, and 8 were."""
+    docs = []
+    for concurrency in (1, 8):
+        LatencyJudge.max_in_flight = 0
+        out = tmp_path / f"c{concurrency}"
+        out.mkdir()
+        run = _judged_run(out, latency_server, MANY_MODEL, MANY_BASE, f"eval.judge.concurrency={concurrency}")
+        m, recs = run(monkeypatch)
+        assert LatencyJudge.max_in_flight == concurrency
+        docs.append((m, recs))
+    assert docs[0] == docs[1]
+    assert [r["id"] for r in docs[1][1]] == [str(k) for k in range(24)]
+    assert docs[1][0]["n"] == 24 and 0 < docs[1][0]["wins"] < 24
+
+
+def test_a_killed_concurrent_run_keeps_the_verdicts_it_had(tmp_path, monkeypatch):
+    """Verdicts are cached as they arrive: after a judge dies mid-run, the rerun judges only the
+    items without a verdict, and the result is that of an uninterrupted run."""
+    from clo.testing import tiny_model, tiny_tokenizer
+
+    class Died(RuntimeError):
+        pass
+
+    n = 30
+    (tmp_path / "instr.json").write_text(json.dumps(
+        [{"instruction": f"instruction {k}", "output": f"ref {k}", "generator": "ref", "dataset": "t"}
+         for k in range(n)]))
+    monkeypatch.setattr("clo.eval.generation.iter_generate",
+                        lambda model, tok, prompts, **kw: iter([(list(range(len(prompts))),
+                                                                 [f"mine {p}" for p in prompts])]))
+    calls = []
+    lock = threading.Lock()
+
+    def judge(messages, die_at=None):
+        import time
+
+        with lock:
+            calls.append(1)
+            k = len(calls)
+        if die_at is not None and k == die_at:
+            raise Died("the judge died")  # at once: the other workers are inside their requests
+        time.sleep(0.03)
+        user = messages[-1]["content"]
+        w = "model_1" if "mine" in user.split('"model_1": ')[1].split('"model_2"')[0] else "model_2"
+        o = "model_2" if w == "model_1" else "model_1"
+        return f'[{{"model": "{w}", "rank": 1}}, {{"model": "{o}", "rank": 2}}]'
+
+    cfg = load_config(None, ["lang=en", "eval.judge.concurrency=4"])
+    model = (tiny_model("llama", vocab_size=512), tiny_tokenizer())
+    opts = {"instructions_file": str(tmp_path / "instr.json")}
+    full = evaluate("alpacaeval", model, cfg, tmp_path / "full", judge=judge, **opts)
+    assert len(calls) == n and full["wins"] == n
+
+    calls.clear()
+    with pytest.raises(Died):
+        evaluate("alpacaeval", model, cfg, tmp_path / "out", judge=lambda m: judge(m, die_at=12), **opts)
+    cache = tmp_path / "out" / "alpacaeval-en.cache.jsonl"
+    cached = sum(1 for line in cache.read_text().splitlines() if '"key": "verdict:' in line)
+    # the verdicts that had arrived are kept; no item started after the 12th request failed (the
+    # 3 in flight beside it finish)
+    assert 1 <= cached <= len(calls) - 1 and len(calls) <= 12 + 3
+    calls.clear()
+    assert evaluate("alpacaeval", model, cfg, tmp_path / "out", judge=judge, **opts) == full
+    assert len(calls) == n - cached
+    recs = json.loads((tmp_path / "out" / "alpacaeval-en.json").read_text())["records"]
+    assert recs == json.loads((tmp_path / "full" / "alpacaeval-en.json").read_text())["records"]
+
+
+def test_a_429_holds_back_every_request_for_its_retry_after(latency_server, tmp_path, monkeypatch):
+    """The third request gets a 429 asking for 400 ms: from the moment the judge reads it, no
+    request goes out for 400 ms (not only the refused one), then that item is judged normally."""
+    LatencyJudge.latency, LatencyJudge.throttle, LatencyJudge.throttle_ms = 0.02, 2, 400
+    try:
+        run = _judged_run(tmp_path, latency_server, MANY_MODEL[:12], MANY_BASE[:12], "eval.judge.concurrency=4",
+                          "eval.judge.max_retries=2")
+        m, _ = run(monkeypatch)
+    finally:
+        LatencyJudge.latency = 0.05
+    assert (m["n"], m["failures"]) == (12, 0) and len(LatencyJudge.arrivals) == 13
+    t = LatencyJudge.throttled_at
+    # requests already on their way may arrive just after the 429 was sent; none for the rest of its wait
+    assert not [a for a in LatencyJudge.arrivals if t + 0.1 < a < t + 0.38]
+    assert max(LatencyJudge.arrivals) > t + 0.38
+
+
+def test_rate_limiter_keeps_to_rpm_and_tpm():
+    from clo.eval.judge import RateLimiter
+
+    class Clock:
+        t = 0.0
+
+        def __call__(self):
+            return self.t
+
+        def sleep(self, s):
+            self.t += s
+
+    c = Clock()
+    lim = RateLimiter(rpm=120, clock=c, sleep=c.sleep)  # 2 a second, at most 2 at once
+    for _ in range(6):
+        lim.acquire()
+    assert c.t == pytest.approx(2.0)  # 2 at once, then one every 0.5 s
+
+    c = Clock()
+    lim = RateLimiter(tpm=6000, clock=c, sleep=c.sleep)  # 100 tokens a second
+    assert lim.acquire(250) == 0  # a bucket that is not in debt lets a request go ...
+    lim.acquire(10)  # ... but 250 tokens put it 150 in debt: 1.5 s before the next
+    assert c.t == pytest.approx(1.5, abs=1e-6)
+    lim.settle(estimated=10, actual=210)  # the response used more than estimated: more debt
+    lim.acquire(1)
+    assert c.t == pytest.approx(3.6, abs=1e-6)
+
+    c = Clock()
+    lim = RateLimiter(clock=c, sleep=c.sleep)  # no caps: only pauses
+    lim.acquire()
+    lim.pause(3.0)
+    lim.pause(1.0)  # a shorter pause does not shorten the longer one
+    lim.acquire()
+    assert c.t == pytest.approx(3.0)
+
+
+def test_retry_after_headers():
+    import email.utils
+    import time
+
+    from clo.eval.judge import RETRY_AFTER_MAX_S, estimate_tokens, retry_after
+
+    assert retry_after({"retry-after-ms": "1500"}) == 1.5
+    assert retry_after({"retry-after": "2"}) == 2.0
+    assert retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    soon = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 < retry_after({"retry-after": soon}) <= 30
+    assert retry_after({"retry-after": email.utils.formatdate(time.time() - 30, usegmt=True)}) == 0.0
+    assert retry_after({"retry-after": "86400"}) == RETRY_AFTER_MAX_S
+    assert retry_after({"retry-after": "soon"}) is None
+    assert retry_after({}) is None and retry_after(None) is None
+    msgs = build_messages("Sag hallo", "hallo", "hi", languages.get("de"))
+    assert estimate_tokens(msgs, 128) == sum(len(m["content"].encode()) for m in msgs) // 3 + 8 + 128
+
+
+def test_the_local_judge_runs_one_request_at_a_time():
+    from clo.eval.judge import LocalJudge, judge_items
+
+    assert LocalJudge.max_concurrency == 1
+    active, peak = [0], [0]
+    lock = threading.Lock()
+
+    class Serial:
+        name = "serial"
+        max_concurrency = 1
+
+        def __call__(self, messages):
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            with lock:
+                active[0] -= 1
+            return '[{"model": "model_1", "rank": 1}, {"model": "model_2", "rank": 1}]'
+
+    items = [(str(k), f"i{k}", "a", "b") for k in range(6)]
+    got = list(judge_items(Serial(), items, languages.get("en"), seed=0, retries=0, concurrency=8))
+    assert [k for k, _ in got] == list(range(6)) and peak[0] == 1

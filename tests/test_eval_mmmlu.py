@@ -158,3 +158,71 @@ def test_no_questions_gives_null_metrics_and_the_reason(tmp_path):
     assert doc["metrics"] == m
     assert (m["accuracy"], m["stderr"], m["failure_rate"], m["n"]) == (None, None, None, 0)
     assert m["reason"] == "no questions"
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation budget and stop strings (issue 12)
+
+
+def test_stop_strings_are_the_answer_line_asked_for():
+    from clo import languages
+
+    for code in languages.known():
+        lang = languages.get(code)
+        stops = mmmlu.stop_strings(lang)
+        assert f"{lang.answer_word}: B\n" in stops and "Answer: D\n" in stops
+        assert (f"{lang.answer_word}：C\n" in stops) and (f"{lang.answer_word}:A\n" in stops)
+        assert all(s.endswith("\n") for s in stops)
+        # the response cut at a stop string reads as that answer
+        for s in stops:
+            assert extract_answer("Let me think step by step.\n" + s.strip()) == s.strip()[-1]
+    assert "答案：A\n" in mmmlu.stop_strings(languages.get("zh"))
+    assert len(mmmlu.stop_strings(languages.get("en"))) == 12
+
+
+def _two_questions(tmp_path):
+    (tmp_path / "mmlu").mkdir(exist_ok=True)
+    (tmp_path / "mmlu" / "mmlu_DE-DE.csv").write_text(
+        ",Question,A,B,C,D,Answer,Subject\n0,Q0,a,b,c,d,A,anatomy\n1,Q1,a,b,c,d,B,anatomy\n", encoding="utf-8")
+
+
+def test_mmmlu_budget_and_stop_strings_reach_the_generator(tmp_path, monkeypatch):
+    from clo.testing import tiny_model, tiny_tokenizer
+
+    _two_questions(tmp_path)
+    seen = []
+
+    def scripted(model, tok, prompts, **kw):
+        seen.append((kw["max_new_tokens"], kw["stop"]))
+        yield list(range(len(prompts))), ["Antwort: A"] * len(prompts)
+
+    monkeypatch.setattr("clo.eval.generation.iter_generate", scripted)
+    model = (tiny_model("llama", vocab_size=512), tiny_tokenizer())
+    base = [f"eval.data_dir={tmp_path}", "lang=de", "eval.max_new_tokens=77"]
+    evaluate("mmmlu", model, load_config(None, base), tmp_path / "a")
+    evaluate("mmmlu", model, load_config(None, [*base, "eval.mmmlu_max_new_tokens=640"]), tmp_path / "b")
+    evaluate("mmmlu", model, load_config(None, [*base, "eval.mmmlu_max_new_tokens=640"]), tmp_path / "c",
+             max_new_tokens=32)
+    from clo import languages
+
+    assert [b for b, _ in seen] == [77, 640, 32]
+    assert all(stop == mmmlu.stop_strings(languages.get("de")) for _, stop in seen)
+    fp = [json.loads((tmp_path / d / "mmmlu-de.json").read_text())["fingerprint"]["inputs"] for d in "ab"]
+    assert (fp[0]["eval"]["mmmlu_max_new_tokens"], fp[1]["eval"]["mmmlu_max_new_tokens"]) == (None, 640)
+
+
+def test_mmmlu_budget_is_not_in_other_tasks_fingerprints(tmp_path, monkeypatch):
+    """Changing MMMLU's budget must not throw away another task's cache (AlpacaEval's holds paid
+    verdicts); neither do the judge's concurrency and rate caps or the batch token budget."""
+    from clo.testing import tiny_model, tiny_tokenizer
+
+    monkeypatch.setattr("clo.eval.fidelity._detect", lambda texts: ["de"] * len(texts))
+    model = (tiny_model("llama", vocab_size=512), tiny_tokenizer())
+    heads = []
+    for extra in ([], ["eval.mmmlu_max_new_tokens=640", "eval.judge.concurrency=3", "eval.judge.rpm=60",
+                       "eval.judge.tpm=1000", "eval.batch_tokens=999"]):
+        evaluate("fidelity", model, load_config(None, ["lang=de", "eval.max_new_tokens=2", *extra]), tmp_path,
+                 prompts=["Hallo"])
+        heads.append((tmp_path / "fidelity-de.cache.jsonl").read_text().splitlines()[0])
+    assert heads[0] == heads[1]
+    assert "mmmlu_max_new_tokens" not in heads[0] and "concurrency" not in heads[0]

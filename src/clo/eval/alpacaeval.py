@@ -12,7 +12,9 @@ for English the instruction file's own ``output`` field serves when neither is g
 
 Metrics are fractions in [0, 1]: ``win_rate`` = mean score over judged items (win 1, tie 0.5,
 loss 0) with its standard error; judge failures are excluded from ``n`` and counted in
-``failures``; ``lc_win_rate`` is :func:`clo.eval.stats.length_controlled_win_rate`. Only
+``failures``; ``lc_win_rate`` is AlpacaEval 2's length-controlled win rate
+(:func:`clo.eval.stats.length_controlled_win_rate`) with lengths in tokens of one tokenizer
+(``lc_length``, ``length_tokenizer``; ``lc_length`` in the metrics says which). Only
 successful verdicts are cached: a failed judgment is requested again on the next run. With no
 successful verdict the rates are null and ``reason`` says why.
 """
@@ -32,7 +34,7 @@ from clo.eval.core import (
     read_json_list,
     register_task,
 )
-from clo.eval.judge import judge_item, make_judge
+from clo.eval.judge import judge_items, make_judge
 from clo.eval.stats import length_controlled_win_rate, mean_stderr
 
 # The repository's own loader is a dataset script, which datasets 4 and later refuse to run
@@ -138,28 +140,92 @@ def run_outputs(ctx: TaskContext, *, limit: int | None = None, instructions_file
     return TaskResult(metrics, records, data_hash(instructions), "", extra)
 
 
-def _win_rate_metrics(scores: list[float], len_model: list[int], len_base: list[int], failures: int) -> dict:
+ALPACA_EVAL_DIFFICULTY_HUB = ("tatsu-lab/alpaca_eval", "instruction_difficulty.csv")
+
+
+def length_counter(ctx: TaskContext, lc_length: str = "tokens", length_tokenizer: str | None = None):
+    """``(name, count)``: how the length-controlled win rate measures an output's length.
+
+    ``tokens`` (the default): tokens of ONE tokenizer, ``length_tokenizer`` (a model spec or path) or
+    else the evaluated model's, for the model's and the baseline's outputs alike, so that an answer
+    in Chinese and one in English (a model answering in the wrong language) have comparable
+    lengths; characters make a CJK answer look about three times shorter than its English
+    equivalent. ``chars``: characters, alpaca_eval's own measure (comparable within one Latin script).
+    """
+    if lc_length == "chars":
+        return "chars", len
+    if lc_length != "tokens":
+        raise EvalDataError(f"alpacaeval: lc_length={lc_length!r}; expected 'tokens' or 'chars'")
+    if length_tokenizer:
+        from clo.models import load_tokenizer
+
+        tok, name = load_tokenizer(length_tokenizer), length_tokenizer
+    else:
+        tok, name = ctx.tokenizer, getattr(ctx.tokenizer, "name_or_path", "") or ctx.model_name
+    return f"tokens:{name}", lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def load_instruction_difficulty(source: str | None, data_dir: Path | None, n: int) -> list[float] | None:
+    """Per-instruction difficulties of alpaca_eval's LC GLM, by position in the instruction file
+    (alpaca_eval's ``instruction_difficulty.csv``: columns ``index, instruction_difficulty``, one row
+    per AlpacaEval instruction). ``source``: a CSV path, ``"hub"`` (the file on the hub), or None:
+    ``<data_dir>/alpaca_eval/instruction_difficulty.csv`` when it exists, else no instruction term."""
+    import csv
+
+    if source is None:
+        default = Path(data_dir) / "alpaca_eval" / "instruction_difficulty.csv" if data_dir else None
+        if default is None or not default.is_file():
+            return None
+        path = default
+    elif source == "hub":
+        from huggingface_hub import hf_hub_download
+
+        repo, name = ALPACA_EVAL_DIFFICULTY_HUB
+        path = Path(hf_hub_download(repo_id=repo, filename=name, repo_type="dataset"))
+    else:
+        path = Path(source)
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    try:
+        by_index = {int(r["index"]): float(r["instruction_difficulty"]) for r in rows}
+    except (KeyError, TypeError, ValueError) as e:
+        raise EvalDataError(f"{path}: expected columns 'index' and 'instruction_difficulty' ({e})") from None
+    missing = [i for i in range(n) if i not in by_index]
+    if missing:
+        raise EvalDataError(f"{path}: no difficulty for instruction(s) {missing[:5]} (of {n} evaluated)")
+    return [by_index[i] for i in range(n)]
+
+
+def _win_rate_metrics(scores: list[float], len_model: list[int], len_base: list[int], failures: int,
+                      difficulty: list[float] | None = None, lc_length: str = "chars") -> dict:
     """The metrics of the judged items. Without one the rates are null, with the reason: NaN is
-    not JSON, and strict parsers reject the file."""
+    not JSON, and strict parsers reject the file. ``difficulty``: one per judged item, or None."""
     counts = {"n": len(scores), "wins": sum(s == 1.0 for s in scores), "ties": sum(s == 0.5 for s in scores),
               "losses": sum(s == 0.0 for s in scores), "failures": failures}
+    # Which of alpaca_eval's GLMs this is (see length_controlled_win_rate), and the length measure.
+    lc_info = {"lc_glm": "length_controlled_noreg" if difficulty is not None else "length_controlled_minimal",
+               "lc_length": lc_length}
     if not scores:
         reason = (f"no verdict: all {failures} judgments failed (see the records' 'error'); they are judged "
                   "again on the next run" if failures else "no items")
-        return {"win_rate": None, "stderr": None, "lc_win_rate": None, **counts, "reason": reason}
+        return {"win_rate": None, "stderr": None, "lc_win_rate": None, **counts, **lc_info, "reason": reason}
     wr, se = mean_stderr(scores)
-    return {"win_rate": wr, "stderr": se, "lc_win_rate": length_controlled_win_rate(scores, len_model, len_base),
-            **counts}
+    lc = length_controlled_win_rate(scores, len_model, len_base, instruction_difficulty=difficulty)
+    return {"win_rate": wr, "stderr": se, "lc_win_rate": lc, **counts, **lc_info}
 
 
 @register_task("alpacaeval", description="judged win rate against a baseline on the AlpacaEval instructions")
 def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | None = None,
         translated_file: str | None = None, baseline=None, baseline_outputs: str | None = None,
         baseline_name: str | None = None, batch_size: int | None = None, max_new_tokens: int | None = None,
-        judge=None) -> TaskResult:
+        judge=None, lc_length: str = "tokens", length_tokenizer: str | None = None,
+        instruction_difficulty: str | None = None) -> TaskResult:
     ev = ctx.cfg.eval
     rows, english, instructions = _instructions(ctx, limit, instructions_file, translated_file)
     n = len(rows)
+    # Before generating: a bad length option or difficulty file should not cost a generation run.
+    lc_name, length = length_counter(ctx, lc_length, length_tokenizer)
+    difficulty = load_instruction_difficulty(instruction_difficulty, ctx.data_dir, n)
     bs = batch_size or ev.batch_size
     mnt = max_new_tokens or ev.max_new_tokens
     outputs = _generate_cached(ctx, ctx.generator, instructions, "model", "alpacaeval: model", bs, mnt)
@@ -183,33 +249,59 @@ def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | 
     b_name = baseline_name or b_name
 
     judge = judge if judge is not None else make_judge(ev.judge)
-    records, scores, lm, lb = [], [], [], []
-    failures = 0
-    bar = tqdm(total=n, desc="alpacaeval: judge", unit="pair")
-    for i in range(n):
-        item_id = str(i)
-        v = ctx.cache.get(f"verdict:{i}")
-        # A failed judgment is never final (the judge or its endpoint may have been fixed since), so
-        # it is not cached; caches written before that hold some, which are judged again too.
-        if v is None or v["failed"]:
-            v = judge_item(judge, item_id, instructions[i], outputs[i], base[i], ctx.lang,
-                           seed=ev.seed, retries=ev.judge.retries)
+    # A failed judgment is never final (the judge or its endpoint may have been fixed since), so
+    # it is not cached; caches written before that hold some, which are judged again too.
+    verdicts = {i: ctx.cache.get(f"verdict:{i}") for i in range(n)}
+    pending = [i for i in range(n) if verdicts[i] is None or verdicts[i]["failed"]]
+    bar = tqdm(total=n, initial=n - len(pending), desc="alpacaeval: judge", unit="pair")
+    # Up to eval.judge.concurrency requests at once; each verdict is cached as it arrives (a killed
+    # run resumes with those), and the records below keep the items' order.
+    try:
+        for k, v in judge_items(judge, [(str(i), instructions[i], outputs[i], base[i]) for i in pending],
+                                ctx.lang, seed=ev.seed, retries=ev.judge.retries,
+                                concurrency=ev.judge.concurrency):
+            i = pending[k]
+            verdicts[i] = v
             if not v["failed"]:
                 ctx.cache.put(f"verdict:{i}", v)
-        bar.update(1)
+            bar.update(1)
+    finally:
+        bar.close()
+    records, scores, lm, lb, judged = [], [], [], [], []
+    failures = 0
+    for i in range(n):
+        item_id, v = str(i), verdicts[i]
         if v["failed"]:
             failures += 1
         else:
             scores.append(v["score"])
-            lm.append(len(outputs[i]))
-            lb.append(len(base[i]))
+            lm.append(length(outputs[i]))
+            lb.append(length(base[i]))
+            judged.append(i)
         records.append({"id": item_id, "instruction": instructions[i], "instruction_en": english[i],
                         "output": outputs[i], "baseline_output": base[i], **v})
-    bar.close()
-    metrics = _win_rate_metrics(scores, lm, lb, failures)
+    metrics = _win_rate_metrics(scores, lm, lb, failures,
+                                None if difficulty is None else [difficulty[i] for i in judged], lc_name)
     extra = {
         f"{ctx.name}.model_outputs.json": _outputs_file(rows, instructions, outputs, ctx.model_name),
         f"{ctx.name}.baseline_outputs.json": _outputs_file(rows, instructions, base, b_name),
     }
     md = f"baseline: `{b_name}`; judge: `{getattr(judge, 'name', type(judge).__name__)}`"
     return TaskResult(metrics, records, data_hash(instructions), md, extra)
+
+
+def missing_data(lang, data_dir: Path | None, opts: dict) -> str | None:
+    """What an AlpacaEval run lacks (None: nothing), read before a grid starts: the files its
+    options name, and the instructions (``<data_dir>/alpaca_eval/text_davinci_003.json``, or the hub)."""
+    for key in ("instructions_file", "translated_file", "baseline_outputs"):
+        if opts.get(key) and not Path(opts[key]).is_file():
+            return f"{opts[key]}: no such file ({key})"
+    if not opts.get("instructions_file") and data_dir is not None:
+        path = Path(data_dir) / "alpaca_eval" / "text_davinci_003.json"
+        if not path.is_file():
+            return f"{path}: no AlpacaEval instructions (alpaca_eval/text_davinci_003.json)"
+    return None
+
+
+run.missing_data = missing_data  # type: ignore[attr-defined]  # read by clo.experiments.preflight
+run_outputs.missing_data = missing_data  # type: ignore[attr-defined]

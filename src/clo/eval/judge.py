@@ -7,18 +7,28 @@ is told to rank an answer written in another language lower. Only the ranking in
 for counts (:func:`parse_ranking`); another answer is asked for again (``retries`` times), then
 recorded as a failure, as is an endpoint that gives no usable response (:class:`JudgeError`).
 Backends (:data:`JUDGES`): any OpenAI-compatible endpoint, or a local transformers model.
+
+:func:`judge_items` judges many items with up to ``concurrency`` requests in flight (the first item
+alone, so that a refused key ends the run after one request); each verdict is the one
+:func:`judge_item` gives for that item alone. The OpenAI judge keeps to ``rpm`` and ``tpm`` caps
+(:class:`RateLimiter`) and retries transient failures itself, after the server's Retry-After when
+it sends one; a 429 holds back every request of the run, not only the refused one.
 """
 
 from __future__ import annotations
 
 import ast
+import email.utils
 import json
 import logging
+import math
 import os
 import random
 import re
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Protocol
 
 from clo.config_base import ConfigError
@@ -142,16 +152,127 @@ class Judge(Protocol):
     def __call__(self, messages: list[dict]) -> str: ...
 
 
-# A 200 response whose body is no chat completion (an HTML page from a proxy, truncated JSON) is
-# not retried by the openai client, which only retries connection errors and error statuses; it is
-# asked for again here, after BACKOFF_S seconds, doubling up to BACKOFF_MAX_S.
+# A failed request (a 200 response whose body is no chat completion, a connection error, a 408,
+# 409, 429 or 5xx status) is asked for again up to ``max_retries`` times: after the server's
+# Retry-After when it sends one (at most RETRY_AFTER_MAX_S), else after BACKOFF_S seconds,
+# doubling up to BACKOFF_MAX_S.
 BACKOFF_S = 1.0
 BACKOFF_MAX_S = 30.0
+RETRY_AFTER_MAX_S = 300.0
 _sleep = time.sleep  # replaced in tests
 
 
 class _BadBody(Exception):
     """The endpoint answered, but not with a chat completion."""
+
+
+class _Transient(Exception):
+    """A failure worth another request: a connection error or a 408, 409, 429 or 5xx status."""
+
+    def __init__(self, message: str, retry_after: float | None, rate_limited: bool):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.rate_limited = rate_limited
+
+
+def retry_after(headers) -> float | None:
+    """Seconds the server asks to wait (``retry-after-ms``, or ``retry-after`` in seconds or as an
+    HTTP date), at most :data:`RETRY_AFTER_MAX_S`; None when it names no wait."""
+    if headers is None:
+        return None
+    seconds = None
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            seconds = float(ms) / 1000
+        except ValueError:
+            pass
+    ra = headers.get("retry-after")
+    if seconds is None and ra is not None:
+        try:
+            seconds = float(ra)
+        except ValueError:
+            try:
+                seconds = email.utils.parsedate_to_datetime(ra).timestamp() - time.time()
+            except (TypeError, ValueError, IndexError, OverflowError):
+                seconds = None
+    if seconds is None or math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX_S)  # a date in the past: now
+
+
+class RateLimiter:
+    """Requests per minute and tokens per minute, shared by every thread of one judge.
+
+    Token buckets refilled continuously, holding at most one second's allowance (providers enforce
+    per-minute limits over shorter windows too): a request waits until a request is available and
+    the token bucket is not in debt, then takes its estimated tokens (which may put the bucket in
+    debt: a large request delays the next ones). :meth:`settle` replaces an estimate by the tokens
+    the response reports; :meth:`pause` holds every request back until a time (a 429's Retry-After).
+    ``clock`` and ``sleep`` are replaceable for tests.
+    """
+
+    def __init__(self, rpm: int | None = None, tpm: int | None = None, *,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+        self.rpm, self.tpm = rpm, tpm
+        self._clock, self._sleep_fn = clock, sleep
+        self._lock = threading.Lock()
+        self._req_cap = max(1.0, rpm / 60) if rpm else 0.0
+        self._tok_cap = max(1.0, tpm / 60) if tpm else 0.0
+        self._req, self._tok = self._req_cap, self._tok_cap
+        self._t = clock()
+        self._resume_at = 0.0
+
+    def _refill(self, now: float) -> None:
+        dt, self._t = max(0.0, now - self._t), now
+        if self.rpm:
+            self._req = min(self._req_cap, self._req + dt * self.rpm / 60)
+        if self.tpm:
+            self._tok = min(self._tok_cap, self._tok + dt * self.tpm / 60)
+
+    def _wait(self, tokens: int) -> float:
+        """0 after taking one request and ``tokens`` tokens; else the seconds to wait first."""
+        now = self._clock()
+        self._refill(now)
+        if now < self._resume_at:
+            return self._resume_at - now
+        if self.rpm and self._req < 1:
+            return (1 - self._req) * 60 / self.rpm
+        if self.tpm and self._tok <= 0:
+            return (1e-9 - self._tok) * 60 / self.tpm
+        if self.rpm:
+            self._req -= 1
+        if self.tpm:
+            self._tok -= tokens
+        return 0.0
+
+    def acquire(self, tokens: int = 0) -> float:
+        """Block until one request of ``tokens`` tokens may go; returns the seconds waited."""
+        waited = 0.0
+        while True:
+            with self._lock:
+                wait = self._wait(tokens)
+            if wait <= 0:
+                return waited
+            self._sleep_fn(wait)
+            waited += wait
+
+    def settle(self, estimated: int, actual: int) -> None:
+        if self.tpm:
+            with self._lock:
+                self._tok += estimated - actual
+
+    def pause(self, seconds: float) -> None:
+        with self._lock:
+            self._resume_at = max(self._resume_at, self._clock() + seconds)
+
+
+def estimate_tokens(messages: list[dict], max_tokens: int) -> int:
+    """Tokens a request may count against a tokens-per-minute limit: its UTF-8 bytes / 3 (about a
+    token in English text and a character in Chinese or Korean; generous for both), 4 a message,
+    plus the completion's ``max_tokens``."""
+    text_bytes = sum(len(str(m.get("content", "")).encode("utf-8")) for m in messages)
+    return text_bytes // 3 + 4 * len(messages) + max_tokens
 
 
 def _content(resp) -> str:
@@ -181,8 +302,10 @@ def _status(e) -> str:
 class OpenAIJudge:
     """Any OpenAI-compatible chat endpoint; the key from the environment variable ``api_key_env``.
 
-    A refused key, a forbidden or unknown model or path ends the run with a :class:`ConfigError`:
-    no item could be judged. Any other failure, after retries, is a :class:`JudgeError` for that item."""
+    Thread-safe: :func:`judge_items` calls it from several threads, which share one HTTP client and
+    one :class:`RateLimiter` (``rpm``, ``tpm``). A refused key, a forbidden or unknown model or path
+    ends the run with a :class:`ConfigError`: no item could be judged. Transient failures are
+    retried (``max_retries``); what still fails is a :class:`JudgeError` for that item."""
 
     def __init__(self, cfg):
         from openai import OpenAI
@@ -192,28 +315,50 @@ class OpenAIJudge:
             if cfg.base_url is None:
                 raise ConfigError(f"judge: environment variable {cfg.api_key_env} is not set (the OpenAI API key)")
             key = "EMPTY"  # self-hosted OpenAI-compatible servers (vLLM) accept any key
-        self.client = OpenAI(base_url=cfg.base_url, api_key=key, timeout=cfg.timeout, max_retries=cfg.max_retries)
+        # Retries are made here, not by the client: a 429's wait then holds back every thread.
+        self.client = OpenAI(base_url=cfg.base_url, api_key=key, timeout=cfg.timeout, max_retries=0)
         self.model = cfg.model
         self.max_tokens = cfg.max_tokens
         self.max_retries = cfg.max_retries
         self.api_key_env = cfg.api_key_env
         self.endpoint = cfg.base_url or "https://api.openai.com/v1"
         self.name = f"openai:{cfg.model}@{cfg.base_url or 'api.openai.com'}"
+        self.limiter = RateLimiter(getattr(cfg, "rpm", None), getattr(cfg, "tpm", None))
 
     def __call__(self, messages: list[dict]) -> str:
         delay = BACKOFF_S
+        estimate = estimate_tokens(messages, self.max_tokens)
         for attempt in range(self.max_retries + 1):
+            self.limiter.acquire(estimate)
             try:
-                return self._request(messages)
+                content, used = self._request(messages)
             except _BadBody as e:
-                problem = str(e)
-            if attempt < self.max_retries:
-                log.warning("judge endpoint %s: %s; asking again in %.1f s", self.endpoint, problem, delay)
-                _sleep(delay)
-                delay = min(2 * delay, BACKOFF_MAX_S)
+                problem, failure = str(e), None
+                wait = delay
+                if attempt < self.max_retries:
+                    log.warning("judge endpoint %s: %s; asking again in %.1f s", self.endpoint, problem, wait)
+            except _Transient as e:
+                problem, failure = str(e), e
+                wait = e.retry_after if e.retry_after is not None else delay
+                if e.rate_limited:
+                    self.limiter.pause(wait)  # every thread waits, in acquire
+                if attempt < self.max_retries:
+                    log.info("judge endpoint %s: %s; asking again in %.1f s", self.endpoint, problem, wait)
+            else:
+                if used is not None:
+                    self.limiter.settle(estimate, used)
+                return content
+            if attempt == self.max_retries:
+                break
+            if failure is None or not failure.rate_limited:
+                _sleep(wait)
+            delay = min(2 * delay, BACKOFF_MAX_S)
+        if failure is not None:
+            raise JudgeError(f"judge endpoint {self.endpoint}: {problem}")
         raise JudgeError(f"judge endpoint {self.endpoint}: {problem} ({self.max_retries + 1} attempts)")
 
-    def _request(self, messages: list[dict]) -> str:
+    def _request(self, messages: list[dict]) -> tuple[str, int | None]:
+        """The answer text and the tokens the response says it used (None when it does not say)."""
         import openai
         import pydantic
 
@@ -226,16 +371,30 @@ class OpenAIJudge:
                               f"eval.judge.base_url, eval.judge.model and ${self.api_key_env}") from None
         except openai.APIResponseValidationError as e:
             raise _BadBody(_status(e)) from None
+        except openai.APIConnectionError as e:  # and timeouts
+            raise _Transient(_status(e), None, rate_limited=False) from None
+        except openai.APIStatusError as e:
+            headers = getattr(getattr(e, "response", None), "headers", None)
+            should = (headers.get("x-should-retry") if headers is not None else None) or ""
+            transient = e.status_code in (408, 409, 429) or e.status_code >= 500
+            if should.lower() in ("true", "false"):
+                transient = should.lower() == "true"
+            if transient:
+                raise _Transient(_status(e), retry_after(headers), rate_limited=e.status_code == 429) from None
+            raise JudgeError(f"judge endpoint {self.endpoint}: {_status(e)}") from None
         except openai.APIError as e:
-            # Connection errors, rate limits and server errors were already retried by the client.
             raise JudgeError(f"judge endpoint {self.endpoint}: {_status(e)}") from None
         except (json.JSONDecodeError, pydantic.ValidationError) as e:
             raise _BadBody(f"malformed JSON body ({' '.join(str(e).split())[:160]})") from None
-        return _content(resp)
+        content = _content(resp)
+        total = getattr(getattr(resp, "usage", None), "total_tokens", None)
+        return content, total if type(total) is int else None
 
 
 class LocalJudge:
-    """A transformers chat model loaded with clo.models, greedy decoding."""
+    """A transformers chat model loaded with clo.models, greedy decoding; one request at a time."""
+
+    max_concurrency = 1
 
     def __init__(self, cfg):
         from clo.models import load_model
@@ -290,3 +449,49 @@ def judge_item(judge: Judge, item_id: str, instruction: str, model_output: str, 
     log.warning("judge: item %s failed: %s", item_id, error)
     return {"swapped": swapped, "ranking": None, "score": None, "raw": raws, "attempts": len(raws),
             "failed": True, "error": error}
+
+
+def judge_items(judge: Judge, items: Sequence[tuple[str, str, str, str]], lang: Language, *, seed: int,
+                retries: int, concurrency: int = 1) -> Iterator[tuple[int, dict]]:
+    """Verdicts of ``items`` (``(item_id, instruction, model_output, baseline_output)``) as they
+    come: ``(index into items, verdict of judge_item)``, in completion order.
+
+    Up to ``concurrency`` items are judged at once (at most the judge's ``max_concurrency``); the
+    first item is judged alone, so that a refused key or an unknown model stops the run after one
+    request. A verdict depends on its item alone, so the verdicts are those of a sequential run.
+    An exception (a :class:`ConfigError`) cancels the items not yet started and waits for those
+    in flight."""
+
+    def one(k: int) -> dict:
+        item_id, instruction, model_output, baseline_output = items[k]
+        return judge_item(judge, item_id, instruction, model_output, baseline_output, lang, seed=seed,
+                          retries=retries)
+
+    workers = min(concurrency, getattr(judge, "max_concurrency", concurrency), len(items))
+    if workers <= 1:
+        for k in range(len(items)):
+            yield k, one(k)
+        return
+    yield 0, one(0)
+    failed = threading.Event()
+
+    def guarded(k: int) -> dict | None:
+        if failed.is_set():
+            return None  # another item raised: this one is not sent
+        try:
+            return one(k)
+        except BaseException:
+            failed.set()
+            raise
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="judge")
+    try:
+        futures = {pool.submit(guarded, k): k for k in range(1, len(items))}
+        for f in as_completed(futures):
+            verdict = f.result()
+            if verdict is not None:
+                yield futures[f], verdict
+    finally:
+        # On an error (or the caller stopping early) the items not yet started are not sent; the
+        # requests in flight (at most ``workers``) are waited for.
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -5,6 +5,11 @@ options in OpenAI simple-evals' layout. The answer is extracted from the generat
 (:func:`extract_answer`); when nothing can be extracted the model is asked again with a fresh
 sampling seed, up to ``retries`` times, after which the item counts as wrong and as an extraction
 failure.
+
+The prompt asks the model to think step by step, so the generation budget must leave room for the
+reasoning (``eval.mmmlu_max_new_tokens``, else ``eval.max_new_tokens``); a response ends once it
+has written the answer line in the form asked for (:func:`stop_strings`), so the budget is spent
+only by responses that never write one.
 """
 
 from __future__ import annotations
@@ -49,6 +54,16 @@ def render_prompt(row: dict, lang: Language) -> str:
     """The user message: instruction, question, options (simple-evals' multiple-choice layout)."""
     return (f"{lang.mmmlu_instruction}\n\n{row['Question'].strip()}\n\n"
             f"A) {row['A']}\nB) {row['B']}\nC) {row['C']}\nD) {row['D']}")
+
+
+def stop_strings(lang: Language) -> list[str]:
+    """The answer line in the form the prompt asks for, ``"<answer word>: X"`` and its newline, in
+    the language's answer word and in English (models often answer with "Answer:"), with an ASCII
+    or full-width colon, with or without a space: generation stops once the text holds one. A
+    response that writes its answer otherwise ("**Answer: B**", "Answer: B.") runs on to its end
+    of sequence or the budget, and is read the same way."""
+    words = dict.fromkeys([lang.answer_word, "Answer"])
+    return [f"{w}{sep}{letter}\n" for w in words for sep in (": ", ":", "：") for letter in LETTERS]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,10 +266,11 @@ def run(ctx: TaskContext, *, limit: int | None = None, max_new_tokens: int | Non
     limit = limit if limit is not None else ev.limit
     rows = stratified_sample(load_rows(ctx.lang, ctx.data_dir), limit, ev.seed)
     prompts = [render_prompt(r, ctx.lang) for r in rows]
-    max_new_tokens = max_new_tokens or ev.max_new_tokens
+    max_new_tokens = max_new_tokens or ev.mmmlu_max_new_tokens or ev.max_new_tokens
     temperature = ev.temperature if temperature is None else temperature
     bs = batch_size or ev.batch_size
     retries = ev.mmmlu_retries if retries is None else retries
+    stop = stop_strings(ctx.lang)
 
     # attempts[i]: every response so far to item i; an item is done once one parses or it has
     # had 1 + retries attempts.
@@ -274,7 +290,7 @@ def run(ctx: TaskContext, *, limit: int | None = None, max_new_tokens: int | Non
         for idx, texts in ctx.generator.iter_generate([prompts[i] for i in todo],
                                                       max_new_tokens=max_new_tokens, temperature=temperature,
                                                       top_p=ev.top_p, seed=ev.seed + 1000 * attempt,
-                                                      batch_size=bs):
+                                                      batch_size=bs, stop=stop):
             for j, text in zip(idx, texts):
                 i = todo[j]
                 attempts[i].append(text)
@@ -297,3 +313,16 @@ def run(ctx: TaskContext, *, limit: int | None = None, max_new_tokens: int | Non
     md += ["", "| subject | accuracy | n |", "|---|---|---|"]
     md += [f"| {s} | {v['accuracy']:.4f} | {v['n']} |" for s, v in metrics["per_subject"].items()]
     return TaskResult(metrics, records, data_hash([{c: r[c] for c in COLUMNS} for r in rows]), "\n".join(md))
+
+
+def missing_data(lang: Language, data_dir: Path | None, opts: dict) -> str | None:
+    """What an MMMLU run in ``lang`` lacks (None: nothing), read before a grid starts."""
+    if lang.mmmlu is None and lang.code != "en":
+        return f"MMMLU has no {lang.name} ({lang.code}): openai/MMMLU ships 14 languages and English as MMLU"
+    if data_dir is None:
+        return None  # openai/MMMLU or cais/mmlu on the hub (not checked offline)
+    path = Path(data_dir) / "mmlu" / f"mmlu_{_file_code(lang)}.csv"
+    return None if path.is_file() else f"{path}: no MMMLU file for {lang.name} (mmlu/mmlu_{_file_code(lang)}.csv)"
+
+
+run.missing_data = missing_data  # type: ignore[attr-defined]  # read by clo.experiments.preflight
