@@ -24,7 +24,42 @@ def test_unknown_key_names_key_and_file(tmp_path):
     f.write_text("train:\n  betta: 0.2\n")
     with pytest.raises(ConfigError) as e:
         load_config(f)
-    assert str(e.value) == f"{f}: train.betta: unknown key"
+    assert str(e.value) == f"{f}: train.betta: unknown key; did you mean train.beta?"
+
+
+@pytest.mark.parametrize(("tree", "message"), [
+    ({"train": {"betta": 0.2}}, "train.betta: unknown key; did you mean train.beta?"),
+    ({"beta": 0.2}, "beta: unknown key; did you mean train.beta?"),                  # right key, wrong section
+    ({"data": {"lr": 1e-4}}, "data.lr: unknown key; did you mean train.lr?"),
+    ({"data": {"translator": {"modle": "m"}}},
+     "data.translator.modle: unknown key; did you mean data.translator.model?"),
+    ({"outputdir": "runs/x"}, "outputdir: unknown key; did you mean output_dir?"),
+    ({"eval": {"judge": {"modell": "m"}}}, "eval.judge.modell: unknown key; did you mean eval.judge.model?"),
+    ({"frobnicate": 1}, "frobnicate: unknown key"),                                  # nothing close: no guess
+])
+def test_unknown_key_suggests_the_closest_known_key(tree, message):
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(tree, "c.yaml")
+    assert str(e.value) == f"c.yaml: {message}"
+
+
+def test_unknown_override_suggests_the_closest_known_key():
+    with pytest.raises(ConfigError, match=r"train\.lamda: unknown key; did you mean train\.lam\?"):
+        load_config(None, ["train.lamda=0.3"])
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("none", "none"), (None, "none"), ([], "none"), ("wandb", ["wandb"]), (["tensorboard"], ["tensorboard"]),
+    (["tensorboard", "wandb", "tensorboard"], ["tensorboard", "wandb"]), (["none"], "none"),
+])
+def test_report_to_takes_none_one_tracker_or_a_list(value, expected):
+    assert config_from_dict({"train": {"report_to": value}}).train.report_to == expected
+
+
+def test_report_to_refuses_an_unknown_tracker():
+    with pytest.raises(ConfigError, match="train.report_to: Value error, unknown tracker 'mlflow'; known: none, "
+                                          "tensorboard, wandb"):
+        config_from_dict({"train": {"report_to": "mlflow"}})
 
 
 def test_wrong_type_names_key_and_file(tmp_path):

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from clo.config_base import ConfigError, StrictModel
+from clo.config_base import ConfigError, StrictModel, unknown_key_message
 from clo.data.config import DataConfig
 from clo.eval.config import EvalConfig
 from clo.train.config import TrainConfig
@@ -26,7 +26,9 @@ class Config(StrictModel):
     model: str = Field("smollm2-135m-instruct", description="hub id, local directory or offline model name")
     # Before `lang`: pydantic validates fields in order, and `lang` may name a language this file adds.
     languages_file: str | None = Field(None, description="YAML file adding/overriding languages (clo languages --help)")
-    lang: str = Field("de", description="target language, ISO 639-1 code from clo.languages")
+    lang: str | list[str] = Field(
+        "de", description="target language, ISO 639-1 code from clo.languages; a list of two or more codes "
+                          "(or 'sw+yo') trains on every one of them at once (docs/train.md, Several target languages)")
     output_dir: str = "runs/default"
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -46,20 +48,39 @@ class Config(StrictModel):
 
     @field_validator("lang")
     @classmethod
-    def _known_language(cls, v: str) -> str:
+    def _known_language(cls, v: str | list[str]) -> str | list[str]:
         from clo import languages
 
+        multi = isinstance(v, list) or "+" in v
+        codes = (v if isinstance(v, list) else v.split("+")) if multi else [v]
         try:
-            return languages.get(v).code
+            codes = [languages.get(c).code for c in codes]
         except KeyError as e:
             raise ValueError(e.args[0]) from None
+        if not codes:
+            raise ValueError("lang: give at least one language code")
+        if not multi or len(codes) == 1:
+            return codes[0]
+        if len(set(codes)) != len(codes):
+            raise ValueError(f"lang: {codes} names a language twice")
+        if "en" in codes:
+            raise ValueError("lang: English is every example's source language, not a target of a multilingual run")
+        return codes
+
+    @property
+    def langs(self) -> list[str]:
+        """The target languages: ``[lang]`` for one, the list for a multilingual run."""
+        return list(self.lang) if isinstance(self.lang, list) else [self.lang]
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def _format_errors(err: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
+    """One line per problem, ``SOURCE: dotted.key: message``; an unknown key names the closest
+    known one (``train.betta: unknown key; did you mean train.beta?``)."""
+    model = Config if model is None else model
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        msg = unknown_key_message(model, e["loc"]) if e["type"] == "extra_forbidden" else e["msg"]
         lines.append(f"{source}: {key}: {msg}")
     return "\n".join(lines)
 

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict
 
+__all__ = ["ConfigError", "StrictModel", "closest_key", "dotted_keys", "registered", "unknown_key_message"]
+
 
 class ConfigError(ValueError):
     """A configuration problem, naming its source (file or override) and key."""
@@ -24,3 +26,59 @@ def registered(value: str, names: Iterable[str], what: str) -> str:
     if value not in names:
         raise ValueError(f"unknown {what} {value!r}; known: {', '.join(names)}")
     return value
+
+
+def _submodel(annotation):
+    """The StrictModel class inside a field's annotation (``X``, ``X | None``), if any."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def dotted_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every key of ``model`` and its sections, dotted (``train.beta``, ``data.translator.kind``)."""
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        sub = _submodel(field.annotation)
+        if sub is not None:
+            keys += dotted_keys(sub, f"{prefix}{name}.")
+    return keys
+
+
+def closest_key(model: type[BaseModel], loc: Iterable) -> str | None:
+    """The valid dotted key closest to the unknown one at ``loc`` (a pydantic error location):
+    a sibling of a similar name (``train.betta`` -> ``train.beta``), else a key of a similar
+    full name or last part anywhere (``beta`` -> ``train.beta``, ``data.lr`` -> ``train.lr``)."""
+    import difflib
+
+    parts = [str(p) for p in loc if not isinstance(p, int)]
+    if not parts:
+        return None
+    keys = dotted_keys(model)
+    parent, last = ".".join(parts[:-1]), parts[-1]
+    siblings = [k for k in keys if k.rpartition(".")[0] == parent]
+    names = [k.rpartition(".")[2] for k in siblings]
+    hit = difflib.get_close_matches(last, names, n=1, cutoff=0.6)
+    if hit:
+        return siblings[names.index(hit[0])]
+    full = difflib.get_close_matches(".".join(parts), keys, n=1, cutoff=0.8)
+    if full:
+        return full[0]
+    by_last = {}
+    for k in keys:
+        by_last.setdefault(k.rpartition(".")[2], k)
+    hit = difflib.get_close_matches(last, list(by_last), n=1, cutoff=0.8)
+    return by_last[hit[0]] if hit else None
+
+
+def unknown_key_message(model: type[BaseModel], loc: Iterable) -> str:
+    """``unknown key``, with ``; did you mean train.beta?`` when a valid key is close."""
+    hint = closest_key(model, loc)
+    return f"unknown key; did you mean {hint}?" if hint else "unknown key"

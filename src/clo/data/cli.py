@@ -11,15 +11,25 @@ HELP = ("build the cross-lingual dataset (translate, check, split), export per-m
         "check translations")
 
 
+class _DeprecatedModel(argparse.Action):
+    """``data build --model``: the translator model, an old spelling of --translator-model (on
+    ``train`` and ``eval``, --model is the model trained or evaluated)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print("clo data build: --model is deprecated here, use --translator-model (the translation model)",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from clo.cli import add_config_arguments
+    from clo.cli import add_config_arguments, add_output_argument, add_progress_argument
 
     sub = parser.add_subparsers(dest="data_command", metavar="{build,view,check}", required=True)
     b = sub.add_parser("build", help="English source -> translated, checked, split dataset",
                        description="Translate an English instruction source into the target language "
                                    "(resumable: rerun the same command after an interruption).")
     add_config_arguments(b)
-    b.add_argument("--out", help="output directory (default: <output_dir>/data)")
+    add_output_argument(b, "output directory (default: <output_dir>/data)")
     b.add_argument("--source", choices=SOURCE_CHOICES,
                    help="data.source: the rows' format (auto: told by each row's keys; docs/data.md)")
     b.add_argument("--path", help="data.path: local file or directory, or a hub dataset id")
@@ -28,8 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="a YAML file adding or overriding languages (clo languages --help)")
     b.add_argument("--n", type=int, help="data.n: number of English examples")
     b.add_argument("--translator", help="data.translator.kind (seq2seq, causal, openai, identity)")
-    b.add_argument("--model", dest="translator_model", help="data.translator.model")
-    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--translator-model", dest="translator_model",
+                   help="data.translator.model: the translation model (hub id, path, offline name, API model)")
+    b.add_argument("--model", dest="translator_model", action=_DeprecatedModel, help=argparse.SUPPRESS)
+    add_progress_argument(b)
     b.add_argument("--rebuild-cache", action="store_true",
                    help="move the translation cache aside (to <cache>.broken-<time>) and start a new one: "
                         "for a damaged cache; every segment is translated again")
@@ -39,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     v = sub.add_parser("view", help="export a per-method view (sft, sft-eng, sft-tgt, dpo, clo)")
     v.add_argument("dataset", help="a dataset file (train.jsonl / .parquet)")
     v.add_argument("--view", required=True, help="sft, sft-eng, sft-tgt, dpo or clo")
-    v.add_argument("--out", required=True, help="output file: .jsonl, .json (one JSON list) or .parquet")
+    add_output_argument(v, "output file: .jsonl, .json (one JSON list) or .parquet (required)", metavar="FILE")
     v.add_argument("--format", dest="style", default="conversational", choices=STYLES,
                    help="conversational: TRL message lists, rendered with the same chat template as clo "
                         "(default); standard: plain strings; llama-factory: sharegpt/OpenAI messages plus a "
@@ -50,14 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        description="Read pre-translated parallel rows (x_en, y_en, x_tgt, y_tgt; other "
                                    "column names through --set data.columns.x_tgt=COLUMN; ids made when "
                                    "absent), run the checks of a build (language, length ratio, repetition, "
-                                   "untranslated text) and report; with --out, write the passing records "
+                                   "untranslated text) and report; with --output, write the passing records "
                                    "(clo's record schema, ready for clo train) and the rejects.")
     add_config_arguments(c)
     c.add_argument("file", help="a parallel file (.jsonl, .json, .parquet, .csv), dataset dir or hub id")
     c.add_argument("--lang", help="the target language of the translations")
     c.add_argument("--languages", action="append", default=[], metavar="FILE",
                    help="a YAML file adding or overriding languages (clo languages --help)")
-    c.add_argument("--out", help="directory for checked.jsonl, rejects.jsonl and summary.json")
+    add_output_argument(c, "directory for checked.jsonl, rejects.jsonl and summary.json")
     c.add_argument("--strict", action="store_true", help="exit 1 when any record is rejected")
 
 
@@ -101,11 +113,11 @@ def _run(args) -> int:
     if args.data_command == "check":
         return _check(args)
     if args.data_command == "build":
-        from clo.config import load_config
+        from clo.cli import load_run_config
         from clo.data.build import build_dataset
 
-        cfg = load_config(args.config, _overrides(args))
-        out = Path(args.out) if args.out else Path(cfg.output_dir) / "data"
+        cfg = load_run_config(args.config, _overrides(args), "data build")
+        out = Path(args.output) if args.output else Path(cfg.output_dir) / "data"
         build_dataset(cfg, out, progress=not args.no_progress, rebuild_cache=args.rebuild_cache,
                       overwrite=args.overwrite)
         print((out / "summary.md").read_text(encoding="utf-8"))
@@ -114,12 +126,16 @@ def _run(args) -> int:
         from clo.data.records import read_records
         from clo.data.views import VIEWS, make_view, write_view
 
+        if args.output is None:
+            print("clo data view: the output file is required: --output FILE (.jsonl, .json, .parquet)",
+                  file=sys.stderr)
+            return 2
         if args.view not in VIEWS:
             print(f"clo data view: unknown view {args.view!r}; known: {', '.join(VIEWS)}", file=sys.stderr)
             return 2
         records = read_records(args.dataset)
         rows = make_view(args.view, records, args.seed, args.style)
-        path = write_view(rows, args.out)
+        path = write_view(rows, args.output)
         print(f"{args.view} ({args.style}): {len(rows)} rows from {len(records)} records -> {path}")
         if args.style == "llama-factory":
             from clo.data.views import write_dataset_info
@@ -135,7 +151,8 @@ def _check(args) -> int:
     """``clo data check``: the build's checks on records translated elsewhere."""
     from collections import Counter
 
-    from clo.config import load_config, load_yaml
+    from clo.cli import load_run_config
+    from clo.config import load_yaml
     from clo.data.checks import check_records
     from clo.data.records import CrossLingualRecord, write_records
     from clo.data.sources import SourceOptions, load_source
@@ -144,7 +161,7 @@ def _check(args) -> int:
     given = bool(args.lang) or any(o.split("=", 1)[0].strip() == "lang" for o in args.overrides)
     if not given and not (args.config and "lang" in load_yaml(args.config)):
         raise ValueError("give the target language of the translations: --lang xx (see `clo languages`)")
-    cfg = load_config(args.config, ov)
+    cfg = load_run_config(args.config, ov, "data check")
     opts = SourceOptions.from_config(cfg.data, cfg.lang)
     examples = load_source("parallel", args.file, None, None, opts, allow_parallel=True)
     records = [CrossLingualRecord(id=ex.id, tgt_lang=cfg.lang, x_en=ex.x_en, y_en=ex.y_en, x_tgt=ex.x_tgt,
@@ -159,8 +176,8 @@ def _check(args) -> int:
     lines = [(f"{args.file}: {len(accepted)} of {len(records)} records pass the checks for {cfg.lang} "
               f"({100 * summary['pass_rate']:.1f}%); {len(rejects)} rejected")]
     lines += [f"  {k}: {v}" for k, v in sorted(by_reason.items(), key=lambda kv: -kv[1])]
-    if args.out:
-        out = Path(args.out)
+    if args.output:
+        out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
         write_records(accepted, out / "checked.jsonl")
         (out / "rejects.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects),

@@ -12,14 +12,15 @@ TASK_NAMES = ("belebele", "mmmlu", "alpacaeval", "alpacaeval-outputs", "fidelity
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from clo.cli import add_config_arguments
+    from clo.cli import add_config_arguments, add_output_argument, add_progress_argument
 
     parser.add_argument("task", choices=TASK_NAMES)
-    parser.add_argument("--model", help="model spec (offline name, local directory, hub id); default: config model")
+    parser.add_argument("--model", help="the model to evaluate: offline name, local directory or hub id "
+                                        "(config key model)")
     parser.add_argument("--lang", help="language code (default: config lang)")
     parser.add_argument("--data-dir", help="local data directory (default: eval.data_dir; unset reads the hub)")
-    parser.add_argument("--output", help="output directory (default: <output_dir>/eval)")
-    parser.add_argument("--backend", help="generation backend: transformers or vllm (default: eval.backend)")
+    add_output_argument(parser, "output directory (default: <output_dir>/eval)")
+    parser.add_argument("--backend", help="generation backend: auto, transformers or vllm (default: eval.backend)")
     parser.add_argument("--limit", type=int, help="evaluate at most this many items (MMMLU: stratified)")
     parser.add_argument("--template", choices=("native", "harness"), help="belebele: prompt template")
     parser.add_argument("--max-new-tokens", type=int, help="generation length (default: eval.max_new_tokens)")
@@ -32,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="the output's item cache was written by an evaluation of other settings (model, "
                              "options, data): start it over; without it such a cache is refused")
+    add_progress_argument(parser)
     add_config_arguments(parser)
 
 
@@ -55,7 +57,8 @@ def _flag(option: str) -> str:
 def main(args: argparse.Namespace) -> int:
     """Errors of the user's making (config, data, model spec, options) propagate to
     :func:`clo.cli.main`, which prints them as one line and exits 2."""
-    from clo.config import ConfigError, load_config
+    from clo.cli import load_run_config
+    from clo.config import ConfigError
     from clo.eval import evaluate
     from clo.eval.core import validate_options
 
@@ -65,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
-    cfg = load_config(args.config, overrides)
+    cfg = load_run_config(args.config, overrides, "eval")
     options = {}
     for flag, (opt, tasks) in _OPTIONS.items():
         value = getattr(args, flag)

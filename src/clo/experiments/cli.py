@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
-from clo.cli import add_config_arguments
+from clo.cli import add_config_arguments, add_output_argument
 
 HELP = "run a grid of experiments (model x language x method x size) from a YAML config, resumably"
 
@@ -26,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start without the checks (keys, data, models, disk) and the estimate")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first failing stage")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_output_argument(parser, "grid directory (default: the grid's output_dir)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -42,6 +44,8 @@ def main(args: argparse.Namespace) -> int:
     if args.grid and args.config:
         raise ConfigError("clo run: give the grid config once (positional or --config)")
     overrides = list(args.overrides)
+    if args.output:
+        overrides.append(f"output_dir={json.dumps(str(args.output))}")
     if args.launcher:
         overrides.append(f"launcher.kind={args.launcher}")
     grid = load_grid(path, overrides)

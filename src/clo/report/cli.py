@@ -8,8 +8,10 @@ HELP = "the paper's tables (Markdown, CSV) and Figure 3 (PNG) from finished runs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from clo.cli import add_output_argument
+
     parser.add_argument("grid_dir", metavar="GRID_DIR", help="a grid directory written by `clo run` (its output_dir)")
-    parser.add_argument("--out", help="where to write (default GRID_DIR/report)")
+    add_output_argument(parser, "where to write (default GRID_DIR/report)")
     parser.add_argument("--print", dest="show", action="store_true", help="print report.md")
 
 
@@ -20,7 +22,7 @@ def main(args: argparse.Namespace) -> int:
     from clo.report import write_report
 
     try:
-        out = write_report(args.grid_dir, args.out)
+        out = write_report(args.grid_dir, args.output)
     except (FileNotFoundError, ValueError) as e:  # not a grid directory, or a damaged file in it
         print(f"clo report: {e}", file=sys.stderr)
         return 2

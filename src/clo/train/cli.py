@@ -7,47 +7,67 @@ import json
 import sys
 from pathlib import Path
 
-from clo.cli import add_config_arguments
+from clo.cli import add_config_arguments, add_output_argument, add_progress_argument, load_run_config
 
 HELP = "train with CLO or a baseline (sft, sft-eng, sft-tgt, dpo, sft+dpo)"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from clo.train.methods import METHODS, STAGES
+def method_choices() -> tuple[str, ...]:
+    """The values of train.method (clo.train.methods' METHODS and STAGES), read from the config's
+    type so that `clo train --help` does not import torch."""
+    import typing
 
+    from clo.train.config import TrainConfig
+
+    return typing.get_args(TrainConfig.model_fields["method"].annotation)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
-    parser.add_argument("--method", choices=[*METHODS, *STAGES], help="overrides train.method")
+    parser.add_argument("--model", help="the model to train: hub id, local directory or offline name "
+                                        "(config key model)")
+    parser.add_argument("--lang", help="target language, a code of `clo languages` (config key lang)")
+    parser.add_argument("--method", choices=method_choices(), help="overrides train.method")
     parser.add_argument("--data", required=True, type=Path, help="training records (JSONL or Parquet)")
     parser.add_argument("--val", type=Path, help="validation records; the best-validation checkpoint is kept")
-    parser.add_argument("--output", type=Path, help="run directory (default: output_dir of the config)")
+    add_output_argument(parser, "run directory (default: output_dir of the config)")
     parser.add_argument("--nll-langs", help="languages of the CLO NLL term: tgt (default) or tgt,en")
     parser.add_argument("--trainable", help="attention (default), full, lora, or a regular expression")
+    parser.add_argument("--report-to", help="metrics trackers beside log.jsonl: none (default), tensorboard, "
+                                            "wandb, or tensorboard,wandb (train.report_to)")
     parser.add_argument("--live-reference", action="store_true",
                         help="keep a reference model in memory instead of precomputed log-probs")
     parser.add_argument("--overwrite", action="store_true",
                         help="start over in an output directory that holds a run of another configuration")
+    add_progress_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     """Errors of the user's making (config, dataset, model spec) propagate to
     :func:`clo.cli.main`, which prints them as one line and exits 2; a diverged run exits 3."""
-    from clo.config import load_config
-    from clo.train.trainer import TrainingDiverged, train
+    from clo.train.tracking import check_trackers
 
     overrides = list(args.overrides)
-    if args.method is not None:
-        overrides.append(f"train.method={args.method}")
+    for flag, key in (("model", "model"), ("lang", "lang"), ("method", "train.method"),
+                      ("trainable", "train.trainable")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
     if args.nll_langs is not None:
         overrides.append(f"train.nll_langs=[{args.nll_langs}]")
-    if args.trainable is not None:
-        overrides.append(f"train.trainable={json.dumps(args.trainable)}")
+    if args.report_to is not None:
+        overrides.append(f"train.report_to=[{args.report_to}]")
     if args.live_reference:
         overrides.append("train.live_reference=true")
-    cfg = load_config(args.config, overrides)
+    cfg = load_run_config(args.config, overrides, "train")
+    check_trackers(cfg.train.report_to)  # a missing tracker package: an error now, not after the model loads
     for what, path in (("--data", args.data), ("--val", args.val)):
         if path is not None and not path.is_file():
             raise FileNotFoundError(f"{what} {path}: no such dataset file")
-    output = args.output if args.output is not None else Path(cfg.output_dir)
+    output = Path(args.output) if args.output is not None else Path(cfg.output_dir)
+
+    from clo.train.trainer import TrainingDiverged, train
+
     try:
         result = train(cfg, args.data, args.val, output, overwrite=args.overwrite)
     except TrainingDiverged as e:

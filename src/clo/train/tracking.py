@@ -1,16 +1,19 @@
-"""Where training metrics go: always a JSON-lines file, plus TensorBoard / W&B when installed.
+"""Where training metrics go: always a JSON-lines file, plus the trackers ``train.report_to`` asks for.
 
-One registry entry per backend; a backend whose package is missing is skipped with one log line
-(the JSON file is the record the report stage reads, the others are for watching a run).
+``log.jsonl`` is the record the report stage reads and is always written; TensorBoard and W&B are
+for watching a run and are on only when ``train.report_to`` names them (never because an
+environment variable such as ``WANDB_PROJECT`` happens to be set). A requested tracker whose
+package is missing is an error before training starts (:func:`check_trackers`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -75,12 +78,13 @@ class TensorBoardLog:
 
 
 class WandbLog:
+    """A W&B run named after the output directory; project $WANDB_PROJECT, else ``clo``."""
+
     def __init__(self, output_dir: Path, resume_step: int = 0):
-        if not os.environ.get("WANDB_PROJECT"):
-            raise ImportError("WANDB_PROJECT not set")
         import wandb
 
-        self.run = wandb.init(dir=str(output_dir), name=Path(output_dir).name, resume="allow")
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "clo", dir=str(output_dir),
+                              name=Path(output_dir).name, resume="allow")
 
     def log(self, record: dict, step: int) -> None:
         self.run.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=step)
@@ -90,18 +94,51 @@ class WandbLog:
 
 
 BACKENDS: dict[str, Callable] = {"json": JsonLog, "tensorboard": TensorBoardLog, "wandb": WandbLog}
+#: The trackers of ``train.report_to``: the package each needs, and how to install it.
+TRACKERS: dict[str, tuple[str, str]] = {
+    "tensorboard": ("tensorboard", "pip install 'clo[tensorboard]'"),
+    "wandb": ("wandb", "pip install wandb"),
+}
+
+
+def requested(report_to: str | Iterable[str] | None) -> list[str]:
+    """``train.report_to`` as a list of tracker names ("none", None and [] are no tracker)."""
+    if report_to is None or report_to == "none":
+        return []
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    return list(dict.fromkeys(n for n in names if n != "none"))
+
+
+def check_trackers(report_to: str | Iterable[str] | None) -> list[str]:
+    """The requested trackers, or a ConfigError naming one that is unknown or whose package is
+    not installed, so that a run fails at start-up rather than after loading the model."""
+    from clo.config_base import ConfigError
+
+    names = requested(report_to)
+    for name in names:
+        if name not in TRACKERS:
+            raise ConfigError(f"train.report_to: unknown tracker {name!r}; known: none, {', '.join(TRACKERS)}")
+        package, install = TRACKERS[name]
+        if importlib.util.find_spec(package) is None:
+            raise ConfigError(f"train.report_to: {name} needs the {package} package, which is not installed "
+                              f"({install}); or set train.report_to=none")
+    return names
 
 
 class Trackers:
-    def __init__(self, output_dir: Path, resume_step: int = 0, enabled: bool = True):
+    """The JSON log plus the trackers of ``report_to`` (``train.report_to``), on the main process
+    only (``enabled``)."""
+
+    def __init__(self, output_dir: Path, resume_step: int = 0, enabled: bool = True,
+                 report_to: str | Iterable[str] | None = "none"):
         self.backends = []
+        names = check_trackers(report_to)
         if not enabled:
             return
-        for name, cls in BACKENDS.items():
-            try:
-                self.backends.append(cls(output_dir, resume_step))
-            except ImportError as e:
-                log.debug("metrics backend %s off: %s", name, e)
+        for name in ("json", *names):
+            self.backends.append(BACKENDS[name](output_dir, resume_step))
+        if names:
+            log.info("metrics: %s/log.jsonl, %s", output_dir, ", ".join(names))
 
     def log(self, record: dict, step: int) -> None:
         for b in self.backends:
