@@ -105,7 +105,8 @@ def test_fidelity_task(tmp_path, monkeypatch):
     cfg = load_config(None, ["lang=de"])
     m = evaluate("fidelity", (tiny_model("llama", vocab_size=512), tiny_tokenizer()), cfg, tmp_path,
                  prompts_file=str(prompts))
-    assert m == {"rate": 0.5, "n": 4, "per_language": {"de": 0.5, "en": 0.25, "none": 0.25}}
+    assert m == {"rate": 0.5, "n": 4, "per_language": {"de": 0.5, "en": 0.25, "none": 0.25},
+                 "echo_rate": 0.0, "rate_excluding_echoes": 0.5, "n_excluding_echoes": 4}
     recs = json.loads((tmp_path / "fidelity-de.json").read_text())["records"]
     assert [r["prompt"] for r in recs] == [f"Frage {i}" for i in range(4)]
     assert [r["detected"] for r in recs] == ["de", "de", "en", None]

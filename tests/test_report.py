@@ -60,10 +60,13 @@ def grid_dir(tmp_path: Path) -> Path:
 def test_report_tables_from_stored_metrics_with_gaps(grid_dir):
     out = write_report(grid_dir)
     rdir = grid_dir / "report"
+    # No MMMLU, preference or sample prompts in this grid: those tables are left out, not shown as gaps.
     assert sorted(out["files"]) == sorted([
-        "table1_winrates.csv", "table2_belebele.csv", "table3_mmmlu.csv", "table4_trainable.csv",
-        "table5_nll_langs.csv", "fidelity.csv", "figure3_winrate_vs_size.csv", "samples.csv", "runs.csv",
+        "table1_winrates.csv", "table2_belebele.csv", "table4_trainable.csv",
+        "table5_nll_langs.csv", "fidelity.csv", "figure3_winrate_vs_size.csv", "runs.csv",
         "figure3_winrate_vs_size.png", "report.md", "report.json"])
+    assert [o["name"] for o in out["omitted"]] == ["table3_mmmlu", "preference", "samples", "beyond_cl_losses",
+                                                  "beyond_multilingual"]
     md = (rdir / "report.md").read_text(encoding="utf-8")
 
     # Table 1: CLO and SFT+DPO against SFT; Δ = CLO − SFT+DPO = 55 − 51 = 4.0 points in English,
@@ -76,8 +79,11 @@ def test_report_tables_from_stored_metrics_with_gaps(grid_dir):
         f"| M | de | de | 30.0 ± 1.5 | 35.0 ± 1.6 | {GAP} | 40.0 ± 1.6 |",
         f"| M | de | en | {GAP} | {GAP} | {GAP} | 45.0 ± 1.7 |",
     ]
-    # No MMMLU in this grid: an explicit empty row, not zeros.
-    assert _table(md, "Table 3") == [f"| {GAP} | {GAP} | {GAP} | {GAP} | {GAP} | {GAP} | {GAP} |"]
+    # Listed once, with the command that runs it; never a table of gaps.
+    assert "### Table 3" not in md
+    assert md.count("Table 3: MMMLU accuracy") == 1
+    assert ("- Table 3: MMMLU accuracy (%): not run by this grid; `clo run configs/paper.yaml` "
+            "(eval job `{task: mmmlu}`).") in md.split("## Not in this report", 1)[1]
     # Table 4 at the main size (all): clo-full never ran.
     assert "| model | lang | metric | attention (clo) | full (clo-full) |" in md
     assert f"| M | de | BELEBELE (de) | 40.0 ± 1.6 | {GAP} |" in _table(md, "Table 4")
@@ -135,3 +141,91 @@ def test_report_command_line(grid_dir, capsys):
     assert (grid_dir / "elsewhere" / "table2_belebele.csv").is_file()
     assert main(["report", str(grid_dir / "nope")]) == 2
     assert "no plan.json; is this a grid directory written by `clo run`?" in capsys.readouterr().err
+
+
+def _demo_like(tmp_path: Path, jobs: list[dict]) -> Path:
+    grid = grid_from_dict({"name": "small", "output_dir": str(tmp_path), "models": ["M"], "langs": ["de"],
+                           "methods": ["sft", "clo"], "sizes": [None], "eval_jobs": jobs})
+    write_json_atomic(tmp_path / "plan.json", plan(grid))
+    return tmp_path
+
+
+def _put_result(grid: Path, run_id: str, key: str, metrics: dict, records: list[dict] | None = None) -> None:
+    write_json_atomic(grid / "runs" / run_id / "eval" / f"{key}.done.json", {"fingerprint": "0", "result": metrics})
+    if records is not None:
+        task, _, lang = key.rpartition("_")
+        write_json_atomic(grid / "runs" / run_id / "eval" / key / f"{task}-{lang}.json",
+                          {"task": task, "metrics": metrics, "records": records})
+
+
+def test_report_leaves_out_tables_of_gaps_and_lists_them_once(tmp_path):
+    grid = _demo_like(tmp_path, [{"task": "fidelity"}, {"task": "belebele"}])
+    _put_result(grid, "M/de/clo/nall", "fidelity_de", {"rate": 0.5, "n": 4, "echo_rate": 0.25,
+                                                        "rate_excluding_echoes": 1 / 3, "n_excluding_echoes": 3})
+    (grid / "report").mkdir()
+    (grid / "report" / "figure3_winrate_vs_size.png").write_bytes(b"stale")
+    out = write_report(grid)
+    md = (grid / "report" / "report.md").read_text(encoding="utf-8")
+    omitted = {o["name"]: o["why"] for o in out["omitted"]}
+    # No judge, one size, one CLO variant: Table 1, Figure 3 and both ablations are not run here;
+    # BELEBELE is planned but has no result yet.
+    assert set(omitted) == {"table1_winrates", "table2_belebele", "table3_mmmlu", "table4_trainable",
+                            "table5_nll_langs", "preference", "figure3_winrate_vs_size", "samples",
+                            "beyond_cl_losses", "beyond_multilingual"}
+    assert omitted["table2_belebele"] == "planned in this grid, no result yet (see Runs)"
+    assert "configs/ablations.yaml" in omitted["table4_trainable"] and "configs/sizes.yaml" in omitted[
+        "figure3_winrate_vs_size"]
+    assert "judge" in omitted["table1_winrates"] and "configs/paper.yaml" in omitted["table1_winrates"]
+    for name in omitted:
+        assert not (grid / "report" / f"{name}.csv").exists()
+    assert not (grid / "report" / "figure3_winrate_vs_size.png").exists() and "![Figure 3]" not in md
+    head, tail = md.split("## Not in this report", 1)
+    assert "### Table" not in head and "### Figure" not in head and "### Language preference" not in head
+    assert tail.count("\n- ") == len(omitted)
+    # The echo rows of the fidelity table: binomial SEs, the second on the 3 answers that are no echo.
+    assert _table(md, "Language fidelity") == [
+        f"| M | de | response rate (de) | {GAP} | {GAP} | 50.0 ± 25.0 |",
+        f"| M | de | echoes (de) | {GAP} | {GAP} | 25.0 ± 21.7 |",
+        f"| M | de | response rate, echoes excluded (de) | {GAP} | {GAP} | 33.3 ± 27.2 |",
+    ]
+    doc = json.loads((grid / "report" / "report.json").read_text(encoding="utf-8"))
+    assert [o["name"] for o in doc["omitted"]] == [o["name"] for o in out["omitted"]]
+
+
+def _pref_records(tgt: list[int], nll: list[float]) -> list[dict]:
+    return [{"id": f"r{i}", "tgt_preferred": bool(t), "en_preferred": True, "margin_tgt": 0.0, "margin_en": 0.0,
+             "nll_tgt": x, "nll_en": 1.0} for i, (t, x) in enumerate(zip(tgt, nll))]
+
+
+def _pref_metrics(recs: list[dict]) -> dict:
+    from clo.eval.preference import summarize
+
+    return summarize(recs)
+
+
+def test_preference_table_with_paired_differences(tmp_path):
+    grid = _demo_like(tmp_path, [{"task": "preference"}])
+    runs = {"M/de/base": ([0, 0, 1, 0], [3.0, 2.0, 4.0, 3.0]), "M/de/sft/nall": ([1, 0, 1, 0], [2.0, 2.0, 3.0, 2.0]),
+            "M/de/clo/nall": ([1, 1, 1, 0], [2.5, 1.0, 3.0, 2.5])}
+    for rid, (t, x) in runs.items():
+        recs = _pref_records(t, x)
+        _put_result(grid, rid, "preference_de", _pref_metrics(recs), recs)
+    md = (Path(write_report(grid)["dir"]) / "report.md").read_text(encoding="utf-8")
+    assert ("| model | lang | metric | Base | SFT | CLO | CLO − SFT | SFT − Base | CLO − Base |") in md
+    rows = {line.split(" | ")[2]: line for line in _table(md, "Language preference")}
+    # Shares: base 25, SFT 50, CLO 75 (SE of the 0/1 values, ddof 1). CLO − SFT: d = (0, 1, 0, 0),
+    # mean 25 points, SE sqrt(0.25 / 4) = 25; SFT − base: d = (1, 0, 0, 0): the same; CLO − base:
+    # d = (1, 1, 0, 0): 50 ± sqrt(1/3) / 2 = 28.9.
+    assert rows["de answer preferred, de prompt (%)"] == (
+        "| M | de | de answer preferred, de prompt (%) | 25.0 ± 25.0 | 50.0 ± 28.9 | 75.0 ± 25.0 | 25.0 ± 25.0 "
+        "| 25.0 ± 25.0 | 50.0 ± 28.9 |")
+    # NLL, nats per token, not scaled: CLO − SFT d = (0.5, -1, 0, 0.5): mean 0, SE sqrt(1.5 / 3 / 4) = 0.354;
+    # SFT − base d = (-1, 0, -1, -1): -0.75 ± sqrt(0.75 / 3 / 4) = 0.25; CLO − base d = (-0.5, -1, -1, -0.5):
+    # -0.75 ± sqrt(0.25 / 3 / 4) = 0.144.
+    assert rows["NLL of the de answer to the de prompt (nats/token)"].endswith(
+        "| 0.000 ± 0.354 | -0.750 ± 0.250 | -0.750 ± 0.144 |")
+    assert rows["NLL of the en answer to the en prompt (nats/token)"].endswith(
+        "| 1.000 ± 0.000 | 0.000 ± 0.000 | 0.000 ± 0.000 | 0.000 ± 0.000 |")
+    csv_rows = list(csv.reader((tmp_path / "report" / "preference.csv").open(encoding="utf-8")))
+    nll = next(r for r in csv_rows if r[2].startswith("NLL of the de"))
+    assert nll[3:5] == ["3.0000", "0.4082"]  # base: mean 3, SE sqrt(2/3 / 4); plain numbers, never in %

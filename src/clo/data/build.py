@@ -23,6 +23,13 @@
 A build that reads no example, or where no record passes, writes its files and then raises
 :class:`BuildError` (``clo data build`` exits non-zero): an empty training set is never a success.
 
+With several target languages (``lang: [sw, yo]``) every English example is translated into
+each of them through the one translation cache, and the files hold
+:class:`~clo.data.records.MultilingualRecord` s: a record is kept only when every language's
+translation passes its checks (its L_CL terms need all of them), its reject row names the
+failing languages (``sw:lang_y_tgt``). ``validation_<code>.jsonl`` are the validation records of
+one language each, as plain records (held-out prompts of the evaluations).
+
 Order and split are deterministic: records keep the source order (oasst1: order of ranking);
 the validation records are a seeded random sample (``data.seed``) of ``round(val_fraction * n)``
 of the passing records, the rest is ``train`` in source order. Interrupt a build at any point
@@ -43,7 +50,7 @@ from pathlib import Path
 
 from clo.data.cache import set_aside
 from clo.data.checks import check_record
-from clo.data.records import CrossLingualRecord, write_records
+from clo.data.records import CrossLingualRecord, MultilingualRecord, write_multilingual, write_records
 from clo.data.sources import SourceExample, load_examples
 from clo.data.translate import PROMPT_VERSION, Translated, TranslationStats, make_translator, translate_all
 
@@ -164,7 +171,7 @@ def claim_directory(out_dir: Path, inputs: dict, overwrite: bool = False) -> str
             old = None
     if old is not None and old.get("fingerprint") == fp:
         return fp
-    present = [out_dir / n for n in _OUTPUTS if (out_dir / n).exists()]
+    present = [out_dir / n for n in _OUTPUTS if (out_dir / n).exists()] + sorted(out_dir.glob("validation_*"))
     if present:
         if isinstance(old, dict) and isinstance(old.get("inputs"), dict):
             keys = differing_keys(old["inputs"], inputs) or ["(fingerprint)"]
@@ -238,6 +245,35 @@ def _records_from(examples: list[SourceExample], x_res: list[Translated], y_res:
     return accepted, rejects
 
 
+def _multilingual_records(examples: list[SourceExample], results: dict[str, tuple[list[Translated], list[Translated]]],
+                          cfg, fingerprint: str) -> tuple[list[MultilingualRecord], list[dict]]:
+    """(accepted, reject rows) of a multilingual build: ``results`` maps each language to its
+    (x, y) translations. Kept only when every language passes; reasons are ``<code>:<reason>``."""
+    accepted, rejects = [], []
+    langs = list(results)
+    for i, ex in enumerate(examples):
+        tgt, checks, reasons, failures = {}, {}, [], []
+        for lang in langs:
+            xr, yr = results[lang][0][i], results[lang][1][i]
+            tgt[lang] = {"x_tgt": xr.text, "y_tgt": yr.text}
+            why, rows = _failure_rows(ex, {"x_tgt": xr, "y_tgt": yr})
+            if rows:
+                checks[lang] = {"passed": False, "reasons": why}
+                failures += [{"lang": lang, **r} for r in rows]
+            else:
+                checks[lang] = check_record(ex.x_en, ex.y_en, xr.text, yr.text, lang, cfg.data.checks)
+            reasons += [f"{lang}:{r}" for r in checks[lang]["reasons"]]
+        checks.update(passed=not reasons, reasons=reasons)
+        rec = MultilingualRecord(id=ex.id, tgt_langs=langs, x_en=ex.x_en, y_en=ex.y_en, tgt=tgt, source=ex.source,
+                                 meta={"translator": fingerprint, "checks": checks})
+        if not reasons:
+            accepted.append(rec)
+        else:
+            rejects.append({"id": ex.id, "reasons": reasons, **({"failures": failures} if failures else {}),
+                            "record": rec.to_dict()})
+    return accepted, rejects
+
+
 def _write_jsonl(rows: list[dict], path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
@@ -301,7 +337,12 @@ def build_dataset(cfg, out_dir: Path, *, progress: bool = True, rebuild_cache: b
     if rebuild_cache:
         set_aside(cache_path)
 
-    examples = load_examples(d, cfg.lang, allow_parallel=True)
+    langs = cfg.langs if hasattr(cfg, "langs") else [cfg.lang]
+    multi = len(langs) > 1
+    if multi and d.source == "parallel":
+        raise BuildError("data.source parallel holds one language's translations; a build with several target "
+                         "languages translates an English source (or build each language and join them by id)")
+    examples = load_examples(d, None if multi else cfg.lang, allow_parallel=not multi)
     log.info("read %d English examples from %s", len(examples), d.path or d.source)
     # Empty sources are rejected before translation: no point paying for them.
     usable = [ex for ex in examples if ex.x_en.strip() and ex.y_en.strip()]
@@ -312,7 +353,18 @@ def build_dataset(cfg, out_dir: Path, *, progress: bool = True, rebuild_cache: b
             source_rejects.append({"id": ex.id, "reasons": reasons, "record": ex.__dict__})
 
     stats = TranslationStats()
-    if d.source == "parallel":  # translated elsewhere: the checks only, no translator
+    if multi:
+        translator = make_translator(d.translator)
+        results = {}
+        try:
+            texts = [ex.x_en for ex in usable] + [ex.y_en for ex in usable]
+            for lang in langs:  # one cache, keyed by target language: a single-language build's rows serve too
+                out = translate_all(texts, "en", lang, translator, cache_path, progress=progress, stats=stats)
+                results[lang] = (out[: len(usable)], out[len(usable):])
+        finally:
+            translator.close()
+        translator_fp = translator.fingerprint()
+    elif d.source == "parallel":  # translated elsewhere: the checks only, no translator
         translator_fp = "pretranslated"
         x_res, y_res = [Translated(ex.x_tgt) for ex in usable], [Translated(ex.y_tgt) for ex in usable]
     else:
@@ -324,25 +376,33 @@ def build_dataset(cfg, out_dir: Path, *, progress: bool = True, rebuild_cache: b
             translator.close()
         translator_fp = translator.fingerprint()
         x_res, y_res = out[: len(usable)], out[len(usable):]
-    accepted, rejected = _records_from(usable, x_res, y_res, cfg, translator_fp)
+    if multi:
+        accepted, rejected = _multilingual_records(usable, results, cfg, translator_fp)
+        write = write_multilingual
+    else:
+        accepted, rejected = _records_from(usable, x_res, y_res, cfg, translator_fp)
+        write = write_records
 
     val_idx = set(split_indices(len(accepted), d.val_fraction, d.seed))
     train = [r for i, r in enumerate(accepted) if i not in val_idx]
     val = [r for i, r in enumerate(accepted) if i in val_idx]
     files = {
-        "train": str(write_records(train, out_dir / f"train{ext}")),
-        "validation": str(write_records(val, out_dir / f"validation{ext}")),
+        "train": str(write(train, out_dir / f"train{ext}")),
+        "validation": str(write(val, out_dir / f"validation{ext}")),
     }
+    if multi:
+        for lang in langs:
+            files[f"validation_{lang}"] = str(write_records([r.view(lang) for r in val], out_dir / f"validation_{lang}{ext}"))
     subsets = {}
     for k in subset_sizes(d.subsets, len(train)):
-        subsets[k] = str(write_records(train[:k], out_dir / "subsets" / f"train_{k}{ext}"))
+        subsets[k] = str(write(train[:k], out_dir / "subsets" / f"train_{k}{ext}"))
     reject_rows = source_rejects + rejected
     _write_jsonl(reject_rows, out_dir / "rejects.jsonl")
     files["rejects"] = str(out_dir / "rejects.jsonl")
 
     by_reason = Counter(reason for row in reject_rows for reason in row["reasons"])
     summary = {
-        "source": d.source, "path": d.path, "tgt_lang": cfg.lang, "n": d.n, "max_chars": d.max_chars,
+        "source": d.source, "path": d.path, "tgt_lang": "+".join(langs), "n": d.n, "max_chars": d.max_chars,
         "records_in": len(examples), "records_out": len(accepted),
         "pass_rate": round(len(accepted) / len(examples), 4) if examples else 0.0,
         "train": len(train), "validation": len(val), "rejects": len(reject_rows),
@@ -351,6 +411,10 @@ def build_dataset(cfg, out_dir: Path, *, progress: bool = True, rebuild_cache: b
         "translator": translator_fp, "translation": stats.to_dict(),
         "seconds": round(time.perf_counter() - t0, 2), "fingerprint": fp,
     }
+    if multi:
+        summary["tgt_langs"] = langs
+        summary["passed_per_lang"] = {lang: sum(1 for row in rejected if not any(
+            r.startswith(f"{lang}:") for r in row["reasons"])) + len(accepted) for lang in langs}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out_dir / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
     log.info("built %d records (%d train, %d validation), %d rejects %s, %d cache hits, %d failed segments, "

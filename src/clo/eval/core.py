@@ -288,7 +288,7 @@ def get_task(name: str) -> TaskSpec:
 
 def _load_tasks() -> None:
     # The task modules register themselves on import.
-    from clo.eval import alpacaeval, belebele, fidelity, mmmlu  # noqa: F401
+    from clo.eval import alpacaeval, belebele, fidelity, mmmlu, preference  # noqa: F401
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,12 +2,14 @@
 
 ``fidelity``: the detected language (clo.langid) of every response; ``rate`` is the share in
 the prompt's language, ``per_language`` the share of each detected language (``"none"`` for a
-response with no letters). Prompts (:data:`SOURCES`): ``prompts`` or ``prompts_file`` when given;
-else ``source="auto"`` takes the Language Confusion Benchmark's monolingual prompts where it has
-the language and otherwise the held-out prompts of ``held_out_file`` (cross-lingual records, e.g.
-a grid's ``data/<lang>/validation.jsonl``: ``x_tgt``, or ``x_en`` for English), so that every
-language has a source (the benchmark has no Swahili or Yoruba); ``"lcb"`` and ``"held-out"``
-choose one.
+response with no letters). An answer that repeats the prompt (:func:`echoes`, the drift probe's
+definition) is in the prompt's language without answering: ``echo_rate`` is their share, and
+``rate_excluding_echoes`` the share in the language among the ``n_excluding_echoes`` others.
+Prompts (:data:`SOURCES`): ``prompts`` or ``prompts_file`` when given; else ``source="auto"`` takes
+the Language Confusion Benchmark's monolingual prompts where it has the language and otherwise the
+held-out prompts of ``held_out_file`` (cross-lingual records, e.g. a grid's
+``data/<lang>/validation.jsonl``: ``x_tgt``, or ``x_en`` for English), so that every language has a
+source (the benchmark has no Swahili or Yoruba); ``"lcb"`` and ``"held-out"`` choose one.
 
 ``confusion``: the Language Confusion Benchmark (Marchisio et al., 2024) on its prompts, scored
 with the benchmark's own rules (:mod:`clo.eval.lcb_metrics`, metric ``lcb``: fastText lid.176
@@ -40,6 +42,14 @@ from clo.eval.core import (
     read_text,
     register_task,
 )
+
+
+def echoes(prompt: str, answer: str) -> bool:
+    """Whether ``answer`` repeats ``prompt``: :func:`clo.train.drift.echoes`, the definition the
+    trainer's drift probe counts by."""
+    from clo.train.drift import echoes as _echoes
+
+    return _echoes(prompt, answer)
 
 
 def _detect(texts: list[str]) -> list[str | None]:
@@ -244,14 +254,23 @@ def run_fidelity(ctx: TaskContext, *, prompts: list[str] | None = None, prompts_
     detected = _detect(responses)
     n = len(responses)
     counts = Counter(d or "none" for d in detected)
+    echo = [echoes(p, r) for p, r in zip(prompts, responses)]
+    rest = [d for d, e in zip(detected, echo) if not e]
     metrics = {
         "rate": sum(d == ctx.lang.code for d in detected) / n,
         "n": n,
         "per_language": {k: v / n for k, v in counts.most_common()},
+        # An echo of a prompt in the language is "in the language" without answering anything.
+        "echo_rate": sum(echo) / n,
+        "rate_excluding_echoes": sum(d == ctx.lang.code for d in rest) / len(rest) if rest else None,
+        "n_excluding_echoes": len(rest),
     }
-    records = [{"id": i, "prompt": p, "response": r, "detected": d, "in_language": d == ctx.lang.code}
-               for i, p, r, d in zip(ids, prompts, responses, detected)]
-    md = f"Prompts: {origin}.\n\n| detected language | share |\n|---|---|\n" + "\n".join(
+    records = [{"id": i, "prompt": p, "response": r, "detected": d, "in_language": d == ctx.lang.code, "echo": e}
+               for i, p, r, d, e in zip(ids, prompts, responses, detected, echo)]
+    excl = metrics["rate_excluding_echoes"]
+    md = (f"Prompts: {origin}.\n\nEchoes (answers that repeat the prompt): {metrics['echo_rate']:.3f}; "
+          f"rate in {ctx.lang.code} among the {len(rest)} other answers: "
+          f"{'—' if excl is None else f'{excl:.3f}'}.\n\n| detected language | share |\n|---|---|\n") + "\n".join(
         f"| {k} | {v:.3f} |" for k, v in metrics["per_language"].items())
     return TaskResult(metrics, records, data_hash(prompts), md)
 

@@ -11,7 +11,7 @@ evaluates with::
       train: {batch_size: 8}
       eval: {tasks: [belebele, mmmlu, fidelity]}
     models: [meta-llama/Meta-Llama-3-8B]
-    langs: [de, zh]
+    langs: [de, zh, [de, zh]]   # a list entry: one run on both languages at once (run id de+zh)
     methods:
       - sft
       - clo
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from clo import languages
 from clo.config import Config, config_from_dict, load_yaml, parse_override, set_dotted
@@ -89,6 +89,21 @@ class EvalJob(StrictModel):
     only_langs: list[str] | None = Field(
         None, description="run only for these target languages (e.g. the benchmark has no data for the others)"
     )
+    # A ``tgt`` job of a run with several target languages runs once per language: bound to it.
+    _bound: str | None = PrivateAttr(None)
+
+    def bind(self, code: str) -> EvalJob:
+        """This job for one target language of a multilingual run (``key`` and ``resolve_lang``
+        give that language); it still equals the job of the grid it came from."""
+        job = self.model_copy()
+        job._bound = code
+        return job
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EvalJob):
+            return NotImplemented
+        return (self.task, self.lang, self.opts, self.only_langs) == (other.task, other.lang, other.opts,
+                                                                      other.only_langs)
 
     @field_validator("only_langs")
     @classmethod
@@ -111,7 +126,9 @@ class EvalJob(StrictModel):
             raise ValueError(e.args[0]) from None
 
     def resolve_lang(self, tgt: str) -> str:
-        return tgt if self.lang == "tgt" else self.lang
+        if self.lang != "tgt":
+            return self.lang
+        return self._bound or tgt
 
     def key(self, tgt: str) -> str:
         """``belebele_de``: the job's directory name and its metrics key in reports."""
@@ -233,15 +250,26 @@ class GridConfig(StrictModel):
             return v
         return [{"name": m, "method": m} if isinstance(m, str) else m for m in v]
 
+    @field_validator("langs", mode="before")
+    @classmethod
+    def _lang_lists(cls, v: Any) -> Any:
+        # [sw, yo] (a run on both languages) is the entry "sw+yo": its data and run directories' name.
+        if not isinstance(v, list):
+            return v
+        return ["+".join(str(c) for c in e) if isinstance(e, list) else e for e in v]
+
     @field_validator("langs")
     @classmethod
     def _langs(cls, v: list[str]) -> list[str]:
         out = []
-        for code in v:
+        for entry in v:
             try:
-                out.append(languages.get(code).code)
+                codes = [languages.get(code).code for code in entry.split("+")]
             except KeyError as e:
                 raise ValueError(e.args[0]) from None
+            if len(codes) > 1 and (len(set(codes)) != len(codes) or "en" in codes):
+                raise ValueError(f"{entry}: a multilingual entry names distinct target languages, not en")
+            out.append("+".join(codes))
         return out
 
     @field_validator("sizes")
@@ -311,6 +339,15 @@ class RunSpec:
     ablation: bool = False  # a variant with config overrides (Tables 4 and 5), not a main method
 
     @property
+    def langs(self) -> list[str]:
+        """The run's target languages: one, or those of a multilingual entry (``sw+yo``)."""
+        return self.lang.split("+")
+
+    @property
+    def multilingual(self) -> bool:
+        return "+" in self.lang
+
+    @property
     def run_id(self) -> str:
         size = "all" if self.size is None else str(self.size)
         if self.method is None:
@@ -324,6 +361,7 @@ class RunSpec:
             "trainable": self.config.train.trainable if self.method else None,
             "nll_langs": list(self.config.train.nll_langs) if self.method else None,
             "ablation": self.ablation,
+            **({"langs": self.langs} if self.multilingual else {}),
         }
 
 

@@ -5,6 +5,7 @@ Layout of a grid directory (``GridConfig.output_dir``)::
     grid.yaml                      the resolved grid config
     plan.json                      every run and evaluation the grid expects (reports show gaps)
     data/<lang>/                   the cross-lingual dataset, built once per language and shared
+                                   (a multilingual entry [sw, yo]: data/sw+yo/, runs/<model>/sw+yo/...)
         train.jsonl validation.jsonl subsets/train_<n>.jsonl   data.done.json
     runs/<model>/<lang>/base/      the untrained model (evaluation only)
     runs/<model>/<lang>/<variant>/n<size|all>/
@@ -91,8 +92,28 @@ def prebuilt_dataset(path: Path, cfg: Config, out_dir: Path) -> dict:
     are :func:`clo.data.build.subset_sizes` of ``data.subsets``.
     """
     from clo.data.build import split_indices, subset_sizes
-    from clo.data.records import RecordError, read_records, write_records
+    from clo.data.records import (
+        RecordError,
+        read_multilingual,
+        read_records,
+        write_multilingual,
+        write_records,
+    )
 
+    if len(cfg.langs) > 1:  # multilingual records, and one language's validation records each
+        records = read_multilingual(path, cfg.langs)
+        val_idx = set(split_indices(len(records), cfg.data.val_fraction, cfg.data.seed))
+        train = [r for i, r in enumerate(records) if i not in val_idx]
+        val = [r for i, r in enumerate(records) if i in val_idx]
+        if not train:
+            raise ValueError(f"{path}: {len(records)} records leave nothing to train on after the validation split")
+        write_multilingual(train, out_dir / "train.jsonl")
+        write_multilingual(val, out_dir / "validation.jsonl")
+        for code in cfg.langs:
+            write_records([r.view(code) for r in val], out_dir / f"validation_{code}.jsonl")
+        for n in subset_sizes(cfg.data.subsets, len(train)):
+            write_multilingual(train[:n], out_dir / "subsets" / f"train_{n}.jsonl")
+        return {"source": str(path), "train": len(train), "validation": len(val), "langs": cfg.langs}
     records = read_records(path)
     for i, r in enumerate(records, 1):
         if r.tgt_lang != cfg.lang:
@@ -286,7 +307,7 @@ def plan(grid: GridConfig, runs: list[RunSpec] | None = None) -> dict:
     runs = expand(grid) if runs is None else runs
     out = []
     for r in runs:
-        jobs = [j for j in grid.jobs() if _job_applies(grid, r, j)]
+        jobs = run_jobs(grid, r)
         out.append({**r.describe(), "evals": [j.key(r.lang) for j in jobs],
                     "tasks": {j.key(r.lang): {"task": j.task, "lang": j.resolve_lang(r.lang)} for j in jobs}})
     return {"name": grid.name, "baseline": grid.baseline, "sizes": grid.sizes, "models": [m.name for m in grid.models],
@@ -300,12 +321,11 @@ def _instructions_limit(grid: GridConfig, jobs: list[EvalJob], runs: list[RunSpe
     their runs and baselines: the largest ``limit`` (the job's, else the run's ``eval.limit``);
     None (all) when one of them has none."""
     limits = []
-    for job in jobs:
-        if job.task != "alpacaeval" or "translated_file" in job.opts:
-            continue
-        for r in runs:
-            if (job.resolve_lang(r.lang), job.opts.get("instructions_file")) != key or (
-                    job.only_langs is not None and r.lang not in job.only_langs):
+    for r in runs:
+        for job in bind_jobs(r, jobs):
+            if job.task != "alpacaeval" or "translated_file" in job.opts:
+                continue
+            if (job.resolve_lang(r.lang), job.opts.get("instructions_file")) != key or not _lang_applies(r, job):
                 continue
             limit = job.opts.get("limit")
             limits.append(limit if limit is not None else r.config.eval.limit)
@@ -339,27 +359,24 @@ def stage_refs(grid: GridConfig, runs: list[RunSpec] | None = None) -> list[Stag
         if run.method is not None:
             out.append(StageRef(f"train/{run.run_id}", "train", run.lang, run))
         out += [StageRef(f"eval/{run.run_id}/{j.key(run.lang)}", "eval", j.resolve_lang(run.lang), run, j)
-                for j in local if _job_applies(grid, run, j)]
+                for j in run_jobs(grid, run, local)]
         if grid.samples:
             out.append(StageRef(f"samples/{run.run_id}", "samples", run.lang, run))
     seen: set = set()
     for job in pairwise:
         if job.task != "alpacaeval" or "translated_file" in job.opts:
             continue
-        for lang in grid.langs:
-            key = (job.resolve_lang(lang), job.opts.get("instructions_file"))
-            if key[0] == "en" or key in seen or not any(r.lang == lang and _job_applies(grid, r, job) for r in runs):
+        for key, key_runs in _instruction_keys(grid, runs, job).items():
+            if key[0] == "en" or key in seen:
                 continue
             seen.add(key)
             name = f"instructions/{instructions_path(Path(grid.output_dir), *key).stem}"
-            out.append(StageRef(name, "instructions", key[0], job=job, key=key))
+            out.append(StageRef(name, "instructions", key[0], job=key_runs[0][1], key=key))
     by_cell = {(r.model, r.lang, r.size, r.variant): r for r in runs}
     outputs: set[str] = set()
     for run in runs:
         base = by_cell.get((run.model, run.lang, run.size, grid.baseline))
-        for job in pairwise:
-            if not _job_applies(grid, run, job):
-                continue
+        for job in run_jobs(grid, run, pairwise):
             key = job.key(run.lang)
             if job.task == "alpacaeval" and base is not None:
                 name = f"baseline-outputs/{base.run_id}/{key}"
@@ -372,8 +389,41 @@ def stage_refs(grid: GridConfig, runs: list[RunSpec] | None = None) -> list[Stag
     return out
 
 
+def bind_jobs(run: RunSpec, jobs: list[EvalJob]) -> list[EvalJob]:
+    """The jobs as they run for ``run``: for a multilingual run, a ``tgt`` job once per target
+    language (:meth:`EvalJob.bind`); other jobs (and every job of a one-language run) as they are."""
+    if not run.multilingual:
+        return list(jobs)
+    return [b for j in jobs for b in ([j.bind(c) for c in run.langs] if j.lang == "tgt" else [j])]
+
+
+def run_jobs(grid: GridConfig, run: RunSpec, jobs: list[EvalJob] | None = None) -> list[EvalJob]:
+    """The evaluations of ``run`` (of ``jobs``, default every job of the grid), bound to its languages."""
+    return [j for j in bind_jobs(run, grid.jobs() if jobs is None else jobs) if _job_applies(grid, run, j)]
+
+
+def _instruction_keys(grid: GridConfig, runs: list[RunSpec], job: EvalJob) -> dict[tuple, list[tuple]]:
+    """``{(language, instructions file): [(run, bound job), ...]}`` of the runs a pairwise job applies to."""
+    out: dict[tuple, list[tuple]] = {}
+    for r in runs:
+        for bj in bind_jobs(r, [job]):
+            if _job_applies(grid, r, bj):
+                out.setdefault((bj.resolve_lang(r.lang), bj.opts.get("instructions_file")), []).append((r, bj))
+    return out
+
+
+def _lang_applies(run: RunSpec, job: EvalJob) -> bool:
+    """``only_langs``: a bound job's language; a job of a multilingual run in a fixed language
+    runs when one of the run's languages is listed."""
+    if job.only_langs is None:
+        return True
+    if run.multilingual:
+        return (job._bound in job.only_langs) if job._bound else any(c in job.only_langs for c in run.langs)
+    return run.lang in job.only_langs
+
+
 def _job_applies(grid: GridConfig, run: RunSpec, job: EvalJob) -> bool:
-    if job.only_langs is not None and run.lang not in job.only_langs:
+    if not _lang_applies(run, job):
         return False
     # A pairwise task compares a trained run with the baseline of the same size; the untrained
     # model has no size and the baseline is not compared with itself.
@@ -462,10 +512,10 @@ def run_grid(
     local = [j for j in jobs if j.task not in PAIRWISE_TASKS]
     pairwise = [j for j in jobs if j.task in PAIRWISE_TASKS]
     n_stages = (len(grid.langs) + sum(1 for r in runs if r.method) + 1
-                + sum(len([j for j in jobs if _job_applies(grid, r, j)]) for r in runs)
+                + sum(len(run_jobs(grid, r, jobs)) for r in runs)
                 + (len(runs) if grid.samples else 0)
-                + len({(r.model, r.lang, r.size, j.key(r.lang)) for r in runs for j in pairwise
-                       if j.task == "alpacaeval" and _job_applies(grid, r, j)}))
+                + len({(r.model, r.lang, r.size, j.key(r.lang)) for r in runs for j in run_jobs(grid, r, pairwise)
+                       if j.task == "alpacaeval"}))
     bar = tqdm(total=n_stages, desc=f"grid {grid.name}", unit="stage", disable=not progress)
 
     def stage(name: str, marker: Path, inputs: Any, fn: Callable[[], Any], clear: tuple[Path, ...] = (),
@@ -556,7 +606,7 @@ def run_grid(
                     )
                     model = out["checkpoint"]
                 trained[run.run_id] = (model, model_fp)
-                for job in local:
+                for job in run_jobs(grid, run, local):
                     _eval_job(grid, run, job, model, model_fp, rdir, stages, stage, eval_fps, opts={})
                 if grid.samples:
                     stage(f"samples/{run.run_id}", marker_path(rdir, "samples"),
@@ -574,9 +624,8 @@ def run_grid(
     for job in pairwise:
         if job.task != "alpacaeval" or "translated_file" in job.opts:
             continue
-        for lang in grid.langs:
-            lang_runs = [r for r in runs if r.lang == lang and _job_applies(grid, r, job)]
-            key = (job.resolve_lang(lang), job.opts.get("instructions_file"))
+        for key, key_runs in _instruction_keys(grid, runs, job).items():
+            lang_runs = [r for r, _ in key_runs]
             if key[0] == "en" or not lang_runs or key in translated:
                 continue
             # Only the instructions the jobs use: the largest limit of those sharing this file.
@@ -640,9 +689,7 @@ def run_grid(
             with _RunLog(None if lookup_only else rdir / "log.txt"):
                 try:
                     base_run = by_cell.get((run.model, run.lang, run.size, grid.baseline))
-                    for job in pairwise:
-                        if not _job_applies(grid, run, job):
-                            continue
+                    for job in run_jobs(grid, run, pairwise):
                         if base_run is None or base_run.run_id not in trained:
                             raise RuntimeError(f"{job.task}: baseline run {grid.baseline} of this cell did not finish")
                         b_model, b_fp = trained[base_run.run_id]
@@ -737,13 +784,21 @@ def _eval_job(grid, run, job, model, model_fp, rdir, stages, stage, eval_fps, op
 
 def held_out_prompts(grid: GridConfig, run: RunSpec, job: EvalJob) -> Path | None:
     """The held-out validation records of the run's language when ``job`` (a fidelity job) takes
-    its prompts from them (:func:`clo.eval.fidelity.uses_held_out`), else None."""
+    its prompts from them (:func:`clo.eval.fidelity.uses_held_out`), or when it is a preference job
+    that names no ``held_out_file`` of its own; else None."""
+    if job.task == "preference":
+        if job.opts.get("held_out_file"):
+            return None
+        return data_dir(Path(grid.output_dir), run.lang) / "validation.jsonl"
     if job.task != "fidelity":
         return None
     from clo.eval.fidelity import uses_held_out
 
-    if not uses_held_out(job.resolve_lang(run.lang), job_data_dir(run, job), job.opts):
+    lang = job.resolve_lang(run.lang)
+    if not uses_held_out(lang, job_data_dir(run, job), job.opts):
         return None
+    if run.multilingual:  # one language's validation records (the data stage writes them)
+        return data_dir(Path(grid.output_dir), run.lang) / f"validation_{lang if lang in run.langs else run.langs[0]}.jsonl"
     return data_dir(Path(grid.output_dir), run.lang) / "validation.jsonl"
 
 

@@ -12,9 +12,9 @@ import json
 import os
 from pathlib import Path
 
-from clo.report.tables import GAP, TABLES, Cell, GridResults, Table, build_tables, collect
+from clo.report.tables import GAP, TABLES, Cell, GridResults, Table, build_tables, collect, not_shown
 
-__all__ = ["GAP", "TABLES", "Cell", "GridResults", "Table", "build_tables", "collect", "write_report"]
+__all__ = ["GAP", "TABLES", "Cell", "GridResults", "Table", "build_tables", "collect", "not_shown", "write_report"]
 
 FIGURE = "figure3_winrate_vs_size.png"
 
@@ -39,23 +39,38 @@ def _drift_figures(grid_dir: Path, res, out: Path) -> list[str]:
 
 
 def write_report(grid_dir: str | Path, out_dir: str | Path | None = None) -> dict:
-    """Write every table and the figure of ``grid_dir``; returns {files, runs: {status: count}}."""
+    """Write every table and the figure of ``grid_dir``; returns {files, runs: {status: count}, omitted}.
+
+    A table with no result at all (every cell a gap) is left out, its CSV and figure too, and
+    listed under "Not in this report" with why: planned but not finished, or not run by this grid
+    and the command that runs it (``omitted``: ``[{name, title, why}]``, also in report.json)."""
     from clo.report.plots import plot_winrate_vs_size
 
     grid_dir = Path(grid_dir)
     out = Path(out_dir) if out_dir is not None else grid_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     res = collect(grid_dir)
-    tables = build_tables(res)
+    # A table whose every cell is a gap is left out, and listed once with why (and what runs it).
+    tables, omitted = [], []
+    for t in build_tables(res):
+        why = not_shown(res, t)
+        if why is None:
+            tables.append(t)
+        else:
+            omitted.append({"name": t.name, "title": t.title, "why": why})
+            (out / f"{t.name}.csv").unlink(missing_ok=True)  # from an earlier report into this directory
     files: list[str] = []
     for t in tables:
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerows(t.csv_rows())
         _write_text(out / f"{t.name}.csv", buf.getvalue())
         files.append(f"{t.name}.csv")
-    fig_table = next(t for t in tables if t.name == "figure3_winrate_vs_size")
-    plot_winrate_vs_size(fig_table, res, out / FIGURE)
-    files.append(FIGURE)
+    fig_table = next((t for t in tables if t.name == "figure3_winrate_vs_size"), None)
+    if fig_table is not None:
+        plot_winrate_vs_size(fig_table, res, out / FIGURE)
+        files.append(FIGURE)
+    else:
+        (out / FIGURE).unlink(missing_ok=True)  # from an earlier report of this directory
     drift = _drift_figures(grid_dir, res, out)
     files += drift
     status: dict[str, int] = {}
@@ -69,6 +84,10 @@ def write_report(grid_dir: str | Path, out_dir: str | Path | None = None) -> dic
         md.append(t.to_markdown())
         if t.name == "figure3_winrate_vs_size":
             md += [f"![Figure 3]({FIGURE})", ""]
+    if omitted:
+        md += ["## Not in this report", "",
+               "Tables with no result at all are left out rather than shown as rows of gaps:", ""]
+        md += [f"- {o['title']}: {o['why']}." for o in omitted] + [""]
     if drift:
         md += ["## Language drift during training", "",
                ("Greedy answers to held-out validation prompts at every validation step: the share in the "
@@ -77,6 +96,7 @@ def write_report(grid_dir: str | Path, out_dir: str | Path | None = None) -> dic
     _write_text(out / "report.md", "\n".join(md))
     files.append("report.md")
     _write_text(out / "report.json", json.dumps(
-        {"name": name, "runs": status, "tables": [t.to_json() for t in tables]}, indent=2, ensure_ascii=False))
+        {"name": name, "runs": status, "tables": [t.to_json() for t in tables], "omitted": omitted},
+        indent=2, ensure_ascii=False))
     files.append("report.json")
-    return {"dir": str(out), "files": files, "runs": status}
+    return {"dir": str(out), "files": files, "runs": status, "omitted": omitted}

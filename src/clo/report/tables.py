@@ -26,18 +26,24 @@ class Cell:
     value: float | None = None  # a fraction (shown as %) or a difference in percentage points
     se: float | None = None
     text: str | None = None  # free text (sample answers, statuses)
+    pct: bool = True  # False: a plain number (nats per token), shown with 3 decimals, never scaled
 
     @property
     def missing(self) -> bool:
         return self.value is None and self.text is None
+
+    @property
+    def _scale(self) -> float:
+        return 100.0 if self.pct else 1.0
 
     def markdown(self) -> str:
         if self.text is not None:
             return self.text.replace("|", "\\|").replace("\n", "<br>")
         if self.value is None:
             return GAP
-        s = f"{100 * self.value:.1f}"
-        return s if self.se is None else f"{s} ± {100 * self.se:.1f}"
+        digits = 1 if self.pct else 3
+        s = f"{self._scale * self.value:.{digits}f}"
+        return s if self.se is None else f"{s} ± {self._scale * self.se:.{digits}f}"
 
 
 @dataclass
@@ -75,8 +81,8 @@ class Table:
                 if c.text is not None:
                     line += [c.text, ""]
                 else:
-                    line += ["" if c.value is None else f"{100 * c.value:.4f}",
-                             "" if c.se is None else f"{100 * c.se:.4f}"]
+                    line += ["" if c.value is None else f"{c._scale * c.value:.4f}",
+                             "" if c.se is None else f"{c._scale * c.se:.4f}"]
             out.append(line)
         return out
 
@@ -86,6 +92,11 @@ class Table:
             "rows": [{"keys": k, "cells": [{"value": c.value, "se": c.se, "text": c.text} for c in cells]}
                      for k, cells in self.rows],
         }
+
+    @property
+    def empty(self) -> bool:
+        """Every cell a gap (or no cell at all): nothing to show."""
+        return all(c.missing for _, cells in self.rows for c in cells)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,13 +117,26 @@ def _get(m: dict, value: str, se: str | None) -> Cell:
     return Cell(float(v), None if s is None else float(s))
 
 
+def _num(m: dict, value: str) -> Cell:
+    """A plain number (not a share) and its ``<value>_stderr``."""
+    v, se = m.get(value), m.get(f"{value}_stderr")
+    return Cell() if v is None else Cell(float(v), None if se is None else float(se), pct=False)
+
+
 #: task -> {metric name: function(metrics dict) -> Cell}
 METRICS: dict[str, dict[str, Callable[[dict], Cell]]] = {
     "belebele": {"accuracy": lambda m: _get(m, "accuracy", "stderr")},
     "mmmlu": {"accuracy": lambda m: _get(m, "accuracy", "stderr"),
               "failure_rate": lambda m: _get(m, "failure_rate", None)},
     "alpacaeval": {"win_rate": lambda m: _get(m, "win_rate", "stderr")},
-    "fidelity": {"rate": lambda m: _get(m, "rate", "stderr")},
+    "fidelity": {"rate": lambda m: _get(m, "rate", "stderr"),
+                 "echo_rate": lambda m: _get(m, "echo_rate", "echo_rate_stderr"),
+                 "rate_excluding_echoes": lambda m: _get(
+                     {**m, "n": m.get("n_excluding_echoes")}, "rate_excluding_echoes", "rate_excluding_echoes_stderr")},
+    "preference": {
+        **{k: (lambda m, k=k: _get(m, k, f"{k}_stderr")) for k in ("tgt_preferred", "en_preferred")},
+        **{k: (lambda m, k=k: _num(m, k)) for k in ("margin_tgt", "margin_en", "nll_tgt", "nll_en")},
+    },
     "confusion": {"lpr": lambda m: _get(m, "lpr", None), "wpr": lambda m: _get(m, "wpr", None),
                   "lcpr": lambda m: _get(m, "lcpr", None)},
 }
@@ -349,6 +373,8 @@ def _ablation_table(res: GridResults, name: str, title: str, select: Callable[[d
             label = select(v)
             if label is not None and label not in groups:
                 groups[label] = v["name"]
+    if len(groups) < 2:
+        groups = {}  # one variant compares nothing: the table is left out ("Not in this report")
     t = Table(name, title, ["model", "lang", "metric"], [f"{lab} ({var})" for lab, var in groups.items()],
               note=f"CLO variants; % ± one standard error; training size {_size_label(res.main_size)}.")
     for model, lang in res.cells():
@@ -378,11 +404,14 @@ def table5_nll_langs(res: GridResults) -> Table:
 def fidelity_table(res: GridResults) -> Table:
     variants = res.main_variants()
     t = Table("fidelity", "Language fidelity (%)", ["model", "lang", "metric"], [_label(v) for v in variants],
-              note="Response rate: responses whose detected language is the prompt's. LPR/WPR: line- and "
-                   "word-level pass rates of the Language Confusion Benchmark.")
+              note="Response rate: responses whose detected language is the prompt's. Echoes: responses that "
+                   "repeat the prompt (in its language without answering it); echoes excluded: the response rate "
+                   "among the other responses. LPR/WPR: line- and word-level pass rates of the Language "
+                   "Confusion Benchmark.")
     for model, lang in res.cells():
-        for task, metric, label in (("fidelity", "rate", "response rate"), ("confusion", "lpr", "LPR"),
-                                    ("confusion", "wpr", "WPR")):
+        for task, metric, label in (("fidelity", "rate", "response rate"), ("fidelity", "echo_rate", "echoes"),
+                                    ("fidelity", "rate_excluding_echoes", "response rate, echoes excluded"),
+                                    ("confusion", "lpr", "LPR"), ("confusion", "wpr", "WPR")):
             for key in res.eval_keys(task):
                 el = key.rsplit("_", 1)[1]
                 if el not in (lang, "en"):
@@ -391,7 +420,78 @@ def fidelity_table(res: GridResults) -> Table:
                 for v in variants:
                     r = res.find(model, lang, v)
                     cells.append(r.cell(key, metric) if r else Cell())
+                if metric in ("echo_rate", "rate_excluding_echoes") and all(c.missing for c in cells):
+                    continue  # results written before clo counted echoes
                 t.rows.append(([model, lang, f"{label} ({el})"], cells))
+    return t
+
+
+#: The preference table's rows: (metric, label, per-item record field).
+PREFERENCE_ROWS = (
+    ("tgt_preferred", "{lang} answer preferred, {lang} prompt (%)"),
+    ("en_preferred", "en answer preferred, en prompt (%)"),
+    ("margin_tgt", "margin {lang} − en answer, {lang} prompt (nats/token)"),
+    ("margin_en", "margin en − {lang} answer, en prompt (nats/token)"),
+    ("nll_tgt", "NLL of the {lang} answer to the {lang} prompt (nats/token)"),
+    ("nll_en", "NLL of the en answer to the en prompt (nats/token)"),
+)
+
+
+def _preference_pairs(res: GridResults, variants: list[str]) -> list[tuple[str, str]]:
+    """(a, b) pairs compared item by item: each method against the baseline, then against base."""
+    base = res.baseline
+    pairs = [(v, base) for v in variants if v not in (base, "base")] if base in variants else []
+    if "base" in variants:
+        pairs += [(v, "base") for v in variants if v != "base"]
+    return pairs
+
+
+def item_values(res: GridResults, run: RunResult | None, key: str) -> dict[str, dict] | None:
+    """``{item id: record}`` of a finished evaluation's result file, or None when there is none."""
+    if run is None or key not in run.metrics:
+        return None
+    task, _, lang = key.rpartition("_")
+    path = res.grid_dir / "runs" / run.info["run_id"] / "eval" / key / f"{task}-{lang}.json"
+    if not path.is_file():
+        return None
+    doc = _read_json(path)
+    recs = doc.get("records") if isinstance(doc, dict) else None
+    if not isinstance(recs, list):
+        raise ValueError(f"{path}: field 'records' missing or not a list")  # noqa: TRY004 - bad file content
+    return {str(r["id"]): r for r in recs if isinstance(r, dict) and "id" in r}
+
+
+def preference_table(res: GridResults) -> Table:
+    """Per-token preferences and NLL on held-out quadruples, and paired differences between models."""
+    from clo.eval.paired import compare
+
+    variants = res.main_variants()
+    pairs = _preference_pairs(res, variants)
+    t = Table("preference", "Language preference on held-out parallel quadruples",
+              ["model", "lang", "metric"],
+              [_label(v) for v in variants] + [f"{_label(a)} − {_label(b)}" for a, b in pairs],
+              note="Per held-out record (x_en, y_en, x_tgt, y_tgt), the per-token mean log-prob of each answer "
+                   "under each prompt (deterministic, no sampling). Preferred: the share of items whose answer in "
+                   "the prompt's language is the more likely one per token. Margin: the mean of that difference; "
+                   "NLL: per token. ± one standard error; a difference A − B is taken item by item on the items "
+                   "both models scored, ± its paired standard error (percentage points for shares).")
+    for model, lang in res.cells():
+        key = f"preference_{lang}"
+        if key not in res.eval_keys("preference"):
+            continue
+        runs = {v: res.find(model, lang, v) for v in variants}
+        items = {v: item_values(res, r, key) for v, r in runs.items()}
+        for metric, label in PREFERENCE_ROWS:
+            cells = [r.cell(key, metric) if r else Cell() for r in runs.values()]
+            pct = metric.endswith("_preferred")
+            for a, b in pairs:
+                if items[a] is None or items[b] is None:
+                    cells.append(Cell())
+                    continue
+                d = compare({i: float(r[metric]) for i, r in items[a].items()},
+                            {i: float(r[metric]) for i, r in items[b].items()})
+                cells.append(Cell(d["mean"], d["se"], pct=pct) if d["n"] else Cell())
+            t.rows.append(([model, lang, label.format(lang=lang)], cells))
     return t
 
 
@@ -451,11 +551,55 @@ TABLES: dict[str, Callable[[GridResults], Table]] = {
     "table4_trainable": table4_trainable,
     "table5_nll_langs": table5_nll_langs,
     "fidelity": fidelity_table,
+    "preference": preference_table,
     "figure3_winrate_vs_size": winrate_vs_size,
     "samples": samples_table,
     "runs": runs_table,
 }
 
 
+def _register_beyond() -> None:
+    # clo.report.beyond imports this module (lazily); registering from here avoids the cycle.
+    from clo.report.beyond import TABLES as BEYOND
+
+    TABLES.update(BEYOND)
+
+
+_register_beyond()
+
+
 def build_tables(res: GridResults, names: Iterable[str] | None = None) -> list[Table]:
     return [TABLES[n](res) for n in (names or TABLES)]
+
+
+#: What fills each table, and the command that runs it where a grid does not: table -> (tasks, how).
+RUNS_IT: dict[str, tuple[tuple[str, ...], str]] = {
+    "table1_winrates": (("alpacaeval",), ("a judged win rate: needs a judge model (`eval.judge`, its key in "
+                        "`$OPENAI_API_KEY` by default); `clo run configs/paper.yaml`")),
+    "table2_belebele": (("belebele",), "`clo run configs/paper.yaml` (eval job `{task: belebele}`)"),
+    "table3_mmmlu": (("mmmlu",), "`clo run configs/paper.yaml` (eval job `{task: mmmlu}`)"),
+    "table4_trainable": ((), "two CLO variants that differ in trained parameters: `clo run configs/ablations.yaml`"),
+    "table5_nll_langs": ((), "two CLO variants that differ in NLL languages: `clo run configs/ablations.yaml`"),
+    "fidelity": (("fidelity", "confusion"), "eval job `{task: fidelity}` or `{task: confusion}`"),
+    "preference": (("preference",), "eval job `{task: preference}` (held-out records: the grid's validation split)"),
+    "figure3_winrate_vs_size": (("alpacaeval",), ("win rates at several training sizes, with a judge: "
+                                "`clo run configs/sizes.yaml`")),
+    "samples": ((), "grid key `samples: [prompt, ...]`"),
+    "beyond_cl_losses": ((), "CLO variants with different `train.cl_loss`: `clo run configs/beyond.yaml`"),
+    "beyond_multilingual": ((), ("a run with several target languages (`langs: [[sw, yo]]`): "
+                            "`clo run configs/beyond.yaml`")),
+}
+
+
+def not_shown(res: GridResults, table: Table) -> str | None:
+    """Why ``table`` is left out of a report (every cell a gap), or None when it is shown: planned
+    in this grid but not finished yet, or not run by this grid at all (with the command that runs it)."""
+    if not table.empty or table.name == "runs":
+        return None
+    tasks, how = RUNS_IT.get(table.name, ((), ""))
+    planned = any(t.get("task") in tasks for r in res.runs.values() for t in (r.info.get("tasks") or {}).values())
+    if table.name == "figure3_winrate_vs_size":
+        planned = planned and len(res.sizes) > 1
+    if planned:
+        return "planned in this grid, no result yet (see Runs)"
+    return f"not run by this grid; {how}" if how else "not run by this grid"

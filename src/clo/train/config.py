@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from clo.config_base import StrictModel
 
@@ -57,6 +57,25 @@ class TrainConfig(StrictModel):
                                "validation, to log language drift and echoes (0: off; not under FSDP2)")
     drift_max_new_tokens: int = Field(32, gt=0)
     log_every: int = Field(10, gt=0, description="steps between console lines (the JSON log has every step)")
+    report_to: Literal["none"] | list[Literal["tensorboard", "wandb"]] = Field(
+        "none", description="metrics trackers beside the JSON log (log.jsonl, always written): none, tensorboard, "
+        "wandb or a list of both; a tracker whose package is missing is an error at start-up")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker_or_a_list(cls, v):
+        # `report_to: wandb` and `--set train.report_to=wandb` mean [wandb]; [] and [none] mean none.
+        if v is None:
+            return "none"
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, (list, tuple)):
+            unknown = [x for x in v if x not in ("none", "tensorboard", "wandb")]
+            if unknown:
+                raise ValueError(f"unknown tracker {unknown[0]!r}; known: none, tensorboard, wandb")
+            v = list(dict.fromkeys(x for x in v if x != "none"))
+            return v or "none"
+        return v
 
     @model_validator(mode="after")
     def _smoothing_has_a_use(self):

@@ -262,3 +262,81 @@ def clo_loss(
     loss = lam * nll + (1.0 - lam) * cl
     metrics.update(loss=loss.detach(), nll=nll.detach(), cl=cl.detach())
     return loss, metrics
+
+
+def multilingual_directions(langs: list[str] | tuple[str, ...]) -> tuple[tuple[str, str, str], ...]:
+    """The ``2k`` directions of L_CL with ``k`` target languages: (name, chosen key, rejected key),
+    ``en_<l>``: English prompt, y_en ≻ y_l; ``<l>``: prompt in l, y_l ≻ y_en."""
+    return (*((f"en_{lang}", "en_en", f"en_{lang}") for lang in langs),
+            *((lang, f"{lang}_{lang}", f"{lang}_en") for lang in langs))
+
+
+def clo_multi_loss(
+    policy_logps: dict[str, torch.Tensor],
+    ref_logps: dict[str, torch.Tensor] | None,
+    nll: torch.Tensor,
+    langs: list[str] | tuple[str, ...],
+    beta: float = 0.1,
+    lam: float = 0.5,
+    *,
+    cl_loss: str = "sigmoid",
+    counts: dict[str, torch.Tensor] | None = None,
+    label_smoothing: float = 0.0,
+    simpo_gamma: float = 0.5,
+) -> tuple[torch.Tensor, dict]:
+    """CLO with several target languages ``l = 1..k`` sharing each English example.
+
+    .. math::
+        L_{CL} = \\sum_{l} \\operatorname{mean}_b\\big[\\ell(en\\_en \\succ en\\_l)\\big]
+               + \\operatorname{mean}_b\\big[\\ell(l\\_l \\succ l\\_en)\\big]
+
+        L_{CLO} = \\lambda\\, L_{SFT} + (1-\\lambda)\\, L_{CL}
+
+    with ℓ the ``cl_loss`` term of :func:`clo_loss` (on log-ratios Δ = log π_θ − log π_ref, or on
+    policy log-probs for the reference-free ones) and ``L_SFT`` the token-mean NLL over every
+    target's ``l_l`` responses (computed by the caller, as for :func:`clo_loss`). With ``k = 1``
+    and the keys ``en_tgt, tgt_tgt, tgt_en`` named by the language, this is :func:`clo_loss`.
+
+    Args:
+        policy_logps, ref_logps: ``{key: [batch]}`` for ``en_en`` and, per language, ``en_l``,
+            ``l_l``, ``l_en`` (:func:`clo.train.data.multilingual_keys`).
+        langs: the target language codes.
+
+    Metrics: ``loss``, ``nll``, ``cl``; per direction (``en_<l>`` and ``<l>``) ``cl_*``, ``margin_*``,
+    ``acc_*``, ``reward_chosen_*``, ``reward_rejected_*``; and over the languages ``cl_en`` /
+    ``cl_tgt`` (sums), ``margin_en`` / ``margin_tgt`` / ``acc_en`` / ``acc_tgt`` (means).
+    """
+    langs = list(langs)
+    if len(langs) < 1 or len(set(langs)) != len(langs) or "en" in langs:
+        raise ValueError(f"clo_multi_loss: langs must be distinct target languages (not en), got {langs}")
+    directions = multilingual_directions(langs)
+    keys = sorted({k for _, c, r in directions for k in (c, r)})
+    reference_free = cl_loss in REFERENCE_FREE
+    missing = [k for k in keys if k not in policy_logps or (not reference_free and (ref_logps is None
+                                                                                       or k not in ref_logps))]
+    if missing:
+        raise KeyError(f"clo_multi_loss: missing log-probs for {missing}; expected keys {keys}")
+    scores = policy_logps if reference_free else {k: policy_logps[k] - ref_logps[k] for k in keys}
+    counts = counts or {}
+    terms: dict[str, torch.Tensor] = {}
+    metrics: dict[str, torch.Tensor] = {}
+    for name, chosen, rejected in directions:
+        losses, r_chosen, r_rejected = preference_term(
+            cl_loss, scores[chosen], scores[rejected], counts.get(chosen), counts.get(rejected), beta=beta,
+            label_smoothing=label_smoothing, simpo_gamma=simpo_gamma)
+        margin = (r_chosen - r_rejected).detach()
+        terms[name] = losses.mean()
+        metrics[f"cl_{name}"] = terms[name].detach()
+        metrics[f"margin_{name}"] = margin.mean()
+        metrics[f"acc_{name}"] = (margin > 0).float().mean()
+        metrics[f"reward_chosen_{name}"] = r_chosen.detach().mean()
+        metrics[f"reward_rejected_{name}"] = r_rejected.detach().mean()
+    k = len(langs)
+    for side, names in (("en", [f"en_{lang}" for lang in langs]), ("tgt", langs)):
+        metrics[f"cl_{side}"] = sum(metrics[f"cl_{n}"] for n in names)
+        metrics[f"margin_{side}"] = sum(metrics[f"margin_{n}"] for n in names) / k
+        metrics[f"acc_{side}"] = sum(metrics[f"acc_{n}"] for n in names) / k
+    cl = sum(terms.values())
+    loss = lam * nll + (1.0 - lam) * cl
+    metrics.update(loss=loss.detach(), nll=nll.detach(), cl=cl.detach())
+    return loss, metrics

@@ -7,16 +7,21 @@ their sequences by the keys of :data:`clo.train.data.SEQUENCES`; the objective s
 log-probs, and their response token counts, as ``[batch, slots]`` tensors in the order of the unit's keys.
 
 Composite methods (``sft+dpo``) are listed in :data:`STAGES` and run their stages in order.
+
+With several target languages (``lang: [sw, yo]``), :func:`get` returns the method specialised to
+them (:func:`for_langs`): the keys name the languages (:func:`clo.train.data.multilingual_keys`),
+``clo``'s unit is the whole example (its ``1 + 3k`` sequences share a batch) scored by
+:func:`clo.train.losses.clo_multi_loss`, and the baselines make their rows for every language.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from clo.train.losses import KEYS, REFERENCE_FREE, clo_loss, dpo_loss
+from clo.train.losses import KEYS, REFERENCE_FREE, clo_loss, clo_multi_loss, dpo_loss
 
 #: (logps [b,k], ref [b,k] | None, nll scalar | None, train config, counts [b,k] | None) -> (loss, metrics)
 Objective = Callable[[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None", object, "torch.Tensor | None"],
@@ -90,8 +95,47 @@ METHODS: dict[str, Method] = {
 STAGES: dict[str, list[str]] = {"sft+dpo": ["sft", "dpo"]}
 
 
-def get(name: str) -> Method:
+def get(name: str, langs: list[str] | None = None) -> Method:
+    """The method ``name``; with two or more target languages ``langs``, specialised to them."""
     try:
-        return METHODS[name]
+        method = METHODS[name]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; known: {', '.join([*METHODS, *STAGES])}") from None
+    return for_langs(method, langs) if langs is not None and len(langs) > 1 else method
+
+
+def _multi_unit_keys(name: str, langs: list[str]) -> list[tuple[str, ...]]:
+    from clo.train.data import multilingual_keys
+
+    en, own = [("en_en",)], [(f"{lang}_{lang}",) for lang in langs]
+    return {
+        "sft": en + own,
+        "sft-eng": en,
+        "sft-tgt": own,
+        "dpo": [("en_en", f"en_{lang}") for lang in langs] + [(f"{lang}_{lang}", f"{lang}_en") for lang in langs],
+        "clo": [multilingual_keys(langs)],
+    }[name]
+
+
+def for_langs(method: Method, langs: list[str]) -> Method:
+    """``method`` for the target languages ``langs`` (two or more): unit keys per language; for
+    ``clo`` the NLL slots (``nll_langs``: ``tgt`` is every ``l_l``, ``en`` is ``en_en``) and the
+    objective :func:`~clo.train.losses.clo_multi_loss`."""
+    langs = list(langs)
+    keys = _multi_unit_keys(method.name, langs)
+    if method.name != "clo":
+        return replace(method, unit_keys=lambda cfg: list(keys))
+
+    def nll_slots(cfg, unit):
+        wanted = {k for lang in cfg.nll_langs for k in ([f"{c}_{c}" for c in langs] if lang == "tgt" else ["en_en"])}
+        return [i for i, k in enumerate(unit) if k in wanted]
+
+    def objective(logps, ref, nll, cfg, counts=None):
+        unit = keys[0]
+        return clo_multi_loss(dict(zip(unit, logps.unbind(1))), None if ref is None else dict(zip(unit, ref.unbind(1))),
+                              nll, langs, cfg.beta, cfg.lam, cl_loss=cfg.cl_loss,
+                              counts=None if counts is None else dict(zip(unit, counts.unbind(1))),
+                              label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma)
+
+    return replace(method, description=f"{method.description}; languages {'+'.join(langs)} (clo_multi_loss)",
+                   unit_keys=lambda cfg: list(keys), nll_slots=nll_slots, objective=objective)

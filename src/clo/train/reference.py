@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 
 from clo.train.data import EncodedDataset
 from clo.train.logprobs import pack_sequences, packed_sequence_logps
-from clo.train.losses import KEYS
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ def default_cache_dir() -> Path:
 
 def _batches(dataset: EncodedDataset, tokens_per_batch: int) -> list[list[tuple[int, str]]]:
     """Every (example, key) sorted by length and cut into batches of ``tokens_per_batch`` tokens."""
-    items = [(i, k) for i in range(len(dataset.examples)) for k in KEYS]
+    items = [(i, k) for i in range(len(dataset.examples)) for k in dataset.keys]
     items.sort(key=lambda it: dataset.examples[it[0]].length(it[1]))
     batches, cur, tokens = [], [], 0
     for it in items:
@@ -75,7 +74,8 @@ def compute_logps(
     chunk_size: int = 1024, desc: str = "reference log-probs", pad_id: int = 0, score_fn=None,
     rank: int = 0, world: int = 1,
 ) -> torch.Tensor:
-    """``[n_examples, 4]`` summed response log-probs (columns in :data:`KEYS` order), fp32, CPU.
+    """``[n_examples, len(dataset.keys)]`` summed response log-probs, fp32, CPU: columns in the
+    dataset's key order (``en_en en_tgt tgt_tgt tgt_en`` for one target language, :data:`clo.train.losses.KEYS`).
 
     Examples are sorted by length and packed ``tokens_per_batch`` tokens at a time. ``score_fn``
     scores a packed batch (default: ``model`` itself); with ``world`` processes, process ``rank``
@@ -91,8 +91,8 @@ def compute_logps(
     batches = _batches(dataset, tokens_per_batch)
     mine = batches[rank::world]
     n_calls = -(-len(batches) // world)
-    out = torch.zeros(len(dataset.examples), len(KEYS), dtype=torch.float32)
-    col = {k: j for j, k in enumerate(KEYS)}
+    out = torch.zeros(len(dataset.examples), len(dataset.keys), dtype=torch.float32)
+    col = {k: j for j, k in enumerate(dataset.keys)}
     bar = tqdm(total=sum(len(b) for b in mine), desc=desc, unit="seq", disable=rank != 0)
     for c in range(n_calls):
         real = c < len(mine)
@@ -120,7 +120,7 @@ def cached_reference(
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """Reference log-probs for each named dataset, from the cache or computed (and stored) now.
 
-    Returns ``({name: [n, 4] tensor}, info)`` with ``info`` telling per dataset whether it was a
+    Returns ``({name: [n, keys] tensor}, info)`` with ``info`` telling per dataset whether it was a
     cache hit, the key and the seconds spent computing. With several processes the pass is
     sharded (:func:`compute_logps`); it is read from the cache only when every process finds it,
     and process 0 alone writes it.

@@ -57,7 +57,7 @@ KEY_COLUMN = {k: j for j, k in enumerate(KEYS)}
 # (e.g. a smaller micro-batch after running out of memory).
 OPERATIONAL_KEYS = ("micro_batch_size", "max_tokens_per_micro_batch", "gradient_checkpointing", "logit_chunk",
                     "pack_length", "attn_implementation", "reference_cache", "log_every", "sharding",
-                    "drift_prompts", "drift_max_new_tokens")
+                    "drift_prompts", "drift_max_new_tokens", "report_to")
 GPU_TOKENS_PER_MICRO_BATCH = 16384
 
 
@@ -164,7 +164,7 @@ class _Stage:
         self.cfg, self.tc = cfg, cfg.train
         self.out = output_dir
         self.stop_after = stop_after_steps
-        self.method = method_registry.get(self.tc.method)
+        self.method = method_registry.get(self.tc.method, cfg.langs)  # specialised to 2+ target languages
         # clo sets the dtypes itself (train.dtype, train.master_weights). accelerate keeps its
         # state process-wide: a transformers/TRL Trainer run earlier in this process leaves its
         # mixed precision there (TRL: bf16), which Accelerator() would silently inherit. Drop it
@@ -205,7 +205,7 @@ class _Stage:
         self.checkpointing = on_gpu if ckpt == "auto" else bool(ckpt)
         self.max_tokens = self.tc.max_tokens_per_micro_batch or (GPU_TOKENS_PER_MICRO_BATCH if on_gpu else None)
         self.drift = None
-        if val_path is not None and self.tc.drift_prompts > 0:
+        if val_path is not None and self.tc.drift_prompts > 0 and len(cfg.langs) == 1:  # one language's records
             from clo.train.drift import DriftProbe
 
             self.drift = DriftProbe(val_path, self.tok, cfg.lang, self.tc.drift_prompts, self.tc.drift_max_new_tokens)
@@ -286,7 +286,7 @@ class _Stage:
     def _ref_for(self, split, units, batch):
         if self.ref.get(split) is not None:
             rows = torch.tensor([u.example for u in units])
-            cols = torch.tensor([[KEY_COLUMN[k] for k in u.keys] for u in units])
+            cols = torch.tensor([[self.train_ds.keys.index(k) for k in u.keys] for u in units])  # cache columns
             return self.ref[split][rows[:, None], cols].to(self.device)
         return self._reference_score(batch).view(len(units), -1)
 
@@ -440,7 +440,7 @@ class _Stage:
             tokens_per_micro_batch=max(sum(self.train_ds.examples[self.units[i].example].length(k)
                                            for i in mb for k in self.units[i].keys) for mb, _ in first_micro))
         log.info("planned memory per process (GiB): %s", ", ".join(f"{k}={v}" for k, v in self.memory.items()))
-        trackers = Trackers(self.out, step, enabled=self.acc.is_main_process)
+        trackers = Trackers(self.out, step, enabled=self.acc.is_main_process, report_to=tc.report_to)
         save_every = tc.eval_every
         bar = tqdm(total=len(self.plan), initial=step, desc=f"train {tc.method}", unit="step",
                    disable=not self.acc.is_main_process)
