@@ -39,7 +39,6 @@ the files come out byte-identical.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -53,6 +52,7 @@ from clo.data.checks import check_record
 from clo.data.records import CrossLingualRecord, MultilingualRecord, write_multilingual, write_records
 from clo.data.sources import SourceExample, load_examples
 from clo.data.translate import PROMPT_VERSION, Translated, TranslationStats, make_translator, translate_all
+from clo.fingerprints import content_digest, differing_keys, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -76,34 +76,6 @@ RECORD = "build.json"
 # the directory is touched (the translation cache least of all).
 _OUTPUTS = ("train.jsonl", "train.parquet", "validation.jsonl", "validation.parquet", "rejects.jsonl",
             "summary.json", "summary.md", "subsets")
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def content_digest(path: Path) -> dict:
-    """``{"sha256"}`` of a file's content; of a directory, the SHA-256 over the relative names and
-    content digests of all its files (sorted; hidden ones left out) and their number; a missing
-    path is ``{"missing": True}`` (reading the source then says what is wrong). The same digest
-    as the grid's (:func:`clo.experiments.grid._file_digest`), without the path: a moved source
-    is the same source."""
-    path = Path(path)
-    if path.is_file():
-        return {"sha256": _sha256_file(path)}
-    if path.is_dir():
-        h = hashlib.sha256()
-        files = sorted(f for f in path.rglob("*") if f.is_file()
-                       and not any(part.startswith(".") for part in f.relative_to(path).parts))
-        for f in files:
-            h.update(f.relative_to(path).as_posix().encode("utf-8") + b"\0")
-            h.update(_sha256_file(f).encode("ascii") + b"\n")
-        return {"sha256": h.hexdigest(), "files": len(files)}
-    return {"missing": True}
 
 
 def _without(tree: dict, dotted: tuple[str, ...]) -> dict:
@@ -134,25 +106,6 @@ def build_inputs(cfg) -> dict:
 
         inputs["translator_model"] = model_identity(str(model_dir))
     return json.loads(json.dumps(inputs))  # as stored: tuples become lists
-
-
-def fingerprint(inputs: dict) -> str:
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
-
-
-def _flat(obj, prefix=""):
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: obj}
-
-
-def differing_keys(old: dict, new: dict) -> list[str]:
-    """The dotted keys whose values differ between two input trees."""
-    a, b = _flat(old), _flat(new)
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
 def claim_directory(out_dir: Path, inputs: dict, overwrite: bool = False) -> str:

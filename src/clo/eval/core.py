@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from clo import languages
+from clo.fingerprints import differing_keys, sha256_file
 from clo.languages import Language
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,7 @@ class ItemCache:
         old = head.get("inputs")
         if not isinstance(old, dict) or self.inputs is None:
             return ["(no inputs in its header: written by an older clo)"]
-        a, b = _flat(old), _flat(self.inputs)
-        return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k)) or ["(fingerprint)"]
+        return differing_keys(old, self.inputs) or ["(fingerprint)"]
 
     def _resume(self, path: Path) -> bool:
         """Read the items of a file with this fingerprint; False when the file is to be replaced."""
@@ -166,16 +166,6 @@ class ItemCache:
             return
         log.warning("%s keeps the %d items finished before the failure; rerun the same command to resume",
                     self.path, len(self._items))
-
-
-def _flat(obj: Any, prefix: str = "") -> dict:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are values)."""
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: obj}
 
 
 def _parse_json(line: bytes) -> Any:
@@ -418,11 +408,7 @@ def validate_options(eval_cfg, options: dict, label: Callable[[str], str] = str)
 
 
 def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    return sha256_file(path)[:16]
 
 
 def _task_data_files(task: str, lang: Language, data_dir: Path | None, options: dict) -> list[Path]:

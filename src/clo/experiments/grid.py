@@ -64,6 +64,7 @@ from clo.experiments.stages import (
     run_stage,
     write_json_atomic,
 )
+from clo.fingerprints import content_digest
 
 # Content-addressed caches a cleared data directory keeps: rows are keyed by the translator's
 # fingerprint and the source text, so they are never stale, and they are the expensive part.
@@ -243,31 +244,9 @@ def data_dir(grid_dir: Path, lang: str) -> Path:
     return Path(grid_dir) / "data" / lang
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _file_digest(path: Path) -> dict:
-    """``{"path", "sha256"}`` of a file's content; of a directory, the SHA-256 over the relative
-    names and content digests of all its files (sorted; hidden ones such as ``.git/`` or
-    ``.cache/`` left out), so any edit, addition or removal shows; a missing path is
-    ``{"path", "missing": True}`` (the stage itself then says what is wrong)."""
-    path = Path(path)
-    if path.is_file():
-        return {"path": str(path), "sha256": _sha256_file(path)}
-    if path.is_dir():
-        h = hashlib.sha256()
-        files = sorted(f for f in path.rglob("*") if f.is_file()
-                       and not any(part.startswith(".") for part in f.relative_to(path).parts))
-        for f in files:
-            h.update(f.relative_to(path).as_posix().encode("utf-8") + b"\0")
-            h.update(_sha256_file(f).encode("ascii") + b"\n")
-        return {"path": str(path), "sha256": h.hexdigest(), "files": len(files)}
-    return {"path": str(path), "missing": True}
+    """``{"path"}`` and :func:`clo.fingerprints.content_digest` of a file or directory."""
+    return {"path": str(path), **content_digest(path)}
 
 
 def model_identity(spec: str) -> dict | None:

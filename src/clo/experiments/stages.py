@@ -24,7 +24,6 @@ fingerprint, so that what depends on it does not run again either.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -36,16 +35,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from clo.fingerprints import fingerprint
+
 log = logging.getLogger(__name__)
 
 MARKER_SUFFIX = ".done.json"
 STARTED_SUFFIX = ".started.json"
-
-
-def fingerprint(inputs: Any) -> str:
-    """SHA-256 (first 16 hex digits) of the canonical JSON of ``inputs``."""
-    blob = json.dumps(inputs, sort_keys=True, ensure_ascii=False, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
 def write_json_atomic(path: Path, obj: Any) -> Path:

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from clo.fingerprints import differing_keys, sha256_file
 from clo.train import distributed as dist
 from clo.train import methods as method_registry
 from clo.train.data import EncodedDataset, load_dataset
@@ -45,14 +46,12 @@ from clo.train.logprobs import (
     packing_layout,
     score,
 )
-from clo.train.losses import KEYS
 from clo.train.precision import compute_context, memory_plan, upcast_trainable
 from clo.train.reference import cached_reference, model_identity
 from clo.train.tracking import Trackers
 
 log = logging.getLogger(__name__)
 
-KEY_COLUMN = {k: j for j, k in enumerate(KEYS)}
 # Keys that change how a run is computed, not what it computes: a run may resume with others
 # (e.g. a smaller micro-batch after running out of memory).
 OPERATIONAL_KEYS = ("micro_batch_size", "max_tokens_per_micro_batch", "gradient_checkpointing", "logit_chunk",
@@ -564,13 +563,7 @@ class _Stage:
 
 
 def _file_digest(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path) if path is not None else None
 
 
 def run_inputs(cfg, train_path: Path, val_path: Path | None) -> dict:
@@ -578,20 +571,6 @@ def run_inputs(cfg, train_path: Path, val_path: Path | None) -> dict:
     train_cfg = {k: v for k, v in cfg.train.model_dump(mode="json").items() if k not in OPERATIONAL_KEYS}
     return {"model": model_identity(cfg.model), "lang": cfg.lang, "train": train_cfg,
             "data": {"train": _file_digest(train_path), "val": _file_digest(val_path)}}
-
-
-def _flat(obj, prefix=""):
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: obj}
-
-
-def _differing(old: dict, new: dict) -> list[str]:
-    a, b = _flat(old), _flat(new)
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
 def _claim_directory(output_dir: Path, inputs: dict, overwrite: bool) -> None:
@@ -613,7 +592,7 @@ def _claim_directory(output_dir: Path, inputs: dict, overwrite: bool) -> None:
     if old is not None and old.get("fingerprint") == fp:
         return
     if old is not None or started:
-        keys = _differing(old["inputs"], inputs) if old is not None else ["(no run.json: made by an older clo)"]
+        keys = differing_keys(old["inputs"], inputs) if old is not None else ["(no run.json: made by an older clo)"]
         if not overwrite:
             raise RunMismatch(f"{output_dir} holds a run of another configuration (differing: {', '.join(keys)}); "
                               f"pass --overwrite to start over there, or choose another output directory")
