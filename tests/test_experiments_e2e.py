@@ -86,6 +86,10 @@ def test_tiny_grid_end_to_end_resumes_after_a_failure(tmp_path, tiny_model_dir, 
     bel = json.loads((clo_dir / "eval/belebele_de.done.json").read_text())["result"]
     assert bel["n"] == 4 and 0.0 <= bel["accuracy"] <= 1.0
     assert (clo_dir / "eval/belebele_de/belebele-de.json").is_file()
+    # The trained model's card lists its evaluation results once they are known.
+    card_results = json.loads((ckpt / "eval_results.json").read_text())
+    assert card_results["belebele:de"]["accuracy"] == bel["accuracy"] and "mmmlu:en" in card_results
+    assert "belebele" in (ckpt / "README.md").read_text()
 
     rdir = gdir / "report"
     for name in ("report.md", "report.json", "table2_belebele.csv", "table3_mmmlu.csv", "fidelity.csv",

@@ -755,10 +755,14 @@ def _eval_job(grid, run, job, model, model_fp, rdir, stages, stage, eval_fps, op
     all_opts = {**job.opts, "lang": lang, **opts}
     inputs = {"model": model_fp, "task": job.task, "lang": lang, "opts": _with_file_digests(job.opts),
               "eval": run.config.eval.model_dump(mode="json"), **extra}
-    _, fp = stage(f"eval/{run.run_id}/{key}", marker_path(rdir / "eval", key), inputs,
-                  lambda: stages.evaluate(job.task, model, run.config, out_dir, all_opts), clear=(out_dir,),
-                  ignore=_eval_ignore())
+    result, fp = stage(f"eval/{run.run_id}/{key}", marker_path(rdir / "eval", key), inputs,
+                       lambda: stages.evaluate(job.task, model, run.config, out_dir, all_opts), clear=(out_dir,),
+                       ignore=_eval_ignore())
     eval_fps[(run.run_id, key)] = (fp, out_dir)
+    if isinstance(result, dict) and (Path(model) / "trainer_state.json").is_file():
+        from clo.train.card import add_eval_results
+
+        add_eval_results(model, job.task, lang, result)  # the trained model's card lists its results
 
 
 def held_out_prompts(grid: GridConfig, run: RunSpec, job: EvalJob) -> Path | None:
