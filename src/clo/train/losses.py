@@ -199,6 +199,34 @@ def preference_term(cl_loss: str, chosen: torch.Tensor, rejected: torch.Tensor,
     raise ValueError(f"unknown cl_loss {cl_loss!r}; known: {', '.join(CL_LOSSES)}")
 
 
+def _direction_terms(caller, directions, policy_logps, ref_logps, counts, cl_loss, beta, label_smoothing,
+                     simpo_gamma) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``({direction: mean loss}, per-direction metrics)`` of the ``cl_loss`` term for each
+    ``(name, chosen key, rejected key)``, on log-ratios (or policy log-probs when reference-free)."""
+    keys = sorted({k for _, c, r in directions for k in (c, r)})
+    reference_free = cl_loss in REFERENCE_FREE
+    missing = [k for k in keys if k not in policy_logps or (not reference_free and (ref_logps is None
+                                                                                       or k not in ref_logps))]
+    if missing:
+        raise KeyError(f"{caller}: missing log-probs for {missing}; expected keys {keys}")
+    scores = policy_logps if reference_free else {k: policy_logps[k] - ref_logps[k] for k in keys}
+    counts = counts or {}
+    terms: dict[str, torch.Tensor] = {}
+    metrics: dict[str, torch.Tensor] = {}
+    for name, chosen, rejected in directions:
+        losses, r_chosen, r_rejected = preference_term(
+            cl_loss, scores[chosen], scores[rejected], counts.get(chosen), counts.get(rejected), beta=beta,
+            label_smoothing=label_smoothing, simpo_gamma=simpo_gamma)
+        margin = (r_chosen - r_rejected).detach()
+        terms[name] = losses.mean()
+        metrics[f"cl_{name}"] = terms[name].detach()
+        metrics[f"margin_{name}"] = margin.mean()
+        metrics[f"acc_{name}"] = (margin > 0).float().mean()
+        metrics[f"reward_chosen_{name}"] = r_chosen.detach().mean()
+        metrics[f"reward_rejected_{name}"] = r_rejected.detach().mean()
+    return terms, metrics
+
+
 def clo_loss(
     policy_logps: dict[str, torch.Tensor],
     ref_logps: dict[str, torch.Tensor] | None,
@@ -238,26 +266,8 @@ def clo_loss(
     (mean chosen minus rejected reward: z for sigmoid), ``acc_*`` (fraction with a positive margin),
     ``reward_chosen_*`` / ``reward_rejected_*``.
     """
-    reference_free = cl_loss in REFERENCE_FREE
-    missing = [k for k in KEYS if k not in policy_logps or (not reference_free and (ref_logps is None
-                                                                                       or k not in ref_logps))]
-    if missing:
-        raise KeyError(f"clo_loss: missing log-probs for {missing}; expected keys {KEYS}")
-    scores = policy_logps if reference_free else {k: policy_logps[k] - ref_logps[k] for k in KEYS}
-    counts = counts or {}
-    terms = {}
-    metrics: dict[str, torch.Tensor] = {}
-    for name, chosen, rejected in DIRECTIONS:
-        losses, r_chosen, r_rejected = preference_term(
-            cl_loss, scores[chosen], scores[rejected], counts.get(chosen), counts.get(rejected), beta=beta,
-            label_smoothing=label_smoothing, simpo_gamma=simpo_gamma)
-        margin = (r_chosen - r_rejected).detach()
-        terms[name] = losses.mean()
-        metrics[f"cl_{name}"] = terms[name].detach()
-        metrics[f"margin_{name}"] = margin.mean()
-        metrics[f"acc_{name}"] = (margin > 0).float().mean()
-        metrics[f"reward_chosen_{name}"] = r_chosen.detach().mean()
-        metrics[f"reward_rejected_{name}"] = r_rejected.detach().mean()
+    terms, metrics = _direction_terms("clo_loss", DIRECTIONS, policy_logps, ref_logps, counts, cl_loss,
+                                      beta, label_smoothing, simpo_gamma)
     cl = terms["en"] + terms["tgt"]
     loss = lam * nll + (1.0 - lam) * cl
     metrics.update(loss=loss.detach(), nll=nll.detach(), cl=cl.detach())
@@ -309,28 +319,8 @@ def clo_multi_loss(
     langs = list(langs)
     if len(langs) < 1 or len(set(langs)) != len(langs) or "en" in langs:
         raise ValueError(f"clo_multi_loss: langs must be distinct target languages (not en), got {langs}")
-    directions = multilingual_directions(langs)
-    keys = sorted({k for _, c, r in directions for k in (c, r)})
-    reference_free = cl_loss in REFERENCE_FREE
-    missing = [k for k in keys if k not in policy_logps or (not reference_free and (ref_logps is None
-                                                                                       or k not in ref_logps))]
-    if missing:
-        raise KeyError(f"clo_multi_loss: missing log-probs for {missing}; expected keys {keys}")
-    scores = policy_logps if reference_free else {k: policy_logps[k] - ref_logps[k] for k in keys}
-    counts = counts or {}
-    terms: dict[str, torch.Tensor] = {}
-    metrics: dict[str, torch.Tensor] = {}
-    for name, chosen, rejected in directions:
-        losses, r_chosen, r_rejected = preference_term(
-            cl_loss, scores[chosen], scores[rejected], counts.get(chosen), counts.get(rejected), beta=beta,
-            label_smoothing=label_smoothing, simpo_gamma=simpo_gamma)
-        margin = (r_chosen - r_rejected).detach()
-        terms[name] = losses.mean()
-        metrics[f"cl_{name}"] = terms[name].detach()
-        metrics[f"margin_{name}"] = margin.mean()
-        metrics[f"acc_{name}"] = (margin > 0).float().mean()
-        metrics[f"reward_chosen_{name}"] = r_chosen.detach().mean()
-        metrics[f"reward_rejected_{name}"] = r_rejected.detach().mean()
+    terms, metrics = _direction_terms("clo_multi_loss", multilingual_directions(langs), policy_logps, ref_logps,
+                                      counts, cl_loss, beta, label_smoothing, simpo_gamma)
     k = len(langs)
     for side, names in (("en", [f"en_{lang}" for lang in langs]), ("tgt", langs)):
         metrics[f"cl_{side}"] = sum(metrics[f"cl_{n}"] for n in names)
