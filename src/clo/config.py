@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from clo.config_base import ConfigError, StrictModel, unknown_key_message
+from clo.config_base import ConfigError, StrictModel, read_yaml, unknown_key_message
 from clo.data.config import DataConfig
 from clo.eval.config import EvalConfig
 from clo.train.config import TrainConfig
@@ -124,28 +124,7 @@ def config_from_dict(tree: dict, source: str = "<dict>", overrides: Iterable[str
 
 
 def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise ConfigError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {col}); "
-                          "save the file as UTF-8") from None
-    try:
-        tree = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: invalid YAML: {e}") from None
-    if tree is None:
-        return {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(tree).__name__}")
-    return tree
+    return read_yaml(path, "config")
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:

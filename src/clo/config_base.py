@@ -82,3 +82,35 @@ def unknown_key_message(model: type[BaseModel], loc: Iterable) -> str:
     """``unknown key``, with ``; did you mean train.beta?`` when a valid key is close."""
     hint = closest_key(model, loc)
     return f"unknown key; did you mean {hint}?" if hint else "unknown key"
+
+
+def read_yaml(path, what: str = "config", mapping: str = "a mapping") -> dict:
+    """The YAML mapping in ``path`` (empty file: ``{}``); every failure a :class:`ConfigError`
+    naming the file (and line): missing, not UTF-8, invalid YAML, not ``mapping`` at the top."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such {what} file")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {col}); "
+                          "save the file as UTF-8") from None
+    try:
+        # The C loader where libyaml is built in: the shipped languages file is large.
+        tree = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: invalid YAML: {e}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: top level must be {mapping}, got {type(tree).__name__}")
+    return tree

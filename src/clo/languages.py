@@ -38,10 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from clo.config_base import ConfigError, StrictModel
+from clo.config_base import ConfigError, StrictModel, read_yaml
 
 # The MMMLU instruction follows OpenAI simple-evals' English template; every language keeps the
 # "{answer_word}: $LETTER" contract so that the extractor knows what to look for.
@@ -308,25 +307,7 @@ def _format_errors(err: ValidationError, source: str, code: str) -> list[str]:
 
 
 def _read_tree(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such languages file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        msg = f"{path}: not valid UTF-8 ({e.reason} at byte {e.start}); save it as UTF-8"
-        raise ConfigError(msg) from None
-    try:
-        tree = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: invalid YAML: {e}") from None
-    if tree is None:
-        return {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of language codes (or `languages:`), "
-                          f"got {type(tree).__name__}")
-    return tree
+    return read_yaml(path, "languages", "a mapping of language codes (or `languages:`)")
 
 
 def load_entries(tree: dict, source: str) -> list[Language]:
