@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import submitit  # noqa: F401  (dev extra: missing is a failure here, not a skip)
 
 from clo.experiments.config import grid_from_dict, load_grid
 from clo.experiments.grid import StageFunctions, prebuilt_dataset, run_grid, stage_refs
@@ -27,8 +28,6 @@ from clo.experiments.launchers import (
     job_parameters,
 )
 from clo.experiments.stages import StageNotDone, marker_path, read_marker
-
-submitit = pytest.importorskip("submitit")
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "experiments"

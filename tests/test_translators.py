@@ -82,7 +82,7 @@ def test_cache_hits_after_the_endpoint_address_changes(tmp_path, monkeypatch):
 
 
 def test_seq2seq_key_names_runtime_and_precision(tiny_m2m, clo_cache):
-    pytest.importorskip("ctranslate2")
+    import ctranslate2  # noqa: F401  (dev extra: a missing one is a failure, not a skip)
 
     def fp(**kw):
         return T.make_translator(TranslatorConfig(kind="seq2seq", model=str(tiny_m2m), device="cpu", **kw)).fingerprint()
@@ -113,7 +113,7 @@ def test_causal_key_names_its_precision(tmp_path):
 
 
 def test_compute_type_follows_the_device(monkeypatch):
-    pytest.importorskip("ctranslate2")
+    import ctranslate2  # noqa: F401  (dev extra: a missing one is a failure, not a skip)
     assert ct2.compute_type("auto", "cpu") == "int8"
     assert ct2.compute_type("float32", "cpu") == "float32"
     with pytest.raises(T.TranslationError, match="cannot compute in float16 on cpu"):
@@ -131,7 +131,7 @@ def test_compute_type_follows_the_device(monkeypatch):
 
 
 def test_auto_dtype_loads_int8_on_a_cpu(tiny_m2m, clo_cache):
-    pytest.importorskip("ctranslate2")
+    import ctranslate2  # noqa: F401  (dev extra: a missing one is a failure, not a skip)
     model = ct2.load_ctranslate2(str(tiny_m2m), "cpu")  # what the translator and the bench load
     assert model.compute_type == "int8_float32"  # CTranslate2's name for int8 weights of a float32 model
     assert ct2.load_ctranslate2(str(tiny_m2m), "cpu", "float32").compute_type == "float32"
@@ -148,7 +148,7 @@ def _converted(src, out, copy_tokenizer: bool):
 
 
 def test_a_converted_directory_is_used_as_it_is(tiny_m2m, tmp_path, clo_cache):
-    pytest.importorskip("ctranslate2")
+    import ctranslate2  # noqa: F401  (dev extra: a missing one is a failure, not a skip)
     texts = ["Hello world.", "Write a short poem about the sea."]
     ref_cfg = TranslatorConfig(kind="seq2seq", model=str(tiny_m2m), device="cpu", dtype="float32",
                                max_new_tokens_extra=4)
