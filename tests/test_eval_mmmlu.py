@@ -226,3 +226,89 @@ def test_mmmlu_budget_is_not_in_other_tasks_fingerprints(tmp_path, monkeypatch):
         heads.append((tmp_path / "fidelity-de.cache.jsonl").read_text().splitlines()[0])
     assert heads[0] == heads[1]
     assert "mmmlu_max_new_tokens" not in heads[0] and "concurrency" not in heads[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Hard cases in every language the registry has an MMMLU prompt for. Reading rule: the last
+# answer line ("<answer word>: X", the form the prompt asks for) wins over later mentions; a
+# lower-case letter followed by a comma or dash is the answer; zero-width characters are
+# invisible.
+
+# Per language: (", since the others are wrong", "is wrong") as a model would continue.
+PHRASES = {
+    "en": ("since the others are wrong", "is wrong"),
+    "de": ("da die anderen falsch sind", "ist falsch"),
+    "fr": ("car les autres sont fausses", "est fausse"),
+    "es": ("porque las demás son incorrectas", "es incorrecta"),
+    "it": ("perché le altre sono sbagliate", "è sbagliata"),
+    "pt": ("porque as outras estão erradas", "está errada"),
+    "id": ("karena yang lain salah", "salah"),
+    "sw": ("kwa sababu nyingine si sahihi", "si sahihi"),
+    "yo": ("nítorí pé àwọn yòókù kò tọ̀nà", "kò tọ̀nà"),
+    "zh": ("因为其他选项都不对", "是错的"),
+    "ja": ("他の選択肢は誤りだからです", "は誤りです"),
+    "ko": ("다른 선택지는 틀렸기 때문입니다", "는 틀렸습니다"),
+    "ar": ("لأن الخيارات الأخرى خاطئة", "خاطئة"),
+    "bn": ("কারণ অন্যগুলো ভুল", "ভুল"),
+    "hi": ("क्योंकि बाकी गलत हैं", "गलत है"),
+    "ru": ("так как остальные неверны", "неверен"),
+    "tr": ("çünkü diğerleri yanlış", "yanlış"),
+    "vi": ("vì các đáp án khác sai", "sai"),
+}
+
+
+def _mmmlu_languages():
+    from clo import languages
+
+    return [c for c in languages.known() if "mmmlu" in languages.get(c).native_prompts]
+
+
+def test_hard_cases_cover_every_language_with_an_mmmlu_prompt():
+    assert set(_mmmlu_languages()) == set(PHRASES)
+
+
+@pytest.mark.parametrize("code", sorted(PHRASES))
+def test_hard_cases_in_every_language(code):
+    from clo import languages
+
+    w = languages.get(code).answer_word
+    because, wrong = PHRASES[code]
+    # the answer line wins over a later mention of an option
+    assert extract_answer(f"...\n{w}: C\n{w} A {wrong}.") == "C"
+    assert extract_answer(f"{w}: C\n\n{w} B {wrong}, {w} D {wrong}.") == "C"
+    # a lower-case letter followed by a comma or a dash
+    assert extract_answer(f"{w}: a, {because}.") == "A"
+    assert extract_answer(f"{w}: d - {because}.") == "D"
+    assert extract_answer(f"{w}: b – {because}.") == "B"
+    # a zero-width space (or word joiner) after the colon
+    assert extract_answer(f"{w}:\u200bB") == "B"
+    assert extract_answer(f"{w}:\u200b C\n") == "C"
+    assert extract_answer(f"{w}:\u2060D") == "D"
+    # several letters listed are no answer; a mention alone names an option, not the answer
+    assert extract_answer(f"{w}: b, c") is None
+    assert extract_answer(f"{w} A {wrong}.") is None
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Answer: C\nSome would say the answer is A, but that is wrong.", "C"),
+    ("Antwort: C\nAntwort A ist falsch, weil ...", "C"),
+    ("Answer: a, since the other options contradict the premise.", "A"),
+    ("Answer: c — the others are wrong", "C"),
+    ("Answer: b, c or d", None),
+    ("Answer: B/C", None),
+    ("The answer is C.\nAnswer A is wrong.", "C"),            # no answer line: the copula form
+    ("Final answer B.", "B"),                                 # a letter that ends the sentence
+    # Korean particles and counters after the letter
+    ("정답은 B번입니다.", "B"),
+    ("답변: B가 정답입니다.", "B"),
+    ("답변: C를 선택합니다.", "C"),
+    ("정답은 D입니다", "D"),
+    ("답변: b번", "B"),
+    ("답: 나는 잘 모르겠다.", None),                          # 나는 = "I", not option 나
+    ("답변 A는 틀렸습니다.", None),
+    # Japanese topic particle and copula
+    ("答えはBです。", "B"),
+    ("答え：Ｃ", "C"),
+])
+def test_hard_cases(text, expected):
+    assert extract_answer(text) == expected

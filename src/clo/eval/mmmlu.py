@@ -68,12 +68,29 @@ def stop_strings(lang: Language) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # Answer extraction
+#
+# Reading rule. The prompt asks for a last line "<answer word>: X". A mention written in that
+# form (the answer word, then a colon) is an *answer line*; the last answer line is the answer,
+# whatever the text says after it ("Antwort: C" then "Antwort A ist falsch" is C). Without an
+# answer line, the last looser mention counts: the answer word, a copula ("The answer is C",
+# "Jibu ni B", "정답은 B번입니다") and the letter, or the answer word and a letter that ends the
+# sentence ("Final answer B."). An answer word followed by a letter and more words ("Antwort A ist
+# falsch", "Answer A is wrong") names an option, not the answer.
 
 # Answer words of every registered language plus common variants models write instead.
 _EXTRA_ANSWER_WORDS = ["Answer", "Final Answer", "The answer is", "Correct answer", "正确答案", "答", "정답", "답",
                        "Antwort", "Die Antwort ist", "Richtige Antwort", "Jawaban", "Jawabannya", "Jibu",
                        "Ìdáhùn", "Idáhùn", "Idahun"]
 _KOREAN_LETTERS = {"가": "A", "나": "B", "다": "C", "라": "D"}
+# Copulas between the answer word and the letter ("is", "ist", "est", "adalah", "ni", "là", "هي",
+# "হল", "是", Korean topic particles, Japanese は/が), and dashes/equals signs.
+_COPULAS = ["is", "ist", "est", "es", "è", "é", "adalah", "ialah", "ni", "là", "هي", "হল", "是", "为", "為",
+            "은", "는", "は", "が", "—", "–", "-", "="]
+# Korean particles, counters and copula endings a letter may carry ("B번입니다", "B가", "B를").
+_KO_SUFFIX = "번|입니다|이다|이에요|예요|에요|요|가|이|를|을|는|은|로|으로|와|과|항"
+# Characters that are invisible and carry nothing here (zero-width space, word joiner, BOM,
+# soft hyphen); ZWJ/ZWNJ are kept, since they shape Indic and Persian text.
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u2060\ufeff\u00ad\u180e"))
 
 
 def _answer_words() -> list[str]:
@@ -84,17 +101,28 @@ def _answer_words() -> list[str]:
 
 def _pattern() -> re.Pattern:
     words = "|".join(re.escape(w) for w in _answer_words())
+    copulas = "|".join(re.escape(c) for c in sorted(_COPULAS, key=len, reverse=True))
+    mark = r"(?:\*\*|\*|__)?"
+    # A letter that names several options ("b, c or d", "A/B") is no answer.
+    not_a_list = r"(?![ \t]*[,/][ \t]*[A-Da-d](?![A-Za-z]))"
     return re.compile(
-        rf"(?i:{words})\s*(?:\*\*|\*|__)?\s*(?i:is|ist|adalah|ni|是|为|為|은|는)?\s*[:：]?\s*(?:\*\*|\*|__)?\s*"
+        rf"(?i:{words})[ \t]*{mark}[ \t]*"
+        # the connector: a colon (an answer line), or a copula and maybe a colon, or nothing; a
+        # Latin copula must end its word ("is", not "island"), "答えはB" needs no space
+        rf"(?:(?P<colon>[:：])|(?i:(?P<copula>{copulas}))(?!(?<=[A-Za-z\u00C0-\u024F])[A-Za-z])[ \t]*(?P<colon2>[:：])?)?"
+        rf"[ \t]*{mark}[ \t]*"
         # wrappers: markdown bold, LaTeX \boxed{..} / \text{..} / $..$, brackets, quotes
-        r"(?:\$?\s*\\boxed\s*\{\s*)?(?:\\text(?:bf)?\s*\{\s*)?[\(\[\{\"'「“]?\s*"
-        # A capital letter must stand alone, not start a word ("Because", "다음"); Korean "다입니다"
-        # is the letter plus the copula.
-        r"(?:([A-D가나다라])(?!(?!입니다)[A-Za-z\u00C0-\u024F\uAC00-\uD7A3])"
+        r"(?:\$?[ \t]*\\boxed[ \t]*\{[ \t]*)?(?:\\text(?:bf)?[ \t]*\{[ \t]*)?[\(\[\{\"'「“]?[ \t]*"
+        # A capital letter must stand alone, not start a word ("Because", "다음"); it may carry a
+        # Korean particle or counter ("B번입니다", "B가"); Korean "다입니다" is the letter plus the copula.
+        rf"(?:(?P<upper>[A-D])(?![A-Za-z\u00C0-\u024F])(?!(?!{_KO_SUFFIX})[\uAC00-\uD7A3]){not_a_list}"
+        r"|(?P<hangul>[가나다라])(?!(?!입니다)[A-Za-z\u00C0-\u024F\uAC00-\uD7A3])"
         # A lower-case letter ("answer : a", "Jawaban : b") is often a word: it counts as an option
-        # label ("a)") or when it ends the answer (closing wrappers, then a full stop or the end of
-        # the line). "The answer is a matter of taste" names no option.
-        r"|([a-d])(?=[ \t]*[\)\]\}]|[ \t\"'」”$*_]*(?:[.!?。]|\n|$)))",
+        # label ("a)"), when it ends the answer (closing wrappers, then a full stop or the end of
+        # the line), when a comma, dash or colon follows ("Answer: a, since ..."), or a Korean
+        # particle. "The answer is a matter of taste" names no option.
+        rf"|(?P<lower>[a-d]){not_a_list}(?=[ \t]*[\)\]\}}]|[ \t\"'」”$*_]*(?:[.!?。,，、;:\-–—]|\n|$)"
+        rf"|(?:{_KO_SUFFIX})))",
     )
 
 
@@ -102,31 +130,51 @@ _ANSWER_RE: re.Pattern | None = None
 _BOXED_RE = re.compile(r"\\boxed\s*\{\s*(?:\\text(?:bf)?\s*\{\s*)?([A-D])\s*\}")
 # A line that starts with an option label, as in the prompt's "B) text".
 _OPTION_LINE_RE = re.compile(r"^\s*(?:\*\*)?\(?([A-D])\)", re.MULTILINE)
+# What may follow a letter given without connector for it to be the answer: closing wrappers,
+# then the end of the sentence or line.
+_ENDS_ANSWER_RE = re.compile(r"[ \t\"'」”$*_\)\]\}]*(?:[.!?。]|\n|$)")
 
 
 def normalize_response(text: str) -> str:
-    """NFKC folds full-width letters and colons (Ａ→A, ：→:) into their ASCII forms."""
-    return unicodedata.normalize("NFKC", text)
+    """NFKC folds full-width letters and colons (Ａ→A, ：→:) into their ASCII forms; invisible
+    characters (zero-width space, word joiner, BOM, soft hyphen) are dropped."""
+    return unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
+
+
+def _letter(m: re.Match) -> str:
+    if m.group("hangul"):
+        return _KOREAN_LETTERS[m.group("hangul")]
+    return (m.group("upper") or m.group("lower")).upper()
 
 
 def extract_answer(text: str) -> str | None:
-    """The letter (A-D) of the last ``<answer word>: X`` in ``text``, else of the last
-    ``\\boxed{X}``, else of an opening option line (``X) ...``) when no other option is named that
-    way; None otherwise.
+    """The option letter (A-D) a response gives as its answer, None when it gives none.
+
+    The last answer line (``<answer word>: X``, the form the prompt asks for) wins over anything
+    written after it; without one, the last ``<answer word> <copula> X`` ("The answer is C",
+    "정답은 B번입니다") or answer word directly followed by a letter that ends the sentence; else
+    the last ``\\boxed{X}``; else an opening option line (``X) ...``) when no other option is named
+    that way.
 
     Handles the answer words of every registered language, full-width letters and colons,
-    Korean option letters 가/나/다/라, markdown bold and LaTeX ``\\boxed``/``\\text`` wrappers.
-    After an answer word a lower-case letter counts when it ends the answer (``answer : a``,
-    ``Jawaban: (b).``), not when a sentence goes on: "the answer is a matter of taste" names no option.
+    zero-width characters, Korean option letters 가/나/다/라 and particles after a letter
+    ("B가", "B번"), markdown bold and LaTeX ``\\boxed``/``\\text`` wrappers. A lower-case letter
+    counts when it ends the answer, is an option label or is followed by a comma, dash or colon
+    (``answer : a``, ``Jawaban: (b).``, ``Answer: a, since ...``), not when a sentence goes on
+    ("the answer is a matter of taste") or when several letters are listed ("b, c or d").
     """
     global _ANSWER_RE
     if _ANSWER_RE is None:
         _ANSWER_RE = _pattern()
     t = normalize_response(text)
-    matches = list(_ANSWER_RE.finditer(t))
-    if matches:
-        letter = matches[-1].group(1) or matches[-1].group(2)
-        return _KOREAN_LETTERS.get(letter, letter.upper())
+    lines, loose = [], []
+    for m in _ANSWER_RE.finditer(t):
+        if m.group("colon") or m.group("colon2"):
+            lines.append(m)
+        elif m.group("copula") or _ENDS_ANSWER_RE.match(t, m.end()):
+            loose.append(m)
+    if lines or loose:
+        return _letter((lines or loose)[-1])
     boxed = list(_BOXED_RE.finditer(t))
     if boxed:
         return boxed[-1].group(1)
