@@ -85,7 +85,7 @@ def test_alpaca_variants_tables_history_and_wrong_source(tmp_path):
     p = _jsonl(tmp_path / "a.jsonl", rows)
     got = load_source("alpaca", p, 10)
     assert [(e.id, e.x_en, e.y_en) for e in got] == [("alpaca-0", "Add.\n\n2 and 3", "5"),
-                                                     ("alpaca-1", "First q", "First a")]
+                                                     ("alpaca-1", "Now?", "Later.")]
     csv = tmp_path / "a.csv"
     csv.write_text('instruction,input,output\n"Say ""hi"".",,hi\nCount.,to 2,"1, 2"\n', encoding="utf-8")
     assert [(e.x_en, e.y_en) for e in load_source("auto", str(csv), 10)] == [('Say "hi".', "hi"),

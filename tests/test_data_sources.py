@@ -108,6 +108,10 @@ def test_unknown_source_and_duplicate_ids(tmp_path):
         load_source("nope", None, 1)
     p = tmp_path / "c.jsonl"
     m = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
-    p.write_text(json.dumps({"id": "same", "messages": m}) + "\n" + json.dumps({"id": "same", "messages": m}) + "\n")
+    m2 = [{"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}]
+    p.write_text(json.dumps({"id": "same", "messages": m}) + "\n" + json.dumps({"id": "same", "messages": m2}) + "\n")
     with pytest.raises(ValueError, match="duplicate example id 'same'"):
         load_source("chat", str(p), 10)
+    # The same pair twice is one example (skipped by content, before ids are compared).
+    p.write_text(json.dumps({"id": "same", "messages": m}) + "\n" + json.dumps({"id": "same", "messages": m}) + "\n")
+    assert [e.id for e in load_source("chat", str(p), 10)] == ["same"]

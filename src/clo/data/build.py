@@ -52,16 +52,17 @@ from clo.data.checks import check_record
 from clo.data.records import CrossLingualRecord, MultilingualRecord, write_multilingual, write_records
 from clo.data.sources import SourceExample, load_examples
 from clo.data.translate import PROMPT_VERSION, Translated, TranslationStats, make_translator, translate_all
+from clo.errors import CloError
 from clo.fingerprints import content_digest, differing_keys, fingerprint
 
 log = logging.getLogger(__name__)
 
 
-class BuildError(ValueError):
+class BuildError(CloError, ValueError):
     """A build that produced nothing to train on; the message names the file."""
 
 
-class BuildMismatch(ValueError):
+class BuildMismatch(CloError, ValueError):
     """The output directory holds a build of other inputs; the message names the differing keys."""
 
 
@@ -249,6 +250,7 @@ def summary_markdown(s: dict) -> str:
         f"# Cross-lingual dataset: {s['source']} -> {s['tgt_lang']}", "",
         "| | |", "|---|---|",
         f"| English examples read | {s['records_in']} |",
+        f"| duplicate pairs skipped | {s.get('duplicates_skipped', 0)} |",
         f"| records passing all checks | {s['records_out']} ({100 * s['pass_rate']:.1f}%) |",
         f"| train / validation | {s['train']} / {s['validation']} |",
         f"| rejects | {s['rejects']} |",
@@ -356,7 +358,8 @@ def build_dataset(cfg, out_dir: Path, *, progress: bool = True, rebuild_cache: b
     by_reason = Counter(reason for row in reject_rows for reason in row["reasons"])
     summary = {
         "source": d.source, "path": d.path, "tgt_lang": "+".join(langs), "n": d.n, "max_chars": d.max_chars,
-        "records_in": len(examples), "records_out": len(accepted),
+        "records_in": len(examples), "duplicates_skipped": getattr(examples, "duplicates", 0),
+        "records_out": len(accepted),
         "pass_rate": round(len(accepted) / len(examples), 4) if examples else 0.0,
         "train": len(train), "validation": len(val), "rejects": len(reject_rows),
         "rejects_by_reason": dict(sorted(by_reason.items())),

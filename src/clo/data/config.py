@@ -86,6 +86,9 @@ class DataConfig(StrictModel):
     hub_config: str | None = Field(None, description="the config (subset) of a hub dataset")
     system_prompt: Literal["drop", "prepend"] = Field(
         "drop", description="system prompts: drop (the paper's single turn) or put before the instruction")
+    history: Literal["drop", "prepend"] = Field(
+        "drop", description="Alpaca history (the turns before a row's own pair): drop, or put before the "
+        "instruction as a User:/Assistant: transcript")
     n: int = Field(6400, gt=0, description="number of English examples")
     max_chars: int | None = Field(None, gt=0, description="take only pairs with len(x_en) + len(y_en) <= this")
     translator: TranslatorConfig = Field(default_factory=TranslatorConfig)

@@ -23,9 +23,10 @@ What a row is (``data.source``; ``auto`` tells each row's format by its keys):
 ``alpaca``          ``{instruction, input?, output, system?, history?}`` (Alpaca, LLaMA-Factory)
 ``chat``            ``{messages: [{role, content}]}`` (OpenAI; ``content`` a string or a list of
                     text parts) or ``{conversations: [{from, value}]}`` (ShareGPT); ``sharegpt``
-                    is the same loader
+                    is the same reading, its records say ``source: sharegpt``
 ``trl``             TRL's ``{prompt, completion}`` or ``{prompt, chosen, rejected}`` (strings or
-                    message lists): the pair is (prompt, completion or chosen)
+                    message lists; or the implicit prompt ``{chosen, rejected}`` as
+                    conversations): the pair is (prompt, completion or chosen)
 ``oasst1``          oasst1 message rows (the tree rule below)
 ``parallel``        pre-translated records ``{x_en, y_en, x_tgt, y_tgt, id?, tgt_lang?}``
 ==================  =====================================================================
@@ -37,8 +38,13 @@ any column names fit. A row without an id gets ``<source>-<line>`` (JSON lines) 
 Multi-turn conversations: the pair is the first user message and the assistant reply right after
 it (the paper's rule, first turn only); the later turns are dropped and the log says how many.
 System prompts are dropped too (counted), or with ``data.system_prompt: prepend`` put before the
-instruction, separated by a blank line. Alpaca ``history`` holds earlier turns: its first turn is
-the pair then.
+instruction, separated by a blank line. An Alpaca row is one turn as LLaMA-Factory reads it: its
+own ``instruction`` (and ``input``) and ``output`` are the pair, and ``history`` holds the turns
+before it, context of the prompt: left out (counted) or, with ``data.history: prepend``, written
+before the instruction as a transcript (``User: ...`` / ``Assistant: ...``).
+
+Duplicates: a pair whose ``(x_en, y_en)`` equals an earlier one is skipped while reading (``n``
+counts distinct pairs); the log and the build summary say how many.
 
 oasst1 rule (the paper's, made exact):
 
@@ -95,12 +101,13 @@ class SourceOptions:
     hub_config: str | None = None
     system_prompt: str = "drop"
     lang: str | None = None
+    history: str = "drop"
 
     @classmethod
     def from_config(cls, d, lang: str | None = None) -> SourceOptions:
         cols = d.columns.model_dump(exclude_none=True) if hasattr(d.columns, "model_dump") else d.columns
         return cls(columns=cols, split=d.split, hub_config=d.hub_config, system_prompt=d.system_prompt,
-                   lang=lang)
+                   lang=lang, history=getattr(d, "history", "drop"))
 
 
 @dataclass
@@ -114,6 +121,11 @@ class LoadStats:
     system_prepended: int = 0
     leading_assistant: int = 0  # conversations opening with an assistant message (skipped)
     ids_made: int = 0
+    history_rows: int = 0  # Alpaca rows with earlier turns in `history`
+    history_turns: int = 0
+    history_prepended: bool = False
+    duplicates: int = 0  # pairs equal to an earlier one, skipped
+    tool_skipped: int = 0  # conversations whose first answer comes through a tool call
     formats: dict = field(default_factory=dict)
 
     def summary(self, where: str, n: int) -> str:
@@ -131,7 +143,40 @@ class LoadStats:
             parts.append(f"{self.leading_assistant} conversations open with an assistant message (skipped)")
         if self.ids_made:
             parts.append(f"{self.ids_made} rows without an id (ids made from their position)")
+        if self.history_rows:
+            how = ("written before the instruction" if self.history_prepended
+                   else "left out (data.history: prepend keeps them as context)")
+            parts.append(f"{self.history_rows} rows had history: {self.history_turns} earlier turns {how}")
+        if self.duplicates:
+            parts.append(f"{self.duplicates} duplicate pairs skipped")
+        if self.tool_skipped:
+            parts.append(f"{self.tool_skipped} conversations skipped (their first answer comes through a tool "
+                         "call: no text pair)")
         return "; ".join(parts)
+
+
+class Examples(list):
+    """The examples a loader returns, with ``duplicates``: how many repeated pairs it skipped."""
+
+    duplicates: int = 0
+
+
+def _unique(examples, n: int | None, stats: LoadStats | None = None) -> Examples:
+    """The first ``n`` distinct pairs (by ``(x_en, y_en)``) of ``examples``, counting the repeats."""
+    out, seen, dup = Examples(), set(), 0
+    for ex in examples:
+        if n is not None and len(out) >= n:
+            break
+        key = (ex.x_en, ex.y_en)
+        if key in seen:
+            dup += 1
+            continue
+        seen.add(key)
+        out.append(ex)
+    out.duplicates = dup
+    if stats is not None:
+        stats.duplicates += dup
+    return out
 
 
 OASST1_HUB_ID = "OpenAssistant/oasst1"
@@ -285,7 +330,7 @@ def _known_row(row: dict) -> bool:
 
 def detect_format(row: dict) -> str | None:
     """The format of one row by its keys: parallel, oasst1, chat, sharegpt, alpaca, preference,
-    prompt-completion; None when none fits."""
+    prompt-completion, implicit-preference; None when none fits."""
     if not isinstance(row, dict):
         return None
     keys = set(row)
@@ -303,6 +348,8 @@ def detect_format(row: dict) -> str | None:
         return "preference"
     if "prompt" in keys and "completion" in keys:
         return "prompt-completion"
+    if {"chosen", "rejected"} <= keys:
+        return "implicit-preference"
     return None
 
 
@@ -314,9 +361,9 @@ _ACCEPTS = {
     "alpaca": ("alpaca",),
     "chat": ("chat", "sharegpt"),
     "sharegpt": ("chat", "sharegpt"),
-    "trl": ("prompt-completion", "preference"),
+    "trl": ("prompt-completion", "preference", "implicit-preference"),
     "parallel": ("parallel",),
-    "auto": ("alpaca", "chat", "sharegpt", "prompt-completion", "preference"),
+    "auto": ("alpaca", "chat", "sharegpt", "prompt-completion", "preference", "implicit-preference"),
 }
 
 
@@ -375,6 +422,8 @@ def _messages(msgs, loc: _Loc, fld: str, sharegpt: bool) -> list[tuple[str, str]
         else:
             what = "from and value (ShareGPT)" if sharegpt else "role and content"
             raise loc.err(f"{fld}[{j}]", f"expected an object with {what}")
+        if content is None and (m.get("tool_calls") or m.get("function_call")):
+            role, content = "tool", ""  # an OpenAI assistant message calling a tool: no text
         norm = _SHAREGPT_ROLES.get(str(role).lower())
         if norm is None:
             raise loc.err(f"{fld}[{j}]", f"unknown role {role!r} (known: user/human, assistant/gpt, system, "
@@ -384,12 +433,16 @@ def _messages(msgs, loc: _Loc, fld: str, sharegpt: bool) -> list[tuple[str, str]
 
 
 def _first_turn(turns: list[tuple[str, str]], loc: _Loc, fld: str, stats: LoadStats,
-                system_prompt: str, system: str | None = None) -> tuple[str, str]:
-    """The first user message and the assistant reply right after it; counts what is left out."""
+                system_prompt: str, system: str | None = None) -> tuple[str, str] | None:
+    """The first user message and the assistant reply right after it; counts what is left out.
+    None (counted) where the first answer comes through a tool call."""
     systems = [t for r, t in turns if r == "system"] + ([system] if system and system.strip() else [])
     rest = [(r, t) for r, t in turns if r != "system"]
     k = next((i for i in range(len(rest) - 1) if (rest[i][0], rest[i + 1][0]) == ("user", "assistant")), None)
     if k is None:
+        if any(r == "tool" for r, _ in rest):
+            stats.tool_skipped += 1  # the first answer comes through a tool call: no text pair to translate
+            return None
         raise loc.err(fld, "expected a user message followed by an assistant reply")
     if any(r == "assistant" for r, _ in rest[:k]):
         stats.leading_assistant += 1
@@ -423,7 +476,7 @@ def _id(row: dict, name: str, loc: _Loc, stats: LoadStats) -> str:
     v = row.get("id")
     if v is None or (isinstance(v, str) and not v.strip()):
         stats.ids_made += 1
-        return f"{name}-{loc.line if name == 'chat' and loc.line is not None else loc.pos}"
+        return f"{name}-{loc.line if name in ('chat', 'sharegpt') and loc.line is not None else loc.pos}"
     return str(v)
 
 
@@ -437,23 +490,26 @@ def _turns(v, loc: _Loc, fld: str, role: str) -> list[tuple[str, str]]:
 
 
 def _example(row: dict, fmt: str, loc: _Loc, stats: LoadStats, opts: SourceOptions,
-             source: str) -> SourceExample:
+             source: str) -> SourceExample | None:
     if fmt == "alpaca":
         inst = _string(row, "instruction", loc)
         out = _string(row, "output", loc)
         inp = _string(row, "input", loc, required=False)
         system = row.get("system") if isinstance(row.get("system"), str) else None
         history = row.get("history")
+        # LLaMA-Factory's reading: the row's own instruction/output is the pair; history is the
+        # earlier turns, context of the prompt, never the pair.
+        x, y = inst + ("\n\n" + inp if inp.strip() else ""), out
         if history:
-            if not isinstance(history, list) or any(not isinstance(h, (list, tuple)) or len(h) != 2
-                                                    for h in history):
-                raise loc.err("history", "expected a list of [instruction, response] pairs")
-            # The first history turn is the first turn; the later ones and this row's own are dropped.
-            stats.multi_turn += 1
-            stats.messages_dropped += 2 * len(history)
-            x, y = str(history[0][0]), str(history[0][1])
-        else:
-            x, y = inst + ("\n\n" + inp if inp.strip() else ""), out
+            if not isinstance(history, list) or any(
+                    not isinstance(h, (list, tuple)) or len(h) != 2 or not all(isinstance(t, str) for t in h)
+                    for h in history):
+                raise loc.err("history", "expected a list of [instruction, response] string pairs")
+            stats.history_rows += 1
+            stats.history_turns += len(history)
+            if opts.history == "prepend":
+                stats.history_prepended = True
+                x = "\n\n".join([*(f"User: {q}\n\nAssistant: {a}" for q, a in history), f"User: {x}"])
         if system and system.strip():
             if opts.system_prompt == "prepend":
                 stats.system_prepended += 1
@@ -464,8 +520,24 @@ def _example(row: dict, fmt: str, loc: _Loc, stats: LoadStats, opts: SourceOptio
     if fmt in ("chat", "sharegpt"):
         fld = "messages" if fmt == "chat" else "conversations"
         turns = _messages(row.get(fld), loc, fld, sharegpt=fmt == "sharegpt")
+        chosen = row.get("chosen")
+        if isinstance(chosen, dict) and turns and turns[-1][0] == "user":
+            # LLaMA-Factory's ShareGPT preference rows: the conversation ends with the user's turn,
+            # and `chosen` / `rejected` are the candidate replies.
+            turns += _messages([chosen], loc, "chosen", sharegpt=fmt == "sharegpt")
         system = row.get("system") if isinstance(row.get("system"), str) else None
-        x, y = _first_turn(turns, loc, fld, stats, opts.system_prompt, system)
+        pair = _first_turn(turns, loc, fld, stats, opts.system_prompt, system)
+        if pair is None:
+            return None
+        x, y = pair
+        return SourceExample(_id(row, source, loc, stats), x, y, source)
+    if fmt == "implicit-preference":
+        # TRL's implicit prompt: chosen and rejected are whole conversations sharing the prompt.
+        if not isinstance(row.get("chosen"), list):
+            raise loc.err("prompt", "missing field (a preference row with string chosen/rejected needs its "
+                                    "prompt; TRL's implicit prompt is for conversations)")
+        x, y = _first_turn(_turns(row.get("chosen"), loc, "chosen", "assistant"), loc, "chosen", stats,
+                           opts.system_prompt)
         return SourceExample(_id(row, source, loc, stats), x, y, source)
     if fmt in ("prompt-completion", "preference"):
         key = "completion" if fmt == "prompt-completion" else "chosen"
@@ -494,7 +566,7 @@ def _read(source: str, path: str | None, n: int | None, options: SourceOptions |
         raise ValueError(f"data.source={source} needs data.path (a file, a dataset directory or a hub id)")
     accepts = _ACCEPTS[source]
     stats = LoadStats()
-    out: list[SourceExample] = []
+    out, seen = Examples(), set()
     where = path
     for loc, raw in rows if rows is not None else iter_rows(path, opts):
         if n is not None and len(out) >= n:
@@ -510,16 +582,24 @@ def _read(source: str, path: str | None, n: int | None, options: SourceOptions |
         if fmt not in accepts:
             raise loc.err(None, _wrong_format(source, fmt, row))
         stats.formats[fmt] = stats.formats.get(fmt, 0) + 1
-        # The source name in made ids and in records: the loader's (auto: the row's format's).
-        name = _SOURCE_OF[fmt] if source in ("auto", "sharegpt") else source
-        out.append(_example(row, fmt, loc, stats, opts, name))
+        # The source name in made ids and in records: the one the user wrote (auto: the row's format's).
+        name = _SOURCE_OF[fmt] if source == "auto" else source
+        ex = _example(row, fmt, loc, stats, opts, name)
+        if ex is None:
+            continue
+        if (ex.x_en, ex.y_en) in seen:
+            stats.duplicates += 1
+            continue
+        seen.add((ex.x_en, ex.y_en))
+        out.append(ex)
+    out.duplicates = stats.duplicates
     if out:
         log.info("%s", stats.summary(where or source, len(out)))
     return out
 
 
-_SOURCE_OF = {"alpaca": "alpaca", "chat": "chat", "sharegpt": "chat", "prompt-completion": "trl",
-              "preference": "trl", "parallel": "parallel"}
+_SOURCE_OF = {"alpaca": "alpaca", "chat": "chat", "sharegpt": "sharegpt", "prompt-completion": "trl",
+              "preference": "trl", "implicit-preference": "trl", "parallel": "parallel"}
 # The field an explicitly named source misses first (chat: "field 'messages' missing field").
 _PRIMARY = {"alpaca": "instruction", "chat": "messages", "sharegpt": "conversations", "trl": "prompt",
             "parallel": "x_en"}
@@ -610,7 +690,10 @@ def _oasst1_pairs(rows: Iterator[tuple[str, int, dict]], n: int | None) -> list[
         order, best = min(cands, key=lambda c: (rank_key(c[1].get("rank")), c[0]))
         pairs.append((rank_key(best.get("rank")), root_order, root, best))
     pairs.sort(key=lambda p: (p[0], p[1]))
-    return [SourceExample(str(r["message_id"]), r["text"], b["text"], "oasst1") for _, _, r, b in pairs[:n]]
+    out = _unique((SourceExample(str(r["message_id"]), r["text"], b["text"], "oasst1") for _, _, r, b in pairs), n)
+    if out.duplicates:
+        log.info("oasst1: %d duplicate pairs skipped", out.duplicates)
+    return out
 
 
 def load_oasst1(path: str | None, n: int | None, options: SourceOptions | None = None) -> list[SourceExample]:
@@ -647,6 +730,16 @@ def load_chat(path: str | None, n: int | None, options: SourceOptions | None = N
     if not p.exists() and not looks_like_hub_id(path):
         raise FileNotFoundError(f"{p}: no such chat file (and not a hub dataset id)")
     return _read("chat", path, n, options)
+
+
+def load_sharegpt(path: str | None, n: int | None, options: SourceOptions | None = None) -> list[SourceExample]:
+    """The chat loader under the name ``sharegpt``: records say ``source: sharegpt``."""
+    if path is None:
+        raise ValueError("data.source=sharegpt needs data.path (a ShareGPT JSON/JSONL file or a hub dataset id)")
+    p = Path(path)
+    if not p.exists() and not looks_like_hub_id(path):
+        raise FileNotFoundError(f"{p}: no such ShareGPT file (and not a hub dataset id)")
+    return _read("sharegpt", path, n, options)
 
 
 def load_trl(path: str | None, n: int | None, options: SourceOptions | None = None) -> list[SourceExample]:
@@ -686,7 +779,7 @@ SOURCES: dict[str, Callable[..., list[SourceExample]]] = {
     "oasst1": load_oasst1,
     "alpaca": load_alpaca,
     "chat": load_chat,
-    "sharegpt": load_chat,
+    "sharegpt": load_sharegpt,
     "trl": load_trl,
     "auto": load_auto,
     "parallel": load_parallel,
@@ -711,7 +804,9 @@ def load_source(name: str, path: str | None, n: int | None, max_chars: int | Non
     if max_chars is None:
         examples = loader(path, n, options)
     else:
-        examples = [ex for ex in loader(path, None, options) if len(ex.x_en) + len(ex.y_en) <= max_chars][:n]
+        loaded = loader(path, None, options)
+        examples = Examples([ex for ex in loaded if len(ex.x_en) + len(ex.y_en) <= max_chars][:n])
+        examples.duplicates = getattr(loaded, "duplicates", 0)
     if not examples:
         # Zero examples would "build" an empty dataset and exit 0: say so, naming the file.
         where = path or f"{name} (hub)"
