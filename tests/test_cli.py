@@ -58,6 +58,10 @@ def failing_subcommand(tmp_path, monkeypatch):
         "              'dataset': DatasetError('t.jsonl: no usable records'),\n"
         "              'missing': FileNotFoundError('t.jsonl: no such dataset file'),\n"
         "              'bug': ZeroDivisionError('a bug')}\n"
+        "    from clo.errors import CloError\n"
+        "    class NewError(CloError):\n"
+        "        pass\n"
+        "    errors['new'] = NewError('n.yaml:2: a new kind of user error')\n"
         "    raise errors[args.kind]\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -70,10 +74,30 @@ def failing_subcommand(tmp_path, monkeypatch):
     ("model", "no such model directory or offline name: m"),
     ("dataset", "t.jsonl: no usable records"),
     ("missing", "t.jsonl: no such dataset file"),
+    ("new", "n.yaml:2: a new kind of user error"),  # any CloError, registered nowhere
 ])
 def test_user_errors_are_one_line_and_exit_2(failing_subcommand, capsys, kind, message):
     assert cli.main(["fail", kind], subcommands=failing_subcommand) == cli.USER_ERROR_EXIT == 2
     assert capsys.readouterr().err == f"clo fail: error: {message}\n"
+
+
+def test_every_user_facing_error_is_a_clo_error():
+    from clo.config_base import ConfigError
+    from clo.data.build import BuildError, BuildMismatch
+    from clo.data.cache import CacheError
+    from clo.data.records import RecordError
+    from clo.data.translators.base import TranslationError
+    from clo.errors import CloError
+    from clo.eval.core import EvalDataError
+    from clo.formatting import PromptTooLong
+    from clo.models import ModelLoadError
+    from clo.train.data import DatasetError
+    from clo.train.tracking import LogFileError
+    from clo.train.trainer import RunMismatch
+
+    for cls in (ConfigError, RecordError, TranslationError, EvalDataError, PromptTooLong, ModelLoadError,
+                DatasetError, LogFileError, RunMismatch, BuildError, BuildMismatch, CacheError):
+        assert issubclass(cls, CloError), cls
 
 
 def test_a_bug_keeps_its_traceback(failing_subcommand):

@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Callable, Iterator
 
 from clo import __version__
+from clo.errors import USER_ERROR_EXIT, CloError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help of `clo --help`; the module's HELP describes the subcommand itself)
@@ -43,22 +44,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 NOT_BUILT_EXIT = 2
-USER_ERROR_EXIT = 2
 
-# The project's user-facing errors, as "module:Class": a bad config, input file, model spec or
-# dataset. Their messages name the file, line and field; `clo` prints one as ``clo CMD: error:
-# MESSAGE`` and exits USER_ERROR_EXIT, where anything else is a bug and keeps its traceback.
-USER_ERRORS = (
-    "clo.config_base:ConfigError",
-    "clo.data.records:RecordError",
-    "clo.data.translate:TranslationError",
-    "clo.eval.core:EvalDataError",
-    "clo.formatting:PromptTooLong",
-    "clo.models:ModelLoadError",
-    "clo.train.data:DatasetError",
-    "clo.train.tracking:LogFileError",
-    "clo.train.trainer:RunMismatch",
-)
 # Errors of the standard library that only bad input raises here, and whose message names the path.
 _OS_USER_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, UnicodeDecodeError)
 
@@ -194,7 +180,7 @@ def main(argv: list[str] | None = None, subcommands: dict[str, tuple[str, str]] 
         stack.enter_context(_logs_through_tqdm())
         try:
             return int(args._main(args) or 0)
-        except user_errors() as e:
+        except (CloError, *_OS_USER_ERRORS) as e:
             print(f"clo {args.command}: error: {describe_error(e)}", file=sys.stderr)
             return USER_ERROR_EXIT
 
@@ -359,18 +345,6 @@ def _logs_through_tqdm() -> Iterator[None]:
 
 
 # -- errors ----------------------------------------------------------------------------------------
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """The exception types of :data:`USER_ERRORS` (those whose module imports) and the OS ones."""
-    types: list[type[BaseException]] = []
-    for entry in USER_ERRORS:
-        module, name = entry.split(":")
-        try:
-            types.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            continue
-    return (*types, *_OS_USER_ERRORS)
-
 
 def describe_error(e: BaseException) -> str:
     """The message of a user-facing error (a ConfigError holds one line per problem)."""

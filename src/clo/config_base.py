@@ -6,10 +6,12 @@ from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict
 
+from clo.errors import CloError
+
 __all__ = ["ConfigError", "StrictModel", "closest_key", "dotted_keys", "registered", "unknown_key_message"]
 
 
-class ConfigError(ValueError):
+class ConfigError(CloError, ValueError):
     """A configuration problem, naming its source (file or override) and key."""
 
 

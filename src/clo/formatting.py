@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clo.errors import CloError
+
 PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 
 
@@ -63,8 +65,8 @@ class EncodedPair:
         return self.prompt_ids + self.response_ids
 
 
-class PromptTooLong(ValueError):
-    pass
+class PromptTooLong(CloError, ValueError):
+    """A prompt longer than the model's context, even after truncation."""
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from clo.config_base import ConfigError
+from clo.errors import CloError
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,8 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
 }
 
 
-class ModelLoadError(RuntimeError):
-    pass
+class ModelLoadError(CloError, RuntimeError):
+    """A model spec that names nothing loadable; the message says what was tried."""
 
 
 def offline_model_dir(name: str) -> Path:

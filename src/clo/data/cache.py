@@ -27,6 +27,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clo.errors import CloError
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -47,7 +49,7 @@ _COLUMNS = ("translator", "src_lang", "tgt_lang", "source", "target", "created")
 _SIDECARS = ("-wal", "-shm")
 
 
-class CacheError(ValueError):
+class CacheError(CloError, ValueError):
     """The cache file cannot be used; the message names it and says how to rebuild it."""
 
     def __init__(self, path: Path, problem: str):

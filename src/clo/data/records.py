@@ -15,11 +15,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from clo.errors import CloError
+
 TEXT_FIELDS = ("x_en", "y_en", "x_tgt", "y_tgt")
 REQUIRED_FIELDS = ("id", "tgt_lang", *TEXT_FIELDS)
 
 
-class RecordError(ValueError):
+class RecordError(CloError, ValueError):
     """A bad record: names the file, the line (1-based) and the field."""
 
     def __init__(self, path: str | Path, line: int | None, field: str | None, reason: str):

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from clo import languages
+from clo.errors import CloError
 from clo.fingerprints import differing_keys, sha256_file
 from clo.languages import Language
 
 log = logging.getLogger(__name__)
 
 
-class EvalDataError(ValueError):
+class EvalDataError(CloError, ValueError):
     """Bad or missing evaluation data; the message names the file, line and field."""
 
 

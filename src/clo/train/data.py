@@ -22,6 +22,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from clo.data.records import CrossLingualRecord, MultilingualRecord, read_multilingual, read_records
+from clo.errors import CloError
 from clo.formatting import PromptTooLong, encode_pair
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,8 @@ class EncodedDataset:
         return h.hexdigest()
 
 
-class DatasetError(ValueError):
-    pass
+class DatasetError(CloError, ValueError):
+    """A training dataset that cannot be used; the message names the file."""
 
 
 def encode_records(

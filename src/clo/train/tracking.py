@@ -16,10 +16,12 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from clo.errors import CloError
+
 log = logging.getLogger(__name__)
 
 
-class LogFileError(ValueError):
+class LogFileError(CloError, ValueError):
     """A ``log.jsonl`` line other than the last that is not a JSON object: names file and line."""
 
 

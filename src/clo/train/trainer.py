@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from clo.errors import CloError
 from clo.fingerprints import differing_keys, sha256_file
 from clo.train import distributed as dist
 from clo.train import methods as method_registry
@@ -64,7 +65,7 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
-class RunMismatch(ValueError):
+class RunMismatch(CloError, ValueError):
     """The output directory holds a run of another configuration."""
 
 

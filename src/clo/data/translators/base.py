@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from clo.data.config import TranslatorConfig
+from clo.errors import CloError
 
 log = logging.getLogger("clo.data.translate")
 
@@ -24,8 +25,8 @@ MIN_BATCH_TOKENS = 512
 GIB = 1 << 30
 
 
-class TranslationError(RuntimeError):
-    pass
+class TranslationError(CloError, RuntimeError):
+    """A translator that cannot run (a bad model, key or endpoint); the message says which."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,137 @@
+"""The shared core: atomic writes, UTF-8 and JSON reading with located errors, the registry."""
+
+import json
+import os
+import threading
+
+import pytest
+
+from clo import io
+from clo.errors import CloError, InputError, located
+from clo.registry import Registry, UnknownName, unknown_name_message
+
+
+class OwnError(ValueError):
+    pass
+
+
+def test_atomic_write_replaces_whole_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "sub" / "out.json"
+    io.write_json(target, {"a": "é", "b": [1, 2]})
+    assert target.read_text(encoding="utf-8") == '{\n  "a": "é",\n  "b": [\n    1,\n    2\n  ]\n}\n'
+    io.atomic_write(target, b"\x00\x01")
+    assert target.read_bytes() == b"\x00\x01"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.json"]
+
+
+def test_atomic_write_gets_the_mode_a_plain_open_gets(tmp_path):
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    io.atomic_write(tmp_path / "atomic", "x")
+    assert (tmp_path / "atomic").stat().st_mode == plain.stat().st_mode
+
+
+def test_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
+    target = tmp_path / "rows.jsonl"
+    io.write_jsonl(target, [{"i": 1}])
+
+    def rows():
+        yield {"i": 2}
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        io.write_jsonl(target, rows())
+    assert target.read_text() == '{"i": 1}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]
+
+
+def test_concurrent_writers_use_distinct_temporaries(tmp_path):
+    # With one fixed temporary name two writers interleave into it and one os.replace finds it gone.
+    target = tmp_path / "shared.json"
+    errors: list[BaseException] = []
+
+    def write(i):
+        try:
+            for _ in range(50):
+                io.write_json(target, {"writer": i, "pad": "x" * 10000}, fsync=False)
+        except BaseException as e:  # noqa: BLE001 - collected for the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert json.loads(target.read_text())["pad"] == "x" * 10000
+    assert os.listdir(tmp_path) == ["shared.json"]
+
+
+def test_atomic_path_and_dir(tmp_path):
+    with io.atomic_path(tmp_path / "w.bin") as tmp:
+        tmp.write_bytes(b"abc")
+        assert not (tmp_path / "w.bin").exists()
+    assert (tmp_path / "w.bin").read_bytes() == b"abc"
+    old = tmp_path / "model"
+    old.mkdir()
+    (old / "stale").write_text("old")
+    with io.atomic_dir(old) as d:
+        (d / "config.json").write_text("{}")
+    assert sorted(p.name for p in old.iterdir()) == ["config.json"]
+    with pytest.raises(ZeroDivisionError), io.atomic_dir(tmp_path / "never") as d:
+        (d / "x").write_text("1")
+        1 / 0  # noqa: B018
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "w.bin"]
+
+
+def test_read_text_names_line_and_column_of_a_bad_byte(tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_bytes("line one\nzwei: \u00fc\ncaf".encode() + b"\xe9 x\n")
+    with pytest.raises(InputError) as e:
+        io.read_text(f)
+    # line 3, column 4 (1-based): "caf" then the Latin-1 byte
+    assert str(e.value) == f"{f}:3: not valid UTF-8 (byte 0xe9 at column 4); save the file as UTF-8"
+    assert (e.value.path, e.value.line) == (str(f), 3)
+    assert isinstance(e.value, CloError) and isinstance(e.value, ValueError)
+    with pytest.raises(OwnError, match=r"^.*t\.txt:3: not valid UTF-8"):
+        io.read_text(f, error=located(OwnError))
+
+
+def test_read_json_and_jsonl_name_the_line(tmp_path):
+    f = tmp_path / "a.json"
+    f.write_text('{\n  "a": 1,\n  "b": ,\n}\n')
+    with pytest.raises(InputError, match=r"a\.json:3: malformed JSON: Expecting value \(column 8\)"):
+        io.read_json(f)
+    g = tmp_path / "b.jsonl"
+    g.write_bytes(b'{"i": 1}\n\n{"i": 2}\n{"i": \xff}\n')
+    got = []
+    with pytest.raises(InputError, match=r"b\.jsonl:4: not valid UTF-8 \(byte 0xff at column 7\)"):
+        got.extend(io.iter_jsonl(g))
+    assert got == [(1, {"i": 1}), (3, {"i": 2})]
+    g.write_text('{"i": 1}\n{"i": 2\n')
+    with pytest.raises(InputError, match=r"b\.jsonl:2: malformed JSON: Expecting ',' delimiter"):
+        list(io.iter_jsonl(g))
+
+
+def test_registry_suggests_the_closest_name():
+    reg: Registry[int] = Registry("translator kind")
+    reg.register("m2m100", 1)
+
+    @reg.register("causal")
+    def causal():
+        return 2
+
+    assert reg.get("m2m100") == 1 and reg["causal"] is causal and "causal" in reg
+    assert reg.names() == ["m2m100", "causal"] and list(reg) == ["m2m100", "causal"] and len(reg) == 2
+    with pytest.raises(UnknownName) as e:
+        reg.get("m2m")
+    assert str(e.value) == "unknown translator kind 'm2m'; did you mean 'm2m100'? known: m2m100, causal"
+    assert isinstance(e.value, KeyError) and isinstance(e.value, ValueError)
+    with pytest.raises(ValueError, match="unknown translator kind 'zzz'; known: m2m100, causal$"):
+        reg.check("zzz")
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("causal", 3)
+    reg.register("causal", 3, replace=True)
+    assert reg["causal"] == 3
+    assert unknown_name_message("view", "dop", ["sft", "dpo", "clo"]) == \
+        "unknown view 'dop'; did you mean 'dpo'? known: sft, dpo, clo"
