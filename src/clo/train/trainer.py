@@ -69,6 +69,14 @@ class RunMismatch(CloError, ValueError):
     """The output directory holds a run of another configuration."""
 
 
+class StateFileError(RunMismatch):
+    """A ``run.json`` or ``last/state.pt`` that is not what clo writes (torn, edited or foreign)."""
+
+
+# What ``last/state.pt`` holds (see ``_Stage.save_state``); a state without one of them is refused.
+STATE_KEYS = ("step", "best", "trainable", "optimizer", "scheduler", "rng", "plan_len")
+
+
 @dataclass
 class TrainResult:
     best_checkpoint: Path
@@ -118,11 +126,17 @@ def train(cfg, train_path: Path, val_path: Path | None, output_dir: Path, *,
         method_registry.get(cfg.train.method)
         return _train_stage(cfg, Path(train_path), val_path, output_dir, stop_after_steps, overwrite)
     spec, per_stage, result = cfg.model, {}, None
+    created = not output_dir.exists()
     for name in stages:
         sub = cfg.model_copy(deep=True)
         sub.model = spec
         sub.train.method = name
-        result = _train_stage(sub, Path(train_path), val_path, output_dir / name, stop_after_steps, overwrite)
+        try:
+            result = _train_stage(sub, Path(train_path), val_path, output_dir / name, stop_after_steps, overwrite)
+        except Exception:
+            if created and output_dir.is_dir() and not any(output_dir.iterdir()):
+                output_dir.rmdir()  # refused before anything was written: leave no empty directory
+            raise
         if not result.metrics.get("finished"):
             return result
         # The next stage starts from and is referenced to this stage's best model.
@@ -385,7 +399,7 @@ class _Stage:
         path = self.out / "last" / "state.pt"
         if not path.is_file():
             return 0, {"loss": None, "step": None}, {}
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = read_state(path)
         if state["plan_len"] != len(self.plan):
             raise RunMismatch(f"{path}: checkpoint was made for {state['plan_len']} steps, this config "
                               f"plans {len(self.plan)}; use a new output directory for a changed config")
@@ -563,6 +577,34 @@ class _Stage:
         return best, vm
 
 
+def read_state(path: Path) -> dict:
+    """``last/state.pt`` as :meth:`_Stage.save_state` wrote it: tensors, numbers, strings, lists
+    and dicts only. ``weights_only=True``: a pickle placed there (a shared or downloaded run
+    directory) is refused, never executed. A torn, foreign or incomplete file is a
+    :class:`StateFileError` naming it."""
+    import pickle
+    import zipfile
+
+    hint = "delete it to restart from step 0, or pass --overwrite to start the run over"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise StateFileError(f"{path}: not a training state clo can load safely ({first[:200]}); {hint}") from None
+    if not isinstance(state, dict):
+        raise StateFileError(f"{path}: not a training state (a {type(state).__name__}, not a dict); {hint}")
+    missing = [k for k in STATE_KEYS if k not in state]
+    if missing:
+        raise StateFileError(f"{path}: field {missing[0]!r} missing (a training state has "
+                             f"{', '.join(STATE_KEYS)}); {hint}")
+    for key, kind in (("step", int), ("plan_len", int), ("trainable", dict), ("optimizer", dict),
+                      ("scheduler", dict), ("rng", torch.Tensor)):
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            raise StateFileError(f"{path}: field {key!r} is a {type(state[key]).__name__}, not a "
+                                 f"{kind.__name__}; {hint}")
+    return state
+
+
 def _file_digest(path: Path | None) -> str | None:
     return sha256_file(path) if path is not None else None
 
@@ -572,6 +614,22 @@ def run_inputs(cfg, train_path: Path, val_path: Path | None) -> dict:
     train_cfg = {k: v for k, v in cfg.train.model_dump(mode="json").items() if k not in OPERATIONAL_KEYS}
     return {"model": model_identity(cfg.model), "lang": cfg.lang, "train": train_cfg,
             "data": {"train": _file_digest(train_path), "val": _file_digest(val_path)}}
+
+
+def _read_record(record: Path) -> dict | None:
+    """``run.json``, or None where there is none. A torn or edited one (a run killed while
+    writing it, by an older clo that wrote in place) is a :class:`StateFileError`."""
+    if not record.is_file():
+        return None
+    try:
+        obj = json.loads(record.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise StateFileError(f"{record}:{e.lineno}: not valid JSON ({e.msg}); pass --overwrite to start "
+                             "the run over, or choose another output directory") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("inputs"), dict) or "fingerprint" not in obj:
+        raise StateFileError(f"{record}: field 'inputs' or 'fingerprint' missing; pass --overwrite to start "
+                             "the run over, or choose another output directory")
+    return obj
 
 
 def _claim_directory(output_dir: Path, inputs: dict, overwrite: bool) -> None:
@@ -587,7 +645,12 @@ def _claim_directory(output_dir: Path, inputs: dict, overwrite: bool) -> None:
     inputs = json.loads(json.dumps(inputs, default=str))  # as stored: tuples become lists
     fp = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
     state.wait_for_everyone()
-    old = json.loads(record.read_text()) if record.is_file() else None
+    try:
+        old = _read_record(record)
+    except StateFileError:
+        if not overwrite:
+            raise
+        old = {"fingerprint": None, "inputs": {"run.json": "unreadable"}}
     started = output_dir.is_dir() and any((output_dir / n).exists() for n in ("last", "result.json", "best"))
     state.wait_for_everyone()
     if old is not None and old.get("fingerprint") == fp:
@@ -607,13 +670,34 @@ def _claim_directory(output_dir: Path, inputs: dict, overwrite: bool) -> None:
 
 def _train_stage(cfg, train_path: Path, val_path, output_dir: Path, stop_after_steps, overwrite=False) -> TrainResult:
     val_path = Path(val_path) if val_path else None
+    before = {p.name for p in output_dir.iterdir()} if output_dir.is_dir() else None
     _claim_directory(output_dir, run_inputs(cfg, train_path, val_path), overwrite)
     done = output_dir / "result.json"
     if done.is_file():
         obj = json.loads(done.read_text())
         log.info("%s: already finished, returning its result", output_dir)
         return TrainResult(Path(obj["best_checkpoint"]), obj["metrics"], output_dir)
-    return _Stage(cfg, train_path, val_path, output_dir, stop_after_steps).run()
+    try:
+        return _Stage(cfg, train_path, val_path, output_dir, stop_after_steps).run()
+    except Exception:
+        _undo_claim(output_dir, before)
+        raise
+
+
+def _undo_claim(output_dir: Path, before: set[str] | None) -> None:
+    """A run refused before its first saved state (bad data, a model that does not load, a bad
+    option) leaves the directory as it found it: no ``run.json`` that would claim it for a run
+    that never was. A run that saved a state keeps everything, to resume."""
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process or (output_dir / "last").exists() or (output_dir / "result.json").exists():
+        return
+    if before is None:
+        shutil.rmtree(output_dir, ignore_errors=True)
+        return
+    for p in output_dir.iterdir() if output_dir.is_dir() else ():
+        if p.name not in before:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 __all__ = ["RunMismatch", "TrainResult", "TrainingDiverged", "plan_batches", "train"]
