@@ -214,6 +214,18 @@ def _win_rate_metrics(scores: list[float], len_model: list[int], len_base: list[
     return {"win_rate": wr, "stderr": se, "lc_win_rate": lc, **counts, **lc_info}
 
 
+def win_rate_line(metrics: dict, n_items: int) -> str:
+    """The win rate with the number of items it is over (judgments that failed are not among
+    them, and say so): ``win rate 75.0 ± 12.1 % (n=6 of 7 items; 1 judgment failed)``."""
+    fails = metrics.get("failures") or 0
+    failed = f"; {fails} judgment{'s' if fails != 1 else ''} failed, judged again on the next run" if fails else ""
+    if metrics.get("win_rate") is None:
+        return f"win rate: none (n=0 of {n_items} items{failed})"
+    se = metrics.get("stderr")
+    shown = f"{100 * metrics['win_rate']:.1f}" + (f" ± {100 * se:.1f}" if se is not None else "")
+    return f"win rate {shown} % (n={metrics['n']} of {n_items} items{failed})"
+
+
 @register_task("alpacaeval", description="judged win rate against a baseline on the AlpacaEval instructions")
 def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | None = None,
         translated_file: str | None = None, baseline=None, baseline_outputs: str | None = None,
@@ -287,6 +299,7 @@ def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | 
         f"{ctx.name}.baseline_outputs.json": _outputs_file(rows, instructions, base, b_name),
     }
     md = f"baseline: `{b_name}`; judge: `{getattr(judge, 'name', type(judge).__name__)}`"
+    md += "\n\n" + win_rate_line(metrics, n)
     return TaskResult(metrics, records, data_hash(instructions), md, extra)
 
 

@@ -82,6 +82,24 @@ def build_messages(instruction: str, output_1: str, output_2: str, lang: Languag
 # the example of the prompt echoed back, and reading it gave echoed prompts wins and losses.
 _FENCED_RE = re.compile(r"```[A-Za-z]*[ \t]*\n?(.*?)\s*```", re.DOTALL)
 
+# Reasoning models answer through OpenAI-compatible servers with their reasoning first, in a
+# tagged block (DeepSeek-R1, Qwen3, QwQ: <think>; others <thinking>, <reasoning>, <reflection>).
+# It is not the answer: removed before the answer is read. Servers whose chat template opens the
+# block in the prompt send only its end (``...</think>``: everything up to it goes); a block cut
+# off by max_tokens has no end (everything after its start goes, leaving no ranking to read).
+_REASONING_TAGS = r"(?:think|thinking|reasoning|reflection)"
+_REASONING_BLOCK_RE = re.compile(rf"<{_REASONING_TAGS}>.*?</{_REASONING_TAGS}>", re.DOTALL | re.IGNORECASE)
+_REASONING_END_RE = re.compile(rf"^.*</{_REASONING_TAGS}>", re.DOTALL | re.IGNORECASE)
+_REASONING_OPEN_RE = re.compile(rf"<{_REASONING_TAGS}>.*\Z", re.DOTALL | re.IGNORECASE)
+
+
+def strip_reasoning(text: str) -> str:
+    """``text`` without its reasoning blocks: closed ones, a leading one whose start was in the
+    prompt, and an unterminated one (with everything after it)."""
+    text = _REASONING_BLOCK_RE.sub("", text)
+    text = _REASONING_END_RE.sub("", text)
+    return _REASONING_OPEN_RE.sub("", text)
+
 
 def _literal(text: str):
     """The JSON (or Python literal: judges sometimes answer with single quotes) ``text`` holds, else None."""
@@ -114,10 +132,11 @@ def _ranks(obj) -> dict[str, int] | None:
 def parse_ranking(text: str) -> int | None:
     """1 if ``model_1`` ranks first, 2 if ``model_2`` does, 0 for a tie (both rank 1), None when the
     answer is not the ranking asked for: the whole answer (or the whole answer in one code fence)
-    must be ``[{"model": "model_1", "rank": r1}, {"model": "model_2", "rank": r2}]`` in either order."""
+    must be ``[{"model": "model_1", "rank": r1}, {"model": "model_2", "rank": r2}]`` in either order,
+    once reasoning blocks (:func:`strip_reasoning`) are removed."""
     if not isinstance(text, str):
         return None
-    body = text.strip()
+    body = strip_reasoning(text).strip()
     fenced = _FENCED_RE.fullmatch(body)
     ranks = _ranks(_literal(fenced.group(1) if fenced else body))
     if ranks is None:
