@@ -54,6 +54,7 @@ from clo.data.sources import SourceExample, load_examples
 from clo.data.translate import PROMPT_VERSION, Translated, TranslationStats, make_translator, translate_all
 from clo.errors import CloError
 from clo.fingerprints import content_digest, differing_keys, fingerprint
+from clo.io import write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +143,22 @@ def claim_directory(out_dir: Path, inputs: dict, overwrite: bool = False) -> str
             else:
                 p.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_name(RECORD + ".tmp")
-    tmp.write_text(json.dumps({"fingerprint": fp, "inputs": inputs}, indent=1, ensure_ascii=False) + "\n",
-                   encoding="utf-8")
-    tmp.replace(record)
+    write_json(record, {"fingerprint": fp, "inputs": inputs}, indent=1)
     return fp
+
+
+def check_translator(cfg) -> None:
+    """The translator's checks that need no model (the causal translator: few-shot examples for
+    every target language), so that a build fails in a second, not after loading a model."""
+    d = cfg.data
+    if d.source == "parallel":
+        return
+    from clo.data.translate import TRANSLATORS
+
+    check = getattr(TRANSLATORS.get(d.translator.kind), "check_languages", None)
+    if check is not None:
+        for lang in (cfg.langs if hasattr(cfg, "langs") else [cfg.lang]):
+            check(d.translator, "en", lang)
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> list[int]:
@@ -229,11 +241,7 @@ def _multilingual_records(examples: list[SourceExample], results: dict[str, tupl
 
 
 def _write_jsonl(rows: list[dict], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_jsonl(path, rows)
 
 
 def _request_lines(t: dict) -> list[str]:
@@ -286,6 +294,7 @@ def build_dataset(cfg, out_dir: Path, *, progress: bool = True, rebuild_cache: b
     t0 = time.perf_counter()
     d = cfg.data
     out_dir = Path(out_dir)
+    check_translator(cfg)
     fp = claim_directory(out_dir, build_inputs(cfg), overwrite)
     cache_path = Path(d.cache) if d.cache else out_dir / "translations.sqlite"
     ext = ".parquet" if d.format == "parquet" else ".jsonl"

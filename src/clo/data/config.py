@@ -30,6 +30,9 @@ class TranslatorConfig(StrictModel):
     max_retries: int = Field(6, ge=0, description="openai: retries on 429 / 5xx / connection errors")
     timeout: float = Field(120.0, gt=0, description="openai: seconds per request")
     prefix_cache: bool = Field(True, description="causal: compute the few-shot prefix once per language pair")
+    few_shot: str | dict[str, list[str]] | None = Field(
+        None, description="causal: few-shot examples for any language: a file (.yaml/.json {code: [sentences]}, "
+        ".jsonl one parallel example per line) or such a mapping; over the built-in ones")
     device: str = "auto"
     dtype: str = Field("auto", description="auto, float32, bfloat16, float16; CTranslate2 also int8, int8_float16, "
                        "... (auto: float16 on a GPU, int8 on a CPU; transformers: bfloat16 on a GPU, else float32)")

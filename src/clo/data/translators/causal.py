@@ -4,12 +4,22 @@ Greedy; stops at the first generated line break, never before the first token
 (``begin_suppress_tokens``), and at a loop (:func:`loop_detected`). The few-shot prefix's KV
 cache is computed once per language pair and shared by every batch (``prefix_cache``).
 Offline default ``gemma-3-270m``.
+
+Few-shot examples: built in for the languages of :data:`FEW_SHOT`; any other language (or other
+sentences) through ``data.translator.few_shot``: a mapping ``{code: [sentence, ...]}`` in the
+config, or a file holding one (``.yaml`` / ``.yml`` / ``.json``), or a JSON-lines file with one
+parallel example per line (``{"en": "...", "fr": "..."}``). The i-th sentences of two languages are
+translations of each other. :func:`check_few_shot` tells, without loading anything, whether a
+language pair has examples.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import hashlib
+import json
+from pathlib import Path
 
 from clo import languages
 from clo.data.config import TranslatorConfig
@@ -38,17 +48,98 @@ FEW_SHOT: dict[str, tuple[str, ...]] = {
 }
 
 
-def few_shot_prefix(src_lang: str, tgt_lang: str, shots: int = 3) -> str:
-    """The part of the causal prompt shared by every segment of a language pair."""
+FEW_SHOT_KEY = "data.translator.few_shot"
+
+
+def _few_shot_error(where: str, line: int | None, reason: str) -> TranslationError:
+    return TranslationError(f"{where}{f':{line}' if line else ''}: {reason}")
+
+
+def _as_sets(tree, where: str) -> dict[str, tuple[str, ...]]:
+    if not isinstance(tree, dict):
+        raise _few_shot_error(where, None, f"expected a mapping {{language code: [sentences]}}, got "
+                                           f"{type(tree).__name__}")
+    out = {}
+    for code, sents in tree.items():
+        if isinstance(sents, str) or not isinstance(sents, (list, tuple)) or not sents \
+                or not all(isinstance(x, str) and x.strip() for x in sents):
+            raise _few_shot_error(where, None, f"field {code!r}: expected a non-empty list of sentences")
+        if any("\n" in x for x in sents):
+            raise _few_shot_error(where, None, f"field {code!r}: one line per sentence (the translator stops "
+                                               "at a line break)")
+        out[str(code)] = tuple(x.strip() for x in sents)
+    return out
+
+
+def load_few_shot(spec) -> dict[str, tuple[str, ...]]:
+    """The user's few-shot sets (``data.translator.few_shot``): a mapping, or a YAML/JSON file of
+    one, or JSON lines of parallel examples. ``{}`` for None. Errors name the file and line."""
+    if spec is None:
+        return {}
+    if isinstance(spec, dict):
+        return _as_sets(spec, FEW_SHOT_KEY)
+    path = Path(str(spec)).expanduser()
+    if not path.is_file():
+        raise _few_shot_error(str(path), None, f"no such few-shot file ({FEW_SHOT_KEY})")
+    if path.suffix in (".jsonl", ".ndjson"):
+        sets: dict[str, list[str]] = {}
+        keys = None
+        for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise _few_shot_error(str(path), lineno, f"malformed JSON: {e.msg}") from None
+            if not isinstance(row, dict) or not row:
+                raise _few_shot_error(str(path), lineno, 'expected {"<code>": "<sentence>", ...}')
+            if keys is not None and set(row) != keys:
+                raise _few_shot_error(str(path), lineno, f"languages {sorted(row)}, but line 1 has "
+                                                         f"{sorted(keys)}: every line is one parallel example")
+            keys = set(row)
+            for code, text in row.items():
+                if not isinstance(text, str) or not text.strip() or "\n" in text:
+                    raise _few_shot_error(str(path), lineno, f"field {code!r}: expected one non-empty line of text")
+                sets.setdefault(str(code), []).append(text.strip())
+        if not sets:
+            raise _few_shot_error(str(path), None, "no examples")
+        return {k: tuple(v) for k, v in sets.items()}
+    if path.suffix in (".yaml", ".yml", ".json"):
+        from clo.config_base import read_yaml  # JSON is YAML: one reader, errors with lines
+
+        return _as_sets(read_yaml(path, "few-shot"), str(path))
+    raise _few_shot_error(str(path), None, "unsupported few-shot file (use .yaml, .yml, .json or .jsonl)")
+
+
+def few_shot_sets(spec=None) -> dict[str, tuple[str, ...]]:
+    """The built-in sets with the user's over them."""
+    return {**FEW_SHOT, **load_few_shot(spec)}
+
+
+def check_few_shot(src_lang: str, tgt_lang: str, spec=None) -> dict[str, tuple[str, ...]]:
+    """Raise (one line naming the key to set) unless both languages have few-shot examples of equal
+    number; needs no model, so a build checks it before loading any. Returns the sets."""
+    sets = few_shot_sets(spec)
     for code in (src_lang, tgt_lang):
-        if code not in FEW_SHOT:
+        if code not in sets:
             raise TranslationError(
-                f"the causal translator has no few-shot examples for {code!r}; add them to "
-                "clo.data.translators.causal.FEW_SHOT (known: " + ", ".join(sorted(FEW_SHOT)) + ")"
-            )
+                f"the causal translator has no few-shot examples for {code!r}: give parallel sentences with "
+                f"{FEW_SHOT_KEY}: FILE.yaml ({{{src_lang}: [...], {tgt_lang}: [...]}}) or FILE.jsonl "
+                f"({{\"{src_lang}\": ..., \"{tgt_lang}\": ...}} per line); built in: {', '.join(sorted(FEW_SHOT))}")
+    if len(sets[src_lang]) != len(sets[tgt_lang]):
+        raise TranslationError(
+            f"{FEW_SHOT_KEY}: {len(sets[src_lang])} {src_lang!r} sentences but {len(sets[tgt_lang])} "
+            f"{tgt_lang!r} ones; the i-th sentences are translations of each other (give both languages)")
+    return sets
+
+
+def few_shot_prefix(src_lang: str, tgt_lang: str, shots: int = 3, few_shot=None) -> str:
+    """The part of the causal prompt shared by every segment of a language pair (``few_shot``: the
+    user's sets, :func:`load_few_shot`)."""
+    sets = check_few_shot(src_lang, tgt_lang, few_shot)
     s, t = languages.get(src_lang).name, languages.get(tgt_lang).name
     lines = [f"Translate {s} to {t}.", ""]
-    for a, b in list(zip(FEW_SHOT[src_lang], FEW_SHOT[tgt_lang]))[:shots]:
+    for a, b in list(zip(sets[src_lang], sets[tgt_lang]))[:shots]:
         lines += [f"{s}: {a}", f"{t}: {b}", ""]
     return "\n".join(lines) + "\n"
 
@@ -58,9 +149,9 @@ def few_shot_suffix(text: str, src_lang: str, tgt_lang: str) -> str:
     return f"{s}: {text}\n{t}:"
 
 
-def few_shot_prompt(text: str, src_lang: str, tgt_lang: str, shots: int = 3) -> str:
+def few_shot_prompt(text: str, src_lang: str, tgt_lang: str, shots: int = 3, few_shot=None) -> str:
     """The causal translator's prompt; the model continues it with the translation and a newline."""
-    return few_shot_prefix(src_lang, tgt_lang, shots) + few_shot_suffix(text, src_lang, tgt_lang)
+    return few_shot_prefix(src_lang, tgt_lang, shots, few_shot) + few_shot_suffix(text, src_lang, tgt_lang)
 
 
 @functools.cache
@@ -109,9 +200,15 @@ class CausalTranslator(LocalModelTranslator):
         super().__init__(cfg)
         from clo.models import load_tokenizer
 
+        self.few_shot = load_few_shot(cfg.few_shot)  # before the tokenizer: a bad file fails at once
         self.tokenizer = load_tokenizer(cfg.model)
         self._stop_ids: list[int] | None = None
         self._prefixes: dict = {}
+
+    @staticmethod
+    def check_languages(cfg: TranslatorConfig, src_lang: str, tgt_lang: str) -> None:
+        """What can be checked before any model loads: the language pair has few-shot examples."""
+        check_few_shot(src_lang, tgt_lang, cfg.few_shot)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -142,8 +239,12 @@ class CausalTranslator(LocalModelTranslator):
         from clo.models import resolve_dtype
 
         dtype = str(resolve_dtype(self.cfg.dtype, self.device)).removeprefix("torch.")
-        return {**super().fingerprint_fields(), "dtype": dtype, "stop": "newline+nonempty+loop",
-                "prefix": "cached" if self.cfg.prefix_cache else "full"}
+        fields = {**super().fingerprint_fields(), "dtype": dtype, "stop": "newline+nonempty+loop",
+                  "prefix": "cached" if self.cfg.prefix_cache else "full"}
+        if self.few_shot:  # the user's examples make other translations: their content, not their file
+            blob = json.dumps(self.few_shot, sort_keys=True, ensure_ascii=False).encode("utf-8")
+            fields["few_shot"] = hashlib.sha256(blob).hexdigest()[:16]
+        return fields
 
     def memory_model(self) -> MemoryModel:
         from transformers import AutoConfig
@@ -175,7 +276,8 @@ class CausalTranslator(LocalModelTranslator):
 
         key = (src_lang, tgt_lang)
         if key not in self._prefixes:
-            ids = self.tokenizer(few_shot_prefix(src_lang, tgt_lang), return_tensors="pt")["input_ids"].to(self.device)
+            prefix = few_shot_prefix(src_lang, tgt_lang, few_shot=self.few_shot)
+            ids = self.tokenizer(prefix, return_tensors="pt")["input_ids"].to(self.device)
             with torch.inference_mode():
                 out = self._load()(input_ids=ids, use_cache=True)
                 cache = out.cache if _cache_kw() == "cache" else out.past_key_values
@@ -186,6 +288,7 @@ class CausalTranslator(LocalModelTranslator):
         import torch
         from transformers import StoppingCriteriaList
 
+        check_few_shot(src_lang, tgt_lang, self.few_shot)  # before the model loads
         model = self._load()
         bounds = [self.max_new_tokens(self.count_tokens(t)) for t in texts]
         self.tokenizer.padding_side = "left"
@@ -211,7 +314,8 @@ class CausalTranslator(LocalModelTranslator):
                 out = model.generate(input_ids=input_ids, attention_mask=mask, **{_cache_kw(): cache}, **gen,
                                      stopping_criteria=StoppingCriteriaList([_loop_stop(start)]))
         else:
-            enc = self.tokenizer([few_shot_prompt(t, src_lang, tgt_lang) for t in texts], return_tensors="pt",
+            enc = self.tokenizer([few_shot_prompt(t, src_lang, tgt_lang, few_shot=self.few_shot) for t in texts],
+                                 return_tensors="pt",
                                  padding=True).to(self.device)
             start = enc["input_ids"].shape[1]
             with torch.inference_mode():
