@@ -58,6 +58,23 @@ def test_finished_run_is_not_returned_for_another_config(workdir, tmp_path):
     assert json.loads((out / "run.json").read_text())["inputs"]["train"]["method"] == "sft"
 
 
+def test_run_json_is_fingerprinted_by_the_one_definition_and_another_format_is_refused(workdir, tmp_path):
+    import hashlib
+
+    from clo.fingerprints import fingerprint
+
+    out = tmp_path / "run"
+    _run(workdir, out, stop_after_steps=1)
+    record = json.loads((out / "run.json").read_text())
+    assert record["fingerprint"] == fingerprint(record["inputs"])
+    # The same inputs under a fingerprint computed another way: refused, never silently reused.
+    record["fingerprint"] = hashlib.sha256(json.dumps(record["inputs"], sort_keys=True).encode()).hexdigest()[:16]
+    assert record["fingerprint"] != fingerprint(record["inputs"])
+    (out / "run.json").write_text(json.dumps(record))
+    with pytest.raises(RunMismatch, match=r"differing: \(none: run\.json's fingerprint is of another format\)"):
+        _run(workdir, out)
+
+
 def test_killed_run_refuses_to_resume_with_another_lr_but_resumes_with_another_micro_batch(workdir, tmp_path):
     out = tmp_path / "run"
     _run(workdir, out, stop_after_steps=1)

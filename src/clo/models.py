@@ -17,7 +17,6 @@ import importlib.util
 import logging
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import torch
 
 from clo.config_base import ConfigError
 from clo.errors import CloError
+from clo.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -111,15 +111,11 @@ def offline_model_dir(name: str) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.is_quantized = False
-    # Write next to the target and rename: a conversion killed midway leaves no half directory.
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    (tmp / ".complete").write_text(f"converted from {gguf_path}\n")
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    # Written beside the target and renamed: a conversion killed midway leaves no half directory.
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / ".complete").write_text(f"converted from {gguf_path}\n")
     log.info("converted %s in %.1fs", name, time.perf_counter() - t0)
     return target
 

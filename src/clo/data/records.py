@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from clo.errors import CloError
+from clo.io import atomic_path, write_jsonl
 
 TEXT_FIELDS = ("x_en", "y_en", "x_tgt", "y_tgt")
 REQUIRED_FIELDS = ("id", "tgt_lang", *TEXT_FIELDS)
@@ -219,18 +220,13 @@ def write_rows(rows: list[dict], path: str | Path) -> Path:
     """Write dicts as JSONL, or Parquet when the path ends in .parquet, atomically (temp file +
     rename): a killed write never leaves a truncated file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    if path.suffix != ".parquet":
+        return write_jsonl(path, rows)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
+    with atomic_path(path) as tmp:
         pq.write_table(pa.Table.from_pylist(rows), tmp)
-    else:
-        with tmp.open("w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
     return path
 
 

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from clo.data.records import CrossLingualRecord, write_rows
+from clo.io import write_json
 
 STYLES = ("conversational", "standard", "llama-factory")
 
@@ -127,11 +128,7 @@ def write_view(rows: list[dict], path: str | Path) -> Path:
     path = Path(path)
     if path.suffix != ".json":
         return write_rows(rows, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(rows, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_json(path, rows, indent=1)
 
 
 _LF_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
@@ -167,7 +164,4 @@ def write_dataset_info(view_file: str | Path, view: str, name: str | None = None
         if not isinstance(info, dict):
             raise ValueError(f"{info_path}: expected a JSON object of datasets, got {type(info).__name__}")
     info[name or view_file.name.split(".")[0]] = dataset_info(view, view_file.name)
-    tmp = info_path.with_name(info_path.name + ".tmp")
-    tmp.write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(info_path)
-    return info_path
+    return write_json(info_path, info, indent=2)

@@ -9,20 +9,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 
+from clo.io import atomic_write
 from clo.report.tables import GAP, TABLES, Cell, GridResults, Table, build_tables, collect, not_shown
 
 __all__ = ["GAP", "TABLES", "Cell", "GridResults", "Table", "build_tables", "collect", "not_shown", "write_report"]
 
 FIGURE = "figure3_winrate_vs_size.png"
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _drift_figures(grid_dir: Path, res, out: Path) -> list[str]:
@@ -63,7 +57,7 @@ def write_report(grid_dir: str | Path, out_dir: str | Path | None = None) -> dic
     for t in tables:
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerows(t.csv_rows())
-        _write_text(out / f"{t.name}.csv", buf.getvalue())
+        atomic_write(out / f"{t.name}.csv", buf.getvalue())
         files.append(f"{t.name}.csv")
     fig_table = next((t for t in tables if t.name == "figure3_winrate_vs_size"), None)
     if fig_table is not None:
@@ -93,9 +87,9 @@ def write_report(grid_dir: str | Path, out_dir: str | Path | None = None) -> dic
                ("Greedy answers to held-out validation prompts at every validation step: the share in the "
                "prompt's language (among answers that do not echo the prompt) and the share that echo it."), ""]
         md += [f"![drift]({f})" for f in drift] + [""]
-    _write_text(out / "report.md", "\n".join(md))
+    atomic_write(out / "report.md", "\n".join(md))
     files.append("report.md")
-    _write_text(out / "report.json", json.dumps(
+    atomic_write(out / "report.json", json.dumps(
         {"name": name, "runs": status, "tables": [t.to_json() for t in tables], "omitted": omitted},
         indent=2, ensure_ascii=False))
     files.append("report.json")

@@ -23,6 +23,8 @@ import json
 import math
 from pathlib import Path
 
+from clo.io import atomic_write
+
 CARD = "README.md"
 STATE = "trainer_state.json"
 EVAL_RESULTS = "eval_results.json"
@@ -181,12 +183,6 @@ def render_card(state: dict, eval_results: dict | None = None) -> str:
     return "\n".join(front + lines)
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_model_card(best_dir: str | Path, metrics: dict | None = None, cfg=None, *,
                      eval_results: dict | None = None) -> Path:
     """Write ``README.md`` and ``trainer_state.json`` into ``best_dir`` (module docstring).
@@ -206,8 +202,8 @@ def write_model_card(best_dir: str | Path, metrics: dict | None = None, cfg=None
     if eval_results is None:
         eval_results = _read_json(best_dir / EVAL_RESULTS)
     best_dir.mkdir(parents=True, exist_ok=True)
-    _write(best_dir / STATE, json.dumps(state, indent=1, ensure_ascii=False, allow_nan=True) + "\n")
-    _write(best_dir / CARD, render_card(state, eval_results))
+    atomic_write(best_dir / STATE, json.dumps(state, indent=1, ensure_ascii=False, allow_nan=True) + "\n")
+    atomic_write(best_dir / CARD, render_card(state, eval_results))
     return best_dir / CARD
 
 
@@ -218,9 +214,9 @@ def add_eval_results(best_dir: str | Path, task: str, lang: str, result: dict) -
     results = _read_json(best_dir / EVAL_RESULTS) or {}
     scalars = {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
     results[f"{task}:{lang}"] = _jsonable(scalars)
-    _write(best_dir / EVAL_RESULTS, json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    atomic_write(best_dir / EVAL_RESULTS, json.dumps(results, indent=1, ensure_ascii=False) + "\n")
     state = _read_json(best_dir / STATE)
     if not isinstance(state, dict) or "clo" not in state:
         return write_model_card(best_dir, eval_results=results)
-    _write(best_dir / CARD, render_card(state, results))
+    atomic_write(best_dir / CARD, render_card(state, results))
     return best_dir / CARD

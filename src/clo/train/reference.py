@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from clo.io import atomic_path
 from clo.train.data import EncodedDataset
 from clo.train.logprobs import pack_sequences, packed_sequence_logps
 
@@ -142,9 +142,8 @@ def cached_reference(
         t0 = time.perf_counter()
         out[name] = compute_logps(model, ds, desc=f"reference log-probs ({name})", rank=rank, world=world, **kwargs)
         if rank == 0:
-            tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-            torch.save(out[name], tmp)
-            tmp.replace(path)
+            with atomic_path(path) as tmp:
+                torch.save(out[name], tmp)
         info[name] = {"key": key, "cached": False, "seconds": round(time.perf_counter() - t0, 3),
                       "processes": world}
         log.info("reference log-probs for %s: %d examples in %.1fs over %d process(es) -> %s", name,

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from clo.errors import CloError
+from clo.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,7 @@ class JsonLog:
         if self.path.exists():
             # Entries written after the checkpoint we resume from are replayed by the resumed run.
             kept = [ln for ln in read_log(self.path) if ln[1].get("step", 0) <= resume_step]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_bytes(b"".join(raw + b"\n" for raw, _ in kept))
-            tmp.replace(self.path)
+            atomic_write(self.path, b"".join(raw + b"\n" for raw, _ in kept))
         self._f = self.path.open("a", encoding="utf-8")
 
     def log(self, record: dict, step: int) -> None:

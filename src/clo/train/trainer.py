@@ -22,7 +22,6 @@ global token count), so the gradient does not depend on the number of processes 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -35,7 +34,8 @@ import torch
 from tqdm.auto import tqdm
 
 from clo.errors import CloError
-from clo.fingerprints import differing_keys, sha256_file
+from clo.fingerprints import differing_keys, fingerprint, sha256_file
+from clo.io import atomic_dir, atomic_path, write_json
 from clo.train import distributed as dist
 from clo.train import methods as method_registry
 from clo.train.data import EncodedDataset, load_dataset
@@ -147,10 +147,7 @@ def train(cfg, train_path: Path, val_path: Path | None, output_dir: Path, *,
 
 
 def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False, default=str))
-    tmp.replace(path)
+    write_json(path, obj, indent=1)
 
 
 def _lora(model, cfg):
@@ -390,9 +387,8 @@ class _Stage:
         }
         d = self.out / "last"
         d.mkdir(parents=True, exist_ok=True)
-        tmp = d / "state.pt.tmp"
-        torch.save(state, tmp)
-        tmp.replace(d / "state.pt")
+        with atomic_path(d / "state.pt") as tmp:
+            torch.save(state, tmp)
 
     def load_state(self):
         self.best_trainable = None
@@ -426,18 +422,15 @@ class _Stage:
         if trainable:
             full.update(trainable)
         full = {k: v.to(self.compute_dtype) if v.is_floating_point() else v for k, v in full.items()}
-        target, tmp = self.out / name, self.out / f"{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        if self.tc.trainable == "lora":
-            self.model.save_pretrained(tmp / "adapter", state_dict=full, safe_serialization=True)
-            self.model.load_state_dict(full, strict=False)
-            merged = self.model.merge_and_unload()  # the run is over: merge in place, no copy
-            merged.save_pretrained(tmp, safe_serialization=True)
-        else:
-            base_model(self.model).save_pretrained(tmp, state_dict=full, safe_serialization=True)
-        self.tok.save_pretrained(tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
+        with atomic_dir(self.out / name) as tmp:
+            if self.tc.trainable == "lora":
+                self.model.save_pretrained(tmp / "adapter", state_dict=full, safe_serialization=True)
+                self.model.load_state_dict(full, strict=False)
+                merged = self.model.merge_and_unload()  # the run is over: merge in place, no copy
+                merged.save_pretrained(tmp, safe_serialization=True)
+            else:
+                base_model(self.model).save_pretrained(tmp, state_dict=full, safe_serialization=True)
+            self.tok.save_pretrained(tmp)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -643,7 +636,7 @@ def _claim_directory(output_dir: Path, inputs: dict, overwrite: bool) -> None:
     state = PartialState(cpu=not torch.cuda.is_available())
     record = output_dir / "run.json"
     inputs = json.loads(json.dumps(inputs, default=str))  # as stored: tuples become lists
-    fp = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+    fp = fingerprint(inputs)
     state.wait_for_everyone()
     try:
         old = _read_record(record)
@@ -656,7 +649,10 @@ def _claim_directory(output_dir: Path, inputs: dict, overwrite: bool) -> None:
     if old is not None and old.get("fingerprint") == fp:
         return
     if old is not None or started:
-        keys = differing_keys(old["inputs"], inputs) if old is not None else ["(no run.json: made by an older clo)"]
+        # Equal inputs under another fingerprint: a run.json whose fingerprint was computed another
+        # way (by another clo version); it is refused like any other, never silently taken over.
+        keys = ((differing_keys(old["inputs"], inputs) or ["(none: run.json's fingerprint is of another format)"])
+                if old is not None else ["(no run.json)"])
         if not overwrite:
             raise RunMismatch(f"{output_dir} holds a run of another configuration (differing: {', '.join(keys)}); "
                               f"pass --overwrite to start over there, or choose another output directory")

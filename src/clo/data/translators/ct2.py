@@ -14,11 +14,10 @@ under ``$CLO_CACHE/ct2/``, or a directory made by ``ct2-transformers-converter``
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 from pathlib import Path
 
 from clo.data.translators.base import TranslationError, log
+from clo.io import atomic_dir
 
 # CTranslate2's compute types (ctranslate2.Translator(compute_type=...)), "default" and "auto" aside.
 COMPUTE_TYPES = ("float32", "float16", "bfloat16", "int8", "int8_float32", "int8_float16", "int8_bfloat16",
@@ -92,12 +91,9 @@ def convert_once(model_path: str) -> Path:
 
     target = converted_dir(model_path)
     if not (target / "model.bin").is_file():
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
         log.info("converting %s to CTranslate2 (once) in %s", model_path, target)
-        ctranslate2.converters.TransformersConverter(model_path).convert(str(tmp), force=True)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
+        with atomic_dir(target) as tmp:
+            ctranslate2.converters.TransformersConverter(model_path).convert(str(tmp), force=True)
     return target
 
 
