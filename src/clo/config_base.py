@@ -93,17 +93,13 @@ def read_yaml(path, what: str = "config", mapping: str = "a mapping") -> dict:
 
     import yaml
 
+    from clo.errors import located
+    from clo.io import read_text
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such {what} file")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise ConfigError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {col}); "
-                          "save the file as UTF-8") from None
+    text = read_text(path, error=located(ConfigError))
     try:
         # The C loader where libyaml is built in: the shipped languages file is large.
         tree = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))

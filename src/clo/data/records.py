@@ -11,25 +11,15 @@ for every language; :meth:`MultilingualRecord.view` is one language's plain reco
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from clo.errors import CloError
+from clo.data.recordio import RecordError, iter_jsonl
 from clo.io import atomic_path, write_jsonl
 
 TEXT_FIELDS = ("x_en", "y_en", "x_tgt", "y_tgt")
 REQUIRED_FIELDS = ("id", "tgt_lang", *TEXT_FIELDS)
-
-
-class RecordError(CloError, ValueError):
-    """A bad record: names the file, the line (1-based) and the field."""
-
-    def __init__(self, path: str | Path, line: int | None, field: str | None, reason: str):
-        self.path, self.line, self.field, self.reason = str(path), line, field, reason
-        where = f"{path}:{line}" if line is not None else str(path)
-        what = f" field {field!r}" if field else ""
-        super().__init__(f"{where}:{what} {reason}")
 
 
 @dataclass
@@ -166,25 +156,6 @@ def write_multilingual(records: Iterable[MultilingualRecord], path: str | Path) 
         for r in rows:
             r["meta"] = json.dumps(r["meta"], ensure_ascii=False, sort_keys=True)
     return write_rows(rows, path)
-
-
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; a malformed line, or one that is not
-    UTF-8, names file and line (and the byte's column)."""
-    path = Path(path)
-    with path.open("rb") as f:
-        for lineno, data in enumerate(f, 1):
-            try:
-                raw = data.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise RecordError(path, lineno, None, f"not valid UTF-8 (byte 0x{data[e.start]:02x} at column "
-                                                      f"{e.start + 1}); save the file as UTF-8") from None
-            if not raw.strip():
-                continue
-            try:
-                yield lineno, json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise RecordError(path, lineno, None, f"malformed JSON: {e.msg} (column {e.colno})") from None
 
 
 def read_records(path: str | Path) -> list[CrossLingualRecord]:

@@ -73,7 +73,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clo.data.records import RecordError, iter_jsonl
+from clo.data.recordio import RecordError, iter_jsonl, record_error
+from clo.io import decode_utf8
 
 log = logging.getLogger(__name__)
 
@@ -204,13 +205,7 @@ class _Loc:
 
 def _open_text(path: Path) -> str:
     data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise RecordError(path, line, None, f"not valid UTF-8 (byte 0x{data[e.start]:02x} at column {col}); "
-                                            "save the file as UTF-8") from None
+    return decode_utf8(data, path, error=record_error)
 
 
 def _jsonl_text(path: Path, text: str) -> Iterator[tuple[int, object]]:
