@@ -35,6 +35,7 @@ from clo.eval.core import (
     register_task,
 )
 from clo.eval.judge import judge_items, make_judge
+from clo.eval.prompts import resolve as resolve_judge_prompt
 from clo.eval.stats import length_controlled_win_rate, mean_stderr
 
 # The repository's own loader is a dataset script, which datasets 4 and later refuse to run
@@ -84,10 +85,13 @@ def _generate_cached(ctx: TaskContext, generator, prompts: list[str], prefix: st
     out = [ctx.cache.get(f"{prefix}:{i}") for i in range(len(prompts))]
     todo = [i for i, o in enumerate(out) if o is None]
     bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=desc, unit="resp")
+    # The paper's Table 8: "answer in the same language as the input", in the language, as the
+    # system message of every answer (the model's and a generated baseline's alike).
+    system = {"system": ctx.lang.answer_in_language} if ev.system_prompt == "answer-in-language" else {}
     if todo:
         for idx, texts in generator.iter_generate([prompts[i] for i in todo], max_new_tokens=max_new_tokens,
                                                   temperature=ev.temperature, top_p=ev.top_p, seed=ev.seed,
-                                                  batch_size=batch_size):
+                                                  batch_size=batch_size, **system):
             for j, t in zip(idx, texts):
                 out[todo[j]] = t
                 ctx.cache.put(f"{prefix}:{todo[j]}", t)
@@ -238,6 +242,7 @@ def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | 
     # Before generating: a bad length option or difficulty file should not cost a generation run.
     lc_name, length = length_counter(ctx, lc_length, length_tokenizer)
     difficulty = load_instruction_difficulty(instruction_difficulty, ctx.data_dir, n)
+    prompt = resolve_judge_prompt(ev.judge, ctx.lang)
     bs = batch_size or ev.batch_size
     mnt = max_new_tokens or ev.max_new_tokens
     outputs = _generate_cached(ctx, ctx.generator, instructions, "model", "alpacaeval: model", bs, mnt)
@@ -262,8 +267,10 @@ def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | 
 
     judge = judge if judge is not None else make_judge(ev.judge)
     # A failed judgment is never final (the judge or its endpoint may have been fixed since), so
-    # it is not cached; caches written before that hold some, which are judged again too.
-    verdicts = {i: ctx.cache.get(f"verdict:{i}") for i in range(n)}
+    # it is not cached; caches written before that hold some, which are judged again too. A
+    # verdict of another prompt text (a changed eval.judge.prompt_file) is not this prompt's.
+    vkey = "verdict" if prompt is None else f"verdict:{prompt.name}:{prompt.digest}"
+    verdicts = {i: ctx.cache.get(f"{vkey}:{i}") for i in range(n)}
     pending = [i for i in range(n) if verdicts[i] is None or verdicts[i]["failed"]]
     bar = tqdm(total=n, initial=n - len(pending), desc="alpacaeval: judge", unit="pair")
     # Up to eval.judge.concurrency requests at once; each verdict is cached as it arrives (a killed
@@ -271,11 +278,11 @@ def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | 
     try:
         for k, v in judge_items(judge, [(str(i), instructions[i], outputs[i], base[i]) for i in pending],
                                 ctx.lang, seed=ev.seed, retries=ev.judge.retries,
-                                concurrency=ev.judge.concurrency):
+                                concurrency=ev.judge.concurrency, prompt=prompt):
             i = pending[k]
             verdicts[i] = v
             if not v["failed"]:
-                ctx.cache.put(f"verdict:{i}", v)
+                ctx.cache.put(f"{vkey}:{i}", v)
             bar.update(1)
     finally:
         bar.close()
@@ -298,7 +305,10 @@ def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | 
         f"{ctx.name}.model_outputs.json": _outputs_file(rows, instructions, outputs, ctx.model_name),
         f"{ctx.name}.baseline_outputs.json": _outputs_file(rows, instructions, base, b_name),
     }
-    md = f"baseline: `{b_name}`; judge: `{getattr(judge, 'name', type(judge).__name__)}`"
+    metrics["judge_prompt"] = ev.judge.prompt if prompt is None else f"{prompt.name}@{prompt.digest}"
+    metrics["system_prompt"] = ev.system_prompt
+    md = (f"baseline: `{b_name}`; judge: `{getattr(judge, 'name', type(judge).__name__)}`; judge prompt: "
+          f"`{metrics['judge_prompt']}`; system prompt: `{ev.system_prompt}`")
     md += "\n\n" + win_rate_line(metrics, n)
     return TaskResult(metrics, records, data_hash(instructions), md, extra)
 

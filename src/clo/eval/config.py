@@ -8,6 +8,8 @@ from pydantic import Field, field_validator
 
 from clo.config_base import StrictModel, registered
 
+SYSTEM_PROMPTS = ("none", "answer-in-language")
+
 
 class JudgeConfig(StrictModel):
     backend: str = Field("openai", description="openai (any OpenAI-compatible endpoint) or local (transformers)")
@@ -20,9 +22,26 @@ class JudgeConfig(StrictModel):
     max_retries: int = Field(6, ge=0, description="retries of a request: connection errors, 408/409/429/5xx "
                              "statuses (after Retry-After when given) and bodies that are no chat completion")
     concurrency: int = Field(16, ge=1, description="requests in flight at once (the local backend: 1)")
+    prompt: str = Field("clo", description="judge prompt: clo (clo's own), alpaca_eval (AlpacaEval 2's "
+                        "make_partial_leaderboard ranking prompt, every language), paper (Appendix C: AlpacaEval's "
+                        "prompt for English, prompt_file's text for the other languages)")
+    prompt_file: str | None = Field(None, description="paper: the judge prompt for non-English instructions, in "
+                                    "alpaca_eval's template format ({instruction}, {output_1}, {output_2})")
+    function_calling: bool = Field(True, description="alpaca_eval/paper: the ranking through the "
+                                   "make_partial_leaderboard function (false: as JSON text, for endpoints "
+                                   "without tools)")
     rpm: int | None = Field(None, gt=0, description="requests per minute at most (null: no cap)")
     tpm: int | None = Field(None, gt=0, description="tokens per minute at most, prompt estimate + max_tokens, "
                             "corrected by the response's usage (null: no cap)")
+
+    @field_validator("prompt")
+    @classmethod
+    def _known_prompt(cls, v: str) -> str:
+        from clo.eval.prompts import JUDGE_PROMPTS
+
+        if v not in JUDGE_PROMPTS:
+            raise ValueError(f"unknown judge prompt {v!r}; known: {', '.join(JUDGE_PROMPTS)}")
+        return v
 
 
 class VLLMConfig(StrictModel):
@@ -57,7 +76,17 @@ class EvalConfig(StrictModel):
                          "machine, else transformers), transformers or vllm")
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
     mmmlu_retries: int = Field(3, ge=0, description="MMMLU regenerations when no answer can be extracted")
+    system_prompt: str = Field("none", description="AlpacaEval answers: none, or answer-in-language (the "
+                               "language's answer_in_language text as the system message, as in the paper's "
+                               "Table 8)")
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+
+    @field_validator("system_prompt")
+    @classmethod
+    def _known_system_prompt(cls, v: str) -> str:
+        if v not in SYSTEM_PROMPTS:
+            raise ValueError(f"unknown system prompt {v!r}; known: {', '.join(SYSTEM_PROMPTS)}")
+        return v
 
     @field_validator("backend")
     @classmethod

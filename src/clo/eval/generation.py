@@ -46,6 +46,30 @@ from clo.formatting import encode_prompt
 log = logging.getLogger(__name__)
 
 
+def encode_with_system(tokenizer, prompt: str, system: str) -> list[int]:
+    """Token ids of ``prompt`` after the system message ``system``: the chat template's system
+    turn; without a chat template (base models) the system text opens the prompt, a blank line
+    before the instruction. A template that takes no system message is a ValueError saying so."""
+    from clo.formatting import has_chat_template
+
+    if not has_chat_template(tokenizer):
+        return encode_prompt(tokenizer, f"{system}\n\n{prompt}")
+    try:
+        text = tokenizer.apply_chat_template([{"role": "system", "content": system},
+                                              {"role": "user", "content": prompt}],
+                                             tokenize=False, add_generation_prompt=True)
+    except Exception as e:  # noqa: BLE001 - jinja's TemplateError, raised by the template itself
+        raise ValueError(f"this model's chat template takes no system message ({' '.join(str(e).split())[:120]}); "
+                         "set eval.system_prompt=none") from None
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _encoder(system: str | None) -> Callable[[object, str], list[int]]:
+    if not system:
+        return encode_prompt
+    return lambda tokenizer, prompt: encode_with_system(tokenizer, prompt, system)
+
+
 def _eos_ids(generation_eos, tokenizer) -> list[int]:
     """The tokenizer's EOS and the checkpoint's ``generation_config.eos_token_id`` (int or list)."""
     ids: list[int] = []
@@ -382,9 +406,10 @@ def collect(generator: Generator, prompts: Sequence[str], **kwargs) -> list[str]
 class Generator(Protocol):
     name: str
 
+    # ``system``: a system message before every prompt (None: none).
     def iter_generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float,
-                      top_p: float, seed: int, batch_size: int | None,
-                      stop: Sequence[str] = ()) -> Iterator[tuple[list[int], list[str]]]: ...
+                      top_p: float, seed: int, batch_size: int | None, stop: Sequence[str] = (),
+                      system: str | None = None) -> Iterator[tuple[list[int], list[str]]]: ...
 
     def close(self) -> None: ...
 
@@ -400,8 +425,10 @@ class TransformersGenerator:
         self.tokenizer = tokenizer
         self.batch_tokens = batch_tokens
 
-    def iter_generate(self, prompts, **kwargs):
+    def iter_generate(self, prompts, *, system: str | None = None, **kwargs):
         kwargs.setdefault("batch_tokens", self.batch_tokens)
+        if system:
+            kwargs["encode"] = _encoder(system)
         return iter_generate(self.model, self.tokenizer, prompts, **kwargs)
 
     def close(self) -> None:
@@ -463,7 +490,8 @@ class VLLMGenerator:
         )
 
     def iter_generate(self, prompts, *, max_new_tokens: int, temperature: float = 0.6, top_p: float = 0.9,
-                      seed: int = 0, batch_size: int | None = None, stop: Sequence[str] = (), **_ignored):
+                      seed: int = 0, batch_size: int | None = None, stop: Sequence[str] = (),
+                      system: str | None = None, **_ignored):
         """Yield ``(indices into prompts, texts)`` a chunk at a time, in the prompts' order.
 
         ``batch_size`` (and ``batch_tokens``) are accepted for the common signature; vLLM batches
@@ -474,7 +502,8 @@ class VLLMGenerator:
         from vllm.inputs import TokensPrompt
 
         stop = [s for s in stop if s]
-        encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
+        encode = _encoder(system)
+        encoded = [encode(self.tokenizer, p) for p in prompts]
         for start in range(0, len(prompts), self.chunk_size):
             idx = list(range(start, min(start + self.chunk_size, len(prompts))))
             params = [self._params(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,

@@ -168,7 +168,9 @@ class JudgeError(RuntimeError):
 class Judge(Protocol):
     name: str
 
-    def __call__(self, messages: list[dict]) -> str: ...
+    # ``tool`` (only passed when the prompt has a function to call): the judge must answer by
+    # calling it, and returns the call's arguments.
+    def __call__(self, messages: list[dict], tool: dict | None = None) -> str: ...
 
 
 # A failed request (a 200 response whose body is no chat completion, a connection error, a 408,
@@ -306,6 +308,21 @@ def _content(resp) -> str:
     return content or ""
 
 
+def _tool_arguments(resp) -> str:
+    """The arguments of the first tool call of a chat completion (the message text when the
+    endpoint answered without calling the function)."""
+    try:
+        calls = resp.choices[0].message.tool_calls
+    except (AttributeError, TypeError, IndexError, KeyError):
+        raise _BadBody(f"not a chat completion: {str(resp)[:120]!r}") from None
+    if not calls:
+        return _content(resp)
+    args = getattr(getattr(calls[0], "function", None), "arguments", None)
+    if not isinstance(args, str):
+        raise _BadBody("a tool call without arguments")
+    return args
+
+
 def _status(e) -> str:
     """An openai error on one line: the HTTP status and the server's message, or the start of the
     page it sent (a proxy's HTML page says what went wrong)."""
@@ -344,13 +361,13 @@ class OpenAIJudge:
         self.name = f"openai:{cfg.model}@{cfg.base_url or 'api.openai.com'}"
         self.limiter = RateLimiter(getattr(cfg, "rpm", None), getattr(cfg, "tpm", None))
 
-    def __call__(self, messages: list[dict]) -> str:
+    def __call__(self, messages: list[dict], tool: dict | None = None) -> str:
         delay = BACKOFF_S
         estimate = estimate_tokens(messages, self.max_tokens)
         for attempt in range(self.max_retries + 1):
             self.limiter.acquire(estimate)
             try:
-                content, used = self._request(messages)
+                content, used = self._request(messages, tool)
             except _BadBody as e:
                 problem, failure = str(e), None
                 wait = delay
@@ -376,14 +393,18 @@ class OpenAIJudge:
             raise JudgeError(f"judge endpoint {self.endpoint}: {problem}")
         raise JudgeError(f"judge endpoint {self.endpoint}: {problem} ({self.max_retries + 1} attempts)")
 
-    def _request(self, messages: list[dict]) -> tuple[str, int | None]:
-        """The answer text and the tokens the response says it used (None when it does not say)."""
+    def _request(self, messages: list[dict], tool: dict | None = None) -> tuple[str, int | None]:
+        """The answer text and the tokens the response says it used (None when it does not say).
+        With ``tool`` the judge must call that function; its arguments (JSON) are the answer,
+        as alpaca_eval reads a function-calling evaluator's completion."""
         import openai
         import pydantic
 
+        extra = {} if tool is None else {
+            "tools": [tool], "tool_choice": {"type": "function", "function": {"name": tool["function"]["name"]}}}
         try:
             resp = self.client.chat.completions.create(
-                model=self.model, messages=messages, temperature=0.0, max_tokens=self.max_tokens,
+                model=self.model, messages=messages, temperature=0.0, max_tokens=self.max_tokens, **extra,
             )
         except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
             raise ConfigError(f"judge endpoint {self.endpoint} refused model {self.model!r} ({_status(e)}); check "
@@ -405,7 +426,7 @@ class OpenAIJudge:
             raise JudgeError(f"judge endpoint {self.endpoint}: {_status(e)}") from None
         except (json.JSONDecodeError, pydantic.ValidationError) as e:
             raise _BadBody(f"malformed JSON body ({' '.join(str(e).split())[:160]})") from None
-        content = _content(resp)
+        content = _content(resp) if tool is None else _tool_arguments(resp)
         total = getattr(getattr(resp, "usage", None), "total_tokens", None)
         return content, total if type(total) is int else None
 
@@ -422,7 +443,9 @@ class LocalJudge:
         self.max_tokens = cfg.max_tokens
         self.name = f"local:{cfg.model}"
 
-    def __call__(self, messages: list[dict]) -> str:
+    def __call__(self, messages: list[dict], tool: dict | None = None) -> str:
+        # A local model calls no functions: it is asked for the ranking in the text (``tool`` is
+        # not passed to its chat template), which the prompt's parser reads the same way.
         import torch
 
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
@@ -445,20 +468,29 @@ def make_judge(cfg) -> Judge:
 
 
 def judge_item(judge: Judge, item_id: str, instruction: str, model_output: str, baseline_output: str,
-               lang: Language, *, seed: int, retries: int) -> dict:
+               lang: Language, *, seed: int, retries: int, prompt=None) -> dict:
     """One verdict: ``{"swapped", "ranking", "score", "raw", "attempts", "failed", "error"}``.
 
     ``raw`` holds every answer received (``attempts`` of them); an answer that is not the ranking
     asked for is requested again up to ``retries`` times. A failed verdict (``error`` says why) is
-    not final: the caller judges the item again on its next run."""
+    not final: the caller judges the item again on its next run. ``prompt`` is a
+    :class:`clo.eval.prompts.JudgePrompt` (None: this module's own prompt and parser); its
+    function, when it has one, is passed to the judge as ``tool``."""
     swapped = swap_order(seed, item_id)
     out_1, out_2 = (baseline_output, model_output) if swapped else (model_output, baseline_output)
-    messages = build_messages(instruction, out_1, out_2, lang)
+    if prompt is None:
+        messages, parse, extra = build_messages(instruction, out_1, out_2, lang), parse_ranking, {}
+    else:
+        messages = prompt.messages(instruction, out_1, out_2)
+        extra = {"tool": prompt.tool} if prompt.tool is not None else {}
+
+        def parse(text):
+            return prompt.parse(strip_reasoning(text).strip()) if isinstance(text, str) else None
     raws: list[str] = []
     try:
         for _ in range(retries + 1):
-            raws.append(judge(messages))
-            ranking = parse_ranking(raws[-1])
+            raws.append(judge(messages, **extra))
+            ranking = parse(raws[-1])
             if ranking is not None:
                 return {"swapped": swapped, "ranking": ranking, "score": score_from_ranking(ranking, swapped),
                         "raw": raws, "attempts": len(raws), "failed": False, "error": None}
@@ -471,7 +503,7 @@ def judge_item(judge: Judge, item_id: str, instruction: str, model_output: str, 
 
 
 def judge_items(judge: Judge, items: Sequence[tuple[str, str, str, str]], lang: Language, *, seed: int,
-                retries: int, concurrency: int = 1) -> Iterator[tuple[int, dict]]:
+                retries: int, concurrency: int = 1, prompt=None) -> Iterator[tuple[int, dict]]:
     """Verdicts of ``items`` (``(item_id, instruction, model_output, baseline_output)``) as they
     come: ``(index into items, verdict of judge_item)``, in completion order.
 
@@ -484,7 +516,7 @@ def judge_items(judge: Judge, items: Sequence[tuple[str, str, str, str]], lang: 
     def one(k: int) -> dict:
         item_id, instruction, model_output, baseline_output = items[k]
         return judge_item(judge, item_id, instruction, model_output, baseline_output, lang, seed=seed,
-                          retries=retries)
+                          retries=retries, prompt=prompt)
 
     workers = min(concurrency, getattr(judge, "max_concurrency", concurrency), len(items))
     if workers <= 1:
