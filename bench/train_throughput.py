@@ -1,7 +1,6 @@
 """Throughput of our CLO step against TRL's CLO emulation on the same shapes and data.
 
-The workload is the one of ``../shared/bench/trl_anchor.py`` (imported from ``--anchor``, not
-copied): a random-weight Llama of the chosen shapes, a word-level tokenizer (exact token counts),
+The workload is the one of ``bench/trl_anchor.py`` (imported from ``--anchor``): a random-weight Llama of the chosen shapes, a word-level tokenizer (exact token counts),
 pairs drawn like OASST first turns, attention projections trained. Both sides run in their own
 subprocess so that peak memory (CUDA max allocated, or the process's max RSS on CPU) is theirs.
 
@@ -14,7 +13,7 @@ subprocess so that peak memory (CUDA max allocated, or the process's max RSS on 
 
 Prints one JSON line per side and a summary with the ratios; ``--out`` writes JSON + Markdown.
 
-    python bench/train_throughput.py --config tiny --scale 0.5          # CPU
+    python bench/train_throughput.py --config tiny --scale 0.5          # CPU (shorter sequences)
     python bench/train_throughput.py --config tiny --modes ours --cl-loss simpo --threads 1
     python bench/train_throughput.py --config llama3-8b --grad-ckpt     # GPU
 """
@@ -34,7 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CL_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "orpo", "simpo")  # clo.train.losses.CL_LOSSES (no import here)
-DEFAULT_ANCHOR = REPO.parent / "shared" / "bench" / "trl_anchor.py"
+DEFAULT_ANCHOR = REPO / "bench" / "trl_anchor.py"
 
 
 def _load_anchor(path: Path):
@@ -193,7 +192,8 @@ def main() -> int:
     ap.add_argument("--pairs-per-step", type=int, default=4)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--scale", type=float, default=0.5)
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="length scale of the workload (1.0: the published anchor's, 1,558 tokens per example)")
     ap.add_argument("--ref-batch", type=int, default=8, help="examples per reference-pass batch")
     ap.add_argument("--grad-ckpt", action="store_true")
     ap.add_argument("--master-weights", choices=["float32", "none"], default="float32",

@@ -137,7 +137,12 @@ def main(argv=None) -> int:
         torch.cuda.empty_cache()
 
     ct2_kw = {} if cuda else {"intra_threads": threads}
-    for want in a.compute.split(","):
+    from clo.data.translators.ct2 import cuda_problem
+
+    problem = cuda_problem() if cuda else None
+    if problem:  # e.g. a CUDA 12 build on a CUDA 13 machine: what `backend: auto` falls back from
+        print(json.dumps({"skipped": f"ctranslate2 on {device}: {problem}"}), flush=True)
+    for want in ([] if problem else a.compute.split(",")):
         t = time.perf_counter()
         ct2 = load_ctranslate2(str(model_dir), device, want, **ct2_kw)
         convert_s = time.perf_counter() - t

@@ -9,11 +9,18 @@ reading its weights there. On a CPU int8 is CTranslate2's fast path (2-3x float3
 A model is either a transformers checkpoint (hub id or directory), converted once and cached
 under ``$CLO_CACHE/ct2/``, or a directory made by ``ct2-transformers-converter`` (it holds
 ``model.bin`` and a vocabulary file), used as it is (:func:`is_ct2_model_dir`).
+
+On a GPU, ``backend: auto`` asks :func:`cuda_problem` first: CTranslate2's wheels link one CUDA
+major version's cuBLAS (4.x: ``libcublas.so.12``), which a machine with another CUDA (a CUDA 13
+image) does not have; the translator then runs on transformers instead, with one warning.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
+import re
 from pathlib import Path
 
 from clo.data.translators.base import TranslationError, log
@@ -31,6 +38,45 @@ TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "sentencepiece.bpe
 
 def ct2_device(device: str) -> str:
     return "cuda" if device.startswith("cuda") else "cpu"
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_problem() -> str | None:
+    """Why CTranslate2 cannot run on this machine's GPU, or None when it can.
+
+    Checked without a model: the package imports, it sees a CUDA device, and the cuBLAS its
+    library was linked against loads (a missing one fails only at the first translation).
+    """
+    try:
+        import ctranslate2
+    except (ImportError, OSError) as e:
+        return f"ctranslate2 does not import ({type(e).__name__}: {e})"
+    try:
+        if ctranslate2.get_cuda_device_count() < 1:
+            return f"ctranslate2 {ctranslate2.__version__} sees no CUDA device (a CPU-only build, or no driver)"
+    except Exception as e:  # the driver itself failed to answer
+        return f"ctranslate2 {ctranslate2.__version__} cannot query CUDA ({e})"
+    for lib in cublas_libraries():
+        try:
+            ctypes.CDLL(lib)
+        except OSError as e:
+            return (f"ctranslate2 {ctranslate2.__version__} needs {lib}, which does not load here ({e}); "
+                    "this machine has another CUDA version")
+    return None
+
+
+def cublas_libraries() -> list[str]:
+    """The cuBLAS sonames (``libcublas.so.12``, ...) named in CTranslate2's shared library."""
+    import ctranslate2
+
+    pkg = Path(ctranslate2.__file__).parent
+    names: set[str] = set()
+    for lib in [*pkg.glob("*.so*"), *(pkg.parent / "ctranslate2.libs").glob("libctranslate2*")]:
+        try:
+            names.update(m.decode() for m in re.findall(rb"libcublas(?:Lt)?\.so\.\d+", lib.read_bytes()))
+        except OSError:
+            continue
+    return sorted(names)
 
 
 def supported_compute_types(device: str) -> set[str]:
