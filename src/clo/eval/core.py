@@ -299,15 +299,14 @@ def model_identity(model, spec: str | None) -> str:
     """A string that changes when the weights change: the spec for a loaded spec, else the
     checkpoint name plus a digest of a sample of every parameter tensor."""
     if spec is not None:
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            # A checkpoint directory can be overwritten by a new training run: name its files too.
-            h = hashlib.sha256()
-            for f in sorted(path.iterdir()):
-                if f.is_file():
-                    st = f.stat()
-                    h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-            return f"{spec}@{h.hexdigest()[:16]}"
+        from clo.identity import model_digest
+        from clo.identity import model_identity as identity
+
+        # A checkpoint directory can be overwritten by a new training run, a hub id can move to
+        # another commit: the name carries a digest of the content (clo.identity).
+        ident = identity(spec)
+        if "sha256" in ident or ident.get("revision"):
+            return f"{spec}@{model_digest(spec)}"
         return spec
     h = hashlib.sha256()
     for name, p in model.named_parameters():

@@ -1,9 +1,9 @@
 """Reference log-probs: one no-grad pass over the data with the starting model, cached on disk.
 
-The cache key is cheap: the model's identity (its spec, and for a local directory the names,
-sizes and modification times of its weight files: no hashing of billions of weights), the dtype,
+The cache key: the model's identity by content (:func:`clo.identity.model_identity`: a digest of
+a local directory's files, computed once per file and cached, or a hub id's commit), the dtype,
 and the SHA-256 of exactly the token ids scored (which covers the data, the tokenizer, the
-formatting and ``max_length``). A changed fine-tuned checkpoint in place changes its mtimes.
+formatting and ``max_length``). A checkpoint whose weights were swapped is another model.
 """
 
 from __future__ import annotations
@@ -17,28 +17,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from clo.identity import model_identity  # one definition for every stage; callers import it from here too
 from clo.io import atomic_path
 from clo.train.data import EncodedDataset
 from clo.train.logprobs import pack_sequences, packed_sequence_logps
 
 log = logging.getLogger(__name__)
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
-
-
-def model_identity(spec: str) -> dict:
-    from clo.models import resolve
-
-    path = Path(resolve(spec))
-    ident: dict = {"spec": spec}
-    if path.is_dir():
-        ident["path"] = str(path.resolve())
-        ident["files"] = sorted(
-            (f.name, f.stat().st_size, f.stat().st_mtime_ns)
-            for f in path.iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES)
-        )
-    return ident
-
 
 def cache_key(model_spec: str, dtype: str, fingerprint: str) -> str:
     blob = json.dumps({"model": model_identity(model_spec), "dtype": dtype, "data": fingerprint}, sort_keys=True)
