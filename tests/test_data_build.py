@@ -20,8 +20,8 @@ from clo.data.views import make_view
 # the source. "FAILME" segments come back in English and "ECHOME" segments unchanged, to exercise
 # the rejects. An optional delay per batch lets a test kill a build midway.
 FAKE = textwrap.dedent('''
-    import hashlib, os, time
-    from clo.data import translate as T
+    import hashlib, os, re, time
+    from clo.data import translators as T
 
     POOL = ["Der Hund schläft im Garten.", "Heute ist das Wetter schön und warm.",
             "Wir kaufen Brot beim Bäcker um die Ecke.", "Die Kinder spielen gern Fußball.",

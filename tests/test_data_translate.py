@@ -6,9 +6,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from clo.data import translate as T
+from clo.data import translators as T
 from clo.data.cache import CacheError, TranslationCache, set_aside
 from clo.data.config import TranslatorConfig
+from clo.data.translators import seq2seq
 
 
 def test_plan_batches_sorted_and_budgeted():
@@ -243,7 +244,7 @@ def test_seq2seq_rejects_non_translation_tokenizer(tmp_path):
     from clo.testing import tiny_tokenizer
 
     with pytest.raises(T.TranslationError, match="no language token for 'de'"):
-        T._lang_token(tiny_tokenizer(), "de")
+        seq2seq._lang_token(tiny_tokenizer(), "de")
 
 
 def test_loop_detection_exact():
@@ -397,7 +398,7 @@ def test_seq2seq_nllb_language_codes(tmp_path):
     ids = tr.generate_ids(["Hello world."], "en", "sw")
     assert ids[0, 1].item() == tr.tokenizer.convert_tokens_to_ids("swh_Latn")
     assert tr.tokenizer("Hello").input_ids[0] == tr.tokenizer.convert_tokens_to_ids("eng_Latn")
-    assert T._lang_token(tr.tokenizer, "zh") == "zho_Hans"
+    assert seq2seq._lang_token(tr.tokenizer, "zh") == "zho_Hans"
 
 
 @pytest.mark.slow

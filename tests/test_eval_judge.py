@@ -221,7 +221,7 @@ def test_local_judge_backend_counts_unparseable_verdicts(tmp_path):
 def test_alpacaeval_translates_instructions_through_the_data_translator(tmp_path, monkeypatch):
     """Without a translated file, the English instructions go through ``data.translator`` once;
     the translations are cached next to the results and a rerun translates nothing."""
-    from clo.data import translate as T
+    from clo.data import translators as T
     from clo.testing import tiny_model, tiny_tokenizer
 
     calls = []

@@ -18,7 +18,7 @@ from clo.cli import main
 @pytest.fixture(scope="module", autouse=True)
 def fake_de():
     """An offline translator writing German-looking text (the language check passes)."""
-    from clo.data import translate as T
+    from clo.data import translators as T
     from clo.data.testing import fake_german
 
     class FakeDe(T.Translator):

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from clo.config import config_from_dict
-from clo.data import translate as T
+from clo.data import translators as T
 from clo.data.build import BuildError, build_dataset
 from clo.data.checks import has_words_to_translate, segment_failure
 from clo.data.config import TranslatorConfig

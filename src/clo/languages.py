@@ -174,10 +174,7 @@ def task_data(lang: Language) -> dict[str, str | None]:
 
 def translators(lang: Language) -> dict[str, str | None]:
     """The language's code for each translator, None where the translator cannot produce it."""
-    try:
-        from clo.data.translate import FEW_SHOT
-    except ImportError:  # pragma: no cover - a broken install
-        FEW_SHOT = {}
+    from clo.data.few_shot import FEW_SHOT
     return {"m2m100": lang.m2m100, "nllb": lang.nllb, "causal": lang.code if lang.code in FEW_SHOT else None,
             "openai": lang.code}
 

@@ -8,7 +8,7 @@
   ``k`` below the training-set size, plus the whole training set as ``train_<len>`` when a
   configured size reaches it (so 200 ⊂ 400 ⊂ ... ⊂ all, nested by construction);
 - ``rejects.jsonl``: every record that failed, with its reasons (nothing is dropped silently);
-  a record with a failed segment (:class:`~clo.data.translate.SegmentFailure`) is rejected with
+  a record with a failed segment (:class:`~clo.data.translators.SegmentFailure`) is rejected with
   reasons ``segment_<kind>_<field>`` and the failed segments under ``failures``, never written
   half translated;
 - ``summary.json`` and ``summary.md``: counts, rejects by reason, cache hits, requests, retries,
@@ -51,7 +51,7 @@ from clo.data.cache import set_aside
 from clo.data.checks import check_record
 from clo.data.records import CrossLingualRecord, MultilingualRecord, write_multilingual, write_records
 from clo.data.sources import SourceExample, load_examples
-from clo.data.translate import PROMPT_VERSION, Translated, TranslationStats, make_translator, translate_all
+from clo.data.translators import PROMPT_VERSION, Translated, TranslationStats, make_translator, translate_all
 from clo.errors import CloError
 from clo.fingerprints import content_digest, differing_keys, fingerprint
 from clo.io import write_json, write_jsonl
@@ -153,7 +153,7 @@ def check_translator(cfg) -> None:
     d = cfg.data
     if d.source == "parallel":
         return
-    from clo.data.translate import TRANSLATORS
+    from clo.data.translators import TRANSLATORS
 
     check = getattr(TRANSLATORS.get(d.translator.kind), "check_languages", None)
     if check is not None:

@@ -6,7 +6,7 @@ fingerprint names the translator kind, the model and every setting that changes 
 
 Writes are transactions of one whole batch (:meth:`TranslationCache.put_many`): a process killed
 at any moment leaves either all of a batch or none of it, never half, which is what makes a
-resumed build byte-identical to an uninterrupted one (see :mod:`clo.data.translate`).
+resumed build byte-identical to an uninterrupted one (see :mod:`clo.data.translators`).
 
 Only successful translations are stored: a failed segment (empty, echoed, request failed) never
 reaches :meth:`TranslationCache.put_many`, so a rerun asks for it again.

@@ -21,7 +21,7 @@ Reasons (stable strings, counted in ``summary.json``):
 
 :func:`check_records` runs the checks on records translated elsewhere (``clo data check``).
 
-The segment checks run in :mod:`clo.data.translate` on every segment as it comes back, before the
+The segment checks run in :mod:`clo.data.translators` on every segment as it comes back, before the
 cache sees it: a failed segment is never cached, and a record with one is rejected unchecked.
 """
 

@@ -40,7 +40,7 @@ class TranslatorConfig(StrictModel):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, v: str) -> str:
-        from clo.data.translate import TRANSLATORS
+        from clo.data.translators import TRANSLATORS
 
         return registered(v, sorted(TRANSLATORS), "translator kind")
 

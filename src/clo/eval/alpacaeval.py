@@ -110,7 +110,7 @@ def _instructions(ctx: TaskContext, limit: int | None, instructions_file: str | 
         return rows, english, english
     if translated_file:
         return rows, english, _texts_from(Path(translated_file), len(rows), "instruction", "translated instruction")
-    from clo.data.translate import translate_texts
+    from clo.data.translators import translate_texts
 
     return rows, english, translate_texts(english, "en", ctx.lang.code, ctx.cfg.data.translator,
                                           ctx.output_dir / f"alpacaeval-instructions-{ctx.lang.code}.sqlite")

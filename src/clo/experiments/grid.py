@@ -202,7 +202,7 @@ def translate_instructions(cfg: Config, lang: str, out_path: Path, instructions_
     evaluation with ``cfg`` uses; the grid passes the largest limit of its jobs. Writes
     ``[{"instruction": translated, "instruction_en": original}, ...]``.
     """
-    from clo.data.translate import translate_texts
+    from clo.data.translators import translate_texts
     from clo.eval.alpacaeval import load_instructions
 
     rows = load_instructions(Path(instructions_file) if instructions_file else None,

@@ -44,8 +44,8 @@ or batch sizes), the language pair and the segment.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from clo.data.config import TranslatorConfig
 from clo.data.translators.base import (
     DEFAULT_BATCH_TOKENS,
     PROMPT_VERSION,
@@ -69,6 +69,9 @@ from clo.data.translators.causal import (
 from clo.data.translators.identity import IdentityTranslator
 from clo.data.translators.openai import OpenAITranslator, retry_after_seconds
 from clo.data.translators.seq2seq import Seq2SeqTranslator
+
+if TYPE_CHECKING:
+    from clo.data.config import TranslatorConfig
 
 TRANSLATORS: dict[str, Callable[[TranslatorConfig], Translator]] = {
     "seq2seq": Seq2SeqTranslator,

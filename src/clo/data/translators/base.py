@@ -6,10 +6,12 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from clo.data.config import TranslatorConfig
 from clo.errors import CloError
+
+if TYPE_CHECKING:
+    from clo.data.config import TranslatorConfig
 
 log = logging.getLogger("clo.data.translate")
 

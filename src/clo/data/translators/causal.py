@@ -20,33 +20,19 @@ import functools
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clo import languages
-from clo.data.config import TranslatorConfig
+from clo.data.few_shot import FEW_SHOT
 from clo.data.translators.base import LocalModelTranslator, MemoryModel, TranslationError, activation_bytes
+
+if TYPE_CHECKING:
+    from clo.data.config import TranslatorConfig
 
 # Tokens of the few-shot prefix (three example pairs) kept per batch row; the estimate of the
 # batch budget counts them.
 _PREFIX_TOKENS = 160
 _ROW_TOKENS = 16  # a row's fixed cost is spread over this many source tokens (see seq2seq)
-
-# Parallel example sentences: the few-shot prompt for src->tgt takes FEW_SHOT[src][i] ->
-# FEW_SHOT[tgt][i]. Short, everyday, one line each, as the segments are.
-FEW_SHOT: dict[str, tuple[str, ...]] = {
-    "en": ("How do I make a good cup of tea?", "Water boils at 100 degrees Celsius.",
-           "Here are three tips for better sleep:"),
-    "de": ("Wie mache ich eine gute Tasse Tee?", "Wasser kocht bei 100 Grad Celsius.",
-           "Hier sind drei Tipps für besseren Schlaf:"),
-    "zh": ("我怎样才能泡一杯好茶？", "水在摄氏100度时沸腾。", "以下是改善睡眠的三个建议："),
-    "ko": ("맛있는 차 한 잔은 어떻게 만드나요?", "물은 섭씨 100도에서 끓습니다.", "더 나은 수면을 위한 세 가지 팁은 다음과 같습니다:"),
-    "id": ("Bagaimana cara membuat secangkir teh yang enak?", "Air mendidih pada suhu 100 derajat Celsius.",
-           "Berikut tiga tips untuk tidur yang lebih nyenyak:"),
-    "sw": ("Ninawezaje kutengeneza kikombe kizuri cha chai?", "Maji huchemka kwa nyuzi joto 100 za Selsiasi.",
-           "Hapa kuna vidokezo vitatu vya kulala vizuri zaidi:"),
-    "yo": ("Báwo ni mo ṣe lè ṣe ife tii tó dára?", "Omi máa ń hó ní ìwọ̀n ọgọ́rùn-ún Celsius.",
-           "Àwọn ìmọ̀ràn mẹ́ta fún oorun tó dára jù nìyí:"),
-}
-
 
 FEW_SHOT_KEY = "data.translator.few_shot"
 

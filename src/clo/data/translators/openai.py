@@ -11,10 +11,10 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from clo import languages
 from clo.data.checks import segment_failure
-from clo.data.config import TranslatorConfig
 from clo.data.translators.base import (
     SegmentFailure,
     TranslationError,
@@ -23,6 +23,9 @@ from clo.data.translators.base import (
     fingerprint_string,
     log,
 )
+
+if TYPE_CHECKING:
+    from clo.data.config import TranslatorConfig
 
 # Bump when SYSTEM_PROMPT changes.
 SYSTEM_PROMPT_VERSION = 1

@@ -10,13 +10,16 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clo import languages
 from clo.data.cache import TranslationCache
 from clo.data.checks import segment_failure
-from clo.data.config import TranslatorConfig
 from clo.data.segment import Piece, reassemble, segment_text, segments_of
 from clo.data.translators.base import SegmentFailure, TranslationError, Translator, brief, log
+
+if TYPE_CHECKING:
+    from clo.data.config import TranslatorConfig
 
 
 @dataclass

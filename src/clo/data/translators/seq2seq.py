@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clo import languages
-from clo.data.config import TranslatorConfig
 from clo.data.translators import ct2
 from clo.data.translators.base import LocalModelTranslator, MemoryModel, TranslationError, activation_bytes
+
+if TYPE_CHECKING:
+    from clo.data.config import TranslatorConfig
 
 # Per-token estimate of a converted directory, whose config does not give the shapes: NLLB-200
 # 3.3B's (the largest common M2M100-architecture model), so the estimate errs on the safe side.
