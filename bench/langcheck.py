@@ -232,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         Path(args.out).write_text(md, encoding="utf-8")
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        # The figures only: the examples are the shared data's text, which stays out of the repository.
+        figures = {k: [{f: v for f, v in r.items() if f != "examples"} for r in rows] if isinstance(rows, list)
+                   else rows for k, rows in res.items()}
+        Path(args.json).write_text(json.dumps(figures, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return 0
 
 
