@@ -32,7 +32,6 @@ from pathlib import Path
 
 from clo.data.records import CrossLingualRecord, write_rows
 from clo.io import write_json
-from clo.registry import Registry, UnknownName, unknown_name_message
 
 STYLES = ("conversational", "standard", "llama-factory")
 
@@ -102,21 +101,24 @@ def view_clo(records, seed=0, style="standard"):
              "y_tgt": r.y_tgt} for r in records]
 
 
-VIEWS: Registry[Callable[..., list[dict]]] = Registry("view", {
+VIEWS: dict[str, Callable[..., list[dict]]] = {
     "sft": view_sft,
     "sft-eng": view_sft_eng,
     "sft-tgt": view_sft_tgt,
     "dpo": view_dpo,
     "clo": view_clo,
-})
+}
 PREFERENCE_VIEWS = ("dpo",)
 
 
 def make_view(name: str, records: list[CrossLingualRecord], seed: int = 0,
               style: str = "standard") -> list[dict]:
-    fn = VIEWS.get(name)
+    try:
+        fn = VIEWS[name]
+    except KeyError:
+        raise ValueError(f"unknown view {name!r}; known: {', '.join(VIEWS)}") from None
     if style not in STYLES:
-        raise UnknownName(unknown_name_message("view format", style, STYLES), style)
+        raise ValueError(f"unknown view format {style!r}; known: {', '.join(STYLES)}")
     return fn(records, seed, style)
 
 

@@ -14,9 +14,12 @@ for its ``cl_loss``); every missing number is a gap.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import yaml
 
-from clo.report.tables import Cell, GridResults, Table
+if TYPE_CHECKING:
+    from clo.report.tables import Cell, GridResults, Table
 
 #: (task, metric, row label) of the numbers both tables compare.
 METRICS = (("belebele", "accuracy", "BELEBELE"), ("mmmlu", "accuracy", "MMMLU"),
@@ -56,6 +59,8 @@ def _empty(cells: list[Cell]) -> bool:
 
 
 def beyond_cl_losses(res: GridResults) -> Table:
+    from clo.report.tables import Cell, Table
+
     variants = _clo_variants(res)
     if len(set(variants.values())) < 2:
         variants = {}  # nothing to compare: the table is left out
@@ -74,6 +79,8 @@ def beyond_cl_losses(res: GridResults) -> Table:
 
 
 def beyond_multilingual(res: GridResults) -> Table:
+    from clo.report.tables import Cell, Table
+
     t = Table("beyond_multilingual", "Beyond the paper: several target languages in one run vs one language",
               ["model", "variant", "run langs", "metric"], ["one language", "all languages", "Δ (points)"],
               note="One language: the run trained on that language alone; all languages: the run trained on "
@@ -100,5 +107,5 @@ def beyond_multilingual(res: GridResults) -> Table:
     return t
 
 
-#: The report tables of this module: name -> function (in clo.report.TABLES after the paper's).
+#: The report tables of this module: name -> function (registered in clo.report.tables.TABLES).
 TABLES = {"beyond_cl_losses": beyond_cl_losses, "beyond_multilingual": beyond_multilingual}

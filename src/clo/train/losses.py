@@ -25,20 +25,34 @@ CL_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "orpo", "simpo")
 REFERENCE_FREE = frozenset({"orpo", "simpo"})
 
 
-def sft_nll(sum_logps: torch.Tensor, n_tokens: torch.Tensor | float) -> tuple[torch.Tensor, dict]:
-    """Token-mean negative log-likelihood.
+def sft_nll(sum_logps: torch.Tensor, n_tokens: torch.Tensor | float,
+            reduction: str = "token") -> tuple[torch.Tensor, dict]:
+    """Negative log-likelihood, token mean or sequence mean (``train.nll_reduction``).
 
-    .. math::  L_{SFT} = -\\frac{\\sum_i \\log \\pi(y_i | x_i)}{\\sum_i |y_i|}
+    .. math::  L_{SFT}^{token} = -\\frac{\\sum_i \\log \\pi(y_i | x_i)}{\\sum_i |y_i|} \\qquad
+               L_{SFT}^{sequence} = -\\frac{1}{N} \\sum_{i=1}^{N} \\log \\pi(y_i | x_i)
+
+    The sequence form is the paper's eq. 9 as written (``log π(y|x)`` summed over the response's
+    tokens); it weighs a long response by its length, which changes what λ balances against L_CL.
 
     Args:
         sum_logps: summed response log-probs, shape ``[n]`` (any shape; all entries summed).
-        n_tokens: the token count to normalise by: a tensor of per-sequence counts (summed) or a
-            number. Passing the count of a whole global batch lets a micro-batch contribute its
-            exact share of the global token mean.
+        n_tokens: ``token``: the token count to normalise by, a tensor of per-sequence counts
+            (summed) or a number; passing the count of a whole global batch lets a micro-batch
+            contribute its exact share of the global token mean. ``sequence``: the number of
+            sequences to average over (a number, e.g. the global batch's), or a tensor of
+            per-sequence counts, whose length is that number.
+        reduction: ``token`` or ``sequence``.
     """
-    denom = n_tokens.sum() if isinstance(n_tokens, torch.Tensor) else torch.tensor(float(n_tokens))
+    if reduction == "sequence":
+        n = n_tokens.numel() if isinstance(n_tokens, torch.Tensor) else n_tokens
+        denom = torch.tensor(float(n))
+    elif reduction == "token":
+        denom = n_tokens.sum() if isinstance(n_tokens, torch.Tensor) else torch.tensor(float(n_tokens))
+    else:
+        raise ValueError(f"sft_nll: reduction must be 'token' or 'sequence', got {reduction!r}")
     if float(denom) <= 0:
-        raise ValueError("sft_nll: no response tokens to average over")
+        raise ValueError(f"sft_nll: no response {'sequences' if reduction == 'sequence' else 'tokens'} to average over")
     loss = -sum_logps.sum() / denom.to(sum_logps)
     return loss, {"nll": loss.detach()}
 
