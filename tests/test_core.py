@@ -135,3 +135,16 @@ def test_registry_suggests_the_closest_name():
     assert reg["causal"] == 3
     assert unknown_name_message("view", "dop", ["sft", "dpo", "clo"]) == \
         "unknown view 'dop'; did you mean 'dpo'? known: sft, dpo, clo"
+
+
+def test_registries_answer_a_misspelt_name_with_the_closest(capsys, tmp_path):
+    from clo import cli
+    from clo.data.config import TranslatorConfig
+
+    with pytest.raises(ValueError, match=r"unknown translator kind 'seq2sq'; did you mean 'seq2seq'\? known: "):
+        TranslatorConfig(kind="seq2sq")
+    records = tmp_path / "r.jsonl"
+    records.write_text("")
+    assert cli.main(["data", "view", str(records), "--view", "dop", "--output", str(tmp_path / "v.jsonl")]) == 2
+    assert capsys.readouterr().err == (
+        "clo data view: unknown view 'dop'; did you mean 'dpo'? known: sft, sft-eng, sft-tgt, dpo, clo\n")

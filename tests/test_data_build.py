@@ -49,7 +49,8 @@ FAKE = textwrap.dedent('''
                 while len(s) < 0.9 * len(t):
                     i = (i + 3) % len(POOL)
                     s += " " + POOL[i]
-                out.append(s)
+                # A translation keeps the source's numbers (the numbers check looks for them).
+                out.append(" ".join([s, *re.findall(r"[0-9]+", t)]))
             return out
 
     if "fake-de" not in T.TRANSLATORS:

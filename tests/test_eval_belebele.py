@@ -6,6 +6,7 @@ import torch
 from clo import languages
 from clo.config import load_config
 from clo.eval import belebele as bb
+from clo.eval import loglik
 from clo.eval import evaluate
 from clo.eval.loglik import direct_loglik, encode_pair, has_sliding_window, score_batch, score_shared
 from clo.testing import tiny_model, tiny_tokenizer
@@ -103,8 +104,8 @@ def test_predictions_and_resume(shared_data, tmp_path, monkeypatch):
     (data / "deu_Latn.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = load_config(None, [f"eval.data_dir={tmp_path / 'data'}", "lang=de", "eval.batch_size=4"])
     scored = []
-    real = bb.score_batch
-    monkeypatch.setattr(bb, "score_batch", lambda m, c, o, p: scored.append(len(c)) or real(m, c, o, p))
+    real = loglik.score_batch
+    monkeypatch.setattr(loglik, "score_batch", lambda m, c, o, p: scored.append(len(c)) or real(m, c, o, p))
     m1 = evaluate("belebele", (model, tok), cfg, tmp_path / "out", limit=3)
     assert m1["n"] == 3 and sum(scored) == 3
     m2 = evaluate("belebele", (model, tok), cfg, tmp_path / "out")  # resumes: scores only the 3 new items

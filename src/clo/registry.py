@@ -11,13 +11,16 @@ import difflib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
+from clo.errors import CloError
+
 __all__ = ["Registry", "UnknownName", "unknown_name_message"]
 
 T = TypeVar("T")
 
 
-class UnknownName(KeyError, ValueError):
-    """A name no registry entry has; ``str()`` is the one-line message (KeyError's would quote it)."""
+class UnknownName(CloError, KeyError, ValueError):
+    """A name no registry entry has (a user-facing error: ``clo`` prints the message and exits 2);
+    ``str()`` is the one-line message (KeyError's would quote it)."""
 
     def __init__(self, message: str, name: str):
         super().__init__(message)
@@ -81,6 +84,12 @@ class Registry(Generic[T]):
 
     def __getitem__(self, name: str) -> T:
         return self.get(name)
+
+    def __setitem__(self, name: str, entry: T) -> None:
+        self.register(name, entry, replace=True)
+
+    def __delitem__(self, name: str) -> None:
+        del self._entries[name]
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -77,7 +77,9 @@ def tiny_config(arch: str, vocab_size: int = 512, hidden: int = 32, layers: int 
                              n_positions=512, bos_token_id=1, eos_token_id=2)
     if arch == "phi3":
         return tf.Phi3Config(**common, tie_word_embeddings=False)
-    raise ValueError(f"unknown tiny architecture {arch!r}; known: {ARCHITECTURES}")
+    from clo.registry import unknown_name_message
+
+    raise ValueError(unknown_name_message("tiny architecture", arch, ARCHITECTURES))
 
 
 def tiny_model(arch: str = "llama", seed: int = 0, **kwargs):

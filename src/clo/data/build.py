@@ -48,7 +48,7 @@ from collections import Counter
 from pathlib import Path
 
 from clo.data.cache import set_aside
-from clo.data.checks import check_record
+from clo.data.checks import check_record, record_similarities
 from clo.data.records import CrossLingualRecord, MultilingualRecord, write_multilingual, write_records
 from clo.data.sources import SourceExample, load_examples
 from clo.data.translators import PROMPT_VERSION, Translated, TranslationStats, make_translator, translate_all
@@ -195,7 +195,9 @@ def _records_from(examples: list[SourceExample], x_res: list[Translated], y_res:
     """(accepted records, reject rows). A record with a failed segment is rejected unchecked:
     its texts are incomplete, and they are null in the reject row."""
     accepted, rejects = [], []
-    for ex, xr, yr in zip(examples, x_res, y_res):
+    sims = record_similarities([(ex.x_en, ex.y_en, xr.text, yr.text) for ex, xr, yr in zip(examples, x_res, y_res)],
+                               cfg.data.checks)
+    for ex, xr, yr, sim in zip(examples, x_res, y_res, sims):
         rec = CrossLingualRecord(id=ex.id, tgt_lang=cfg.lang, x_en=ex.x_en, y_en=ex.y_en, x_tgt=xr.text,
                                  y_tgt=yr.text, source=ex.source, meta={"translator": fingerprint})
         reasons, failures = _failure_rows(ex, {"x_tgt": xr, "y_tgt": yr})
@@ -203,7 +205,8 @@ def _records_from(examples: list[SourceExample], x_res: list[Translated], y_res:
             rec.meta["checks"] = {"passed": False, "reasons": reasons}
             rejects.append({"id": ex.id, "reasons": reasons, "failures": failures, "record": rec.to_dict()})
             continue
-        rec.meta["checks"] = check_record(ex.x_en, ex.y_en, xr.text, yr.text, cfg.lang, cfg.data.checks)
+        rec.meta["checks"] = check_record(ex.x_en, ex.y_en, xr.text, yr.text, cfg.lang, cfg.data.checks,
+                                          similarity=sim)
         if rec.meta["checks"]["passed"]:
             accepted.append(rec)
         else:
@@ -217,6 +220,8 @@ def _multilingual_records(examples: list[SourceExample], results: dict[str, tupl
     (x, y) translations. Kept only when every language passes; reasons are ``<code>:<reason>``."""
     accepted, rejects = [], []
     langs = list(results)
+    sims = {lang: record_similarities([(ex.x_en, ex.y_en, results[lang][0][i].text, results[lang][1][i].text)
+                                       for i, ex in enumerate(examples)], cfg.data.checks) for lang in langs}
     for i, ex in enumerate(examples):
         tgt, checks, reasons, failures = {}, {}, [], []
         for lang in langs:
@@ -227,7 +232,8 @@ def _multilingual_records(examples: list[SourceExample], results: dict[str, tupl
                 checks[lang] = {"passed": False, "reasons": why}
                 failures += [{"lang": lang, **r} for r in rows]
             else:
-                checks[lang] = check_record(ex.x_en, ex.y_en, xr.text, yr.text, lang, cfg.data.checks)
+                checks[lang] = check_record(ex.x_en, ex.y_en, xr.text, yr.text, lang, cfg.data.checks,
+                                            similarity=sims[lang][i])
             reasons += [f"{lang}:{r}" for r in checks[lang]["reasons"]]
         checks.update(passed=not reasons, reasons=reasons)
         rec = MultilingualRecord(id=ex.id, tgt_langs=langs, x_en=ex.x_en, y_en=ex.y_en, tgt=tgt, source=ex.source,

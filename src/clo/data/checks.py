@@ -7,12 +7,22 @@ any reason goes to the rejects file, and the build summary counts every reason.
 Reasons (stable strings, counted in ``summary.json``):
 
 - ``empty_<field>``: a text is empty or whitespace (source or translation);
-- ``lang_<field>``: the detected language of ``x_tgt`` / ``y_tgt`` is not the target language
-  (one of its ``langid`` labels in :mod:`clo.languages`; undecidable text passes: code and numbers
-  only, or fewer than ``langid_min_letters`` letters, "77.0°F", "Fog.", where language ID is a
-  guess, and every text of a language no detector knows, ``langid: []``);
+- ``lang_<field>``: the language detector gives the target language (its ``langid`` labels in
+  :mod:`clo.languages`) less than ``langid_min_prob`` probability. Undecidable text passes, language
+  ID abstains instead of guessing: code and numbers only, fewer than ``langid_min_letters``
+  letters, or, in a script written with spaces, fewer than ``langid_min_words`` words ("77.0°F",
+  "Mieux dormir.", "Lehrmaterial": one or two words are names, cognates or loanwords as often as
+  not), and every text of a language no detector knows (``langid: []``). The thresholds are
+  measured on human translations (``bench/langcheck.py``, docs/data.md): a probability floor
+  rather than "the top label must be the target" keeps close languages (Indonesian read as Malay,
+  Portuguese as Spanish) from rejecting correct text while a wrong language still scores ~0;
 - ``length_ratio_<field>``: the length ratio leaves its bounds;
 - ``repetition_<field>``: the translation repeats itself far more than its source does;
+- ``numbers_<field>``: more than ``numbers_max_missing`` of the numbers in the English text are
+  missing from the translation (digits of any script; ``1,000`` and ``1.000`` are the same runs
+  of digits): a translation of another text, or one that lost its content;
+- ``adequacy_<field>`` (with ``adequacy_model``): the cosine similarity of source and translation
+  under a multilingual sentence encoder is below ``adequacy_min`` (:func:`adequacy_scores`);
 - ``segment_<kind>_<field>``: a segment of the text has no usable translation
   (:func:`segment_failure`; kinds ``empty``, ``echo``, ``error``), so the text is incomplete.
 
@@ -27,7 +37,10 @@ cache sees it: a failed segment is never cached, and a record with one is reject
 
 from __future__ import annotations
 
+import functools
 import re
+import unicodedata
+from collections import Counter
 
 from clo.data.config import ChecksConfig
 from clo.data.segment import _split_code_blocks
@@ -101,6 +114,77 @@ def repetition(text: str, n: int = 10) -> float:
     return 1.0 - len(grams) / total
 
 
+# Scripts written without spaces between words: the word count says nothing there.
+_UNSPACED = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x0E00, 0x0EFF),
+             (0x1000, 0x109F), (0x1780, 0x17FF), (0x0F00, 0x0FFF))
+
+
+def _unspaced(text: str) -> bool:
+    letters = [ch for ch in text if ch.isalpha()]
+    n = sum(any(lo <= ord(ch) <= hi for lo, hi in _UNSPACED) for ch in letters)
+    return bool(letters) and n * 2 >= len(letters)
+
+
+def decidable(text: str, cfg: ChecksConfig) -> bool:
+    """Is ``text`` long enough for language ID to decide (else it abstains)?"""
+    if sum(ch.isalpha() for ch in text) < cfg.langid_min_letters:
+        return False
+    return _unspaced(text) or len(_WORD.findall(text)) >= cfg.langid_min_words
+
+
+_DIGITS = re.compile(r"\d+")
+
+
+def numbers(text: str) -> Counter:
+    """The runs of digits of ``text`` (any script's digits read as 0-9), counted."""
+    ascii_digits = "".join(str(unicodedata.digit(ch)) if ch.isdigit() and unicodedata.digit(ch, None) is not None
+                           else ch for ch in text)
+    return Counter(_DIGITS.findall(ascii_digits))
+
+
+def missing_numbers(source: str, target: str) -> float | None:
+    """Share of the source's numbers (with multiplicity) not in the target; None when it has none."""
+    src = numbers(source)
+    if not src:
+        return None
+    return sum((src - numbers(target)).values()) / sum(src.values())
+
+
+@functools.cache
+def _encoder(name: str):
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise ValueError("data.checks.adequacy_model needs sentence-transformers: pip install 'clo[adequacy]'") from None
+    from clo.models import resolve
+
+    try:
+        return SentenceTransformer(resolve(name), device="cpu")
+    except Exception as e:  # noqa: BLE001 - not found, offline, not an encoder: the config's value
+        raise ValueError(f"data.checks.adequacy_model: cannot load {name!r}: {type(e).__name__}: {e}") from None
+
+
+def adequacy_scores(sources: list[str], targets: list[str], model: str, batch_size: int = 32) -> list[float]:
+    """Cosine similarity of each source with its translation under the sentence encoder ``model``
+    (sentence-transformers: a hub name or a directory; a plain transformers encoder gets mean pooling)."""
+    if not sources:
+        return []
+    enc = _encoder(model)
+    a = enc.encode(list(sources), batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True)
+    b = enc.encode(list(targets), batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True)
+    return [round(float(x), 4) for x in (a * b).sum(-1).tolist()]
+
+
+def record_similarities(records: list[tuple[str, str, str, str]], cfg: ChecksConfig) -> list[dict | None]:
+    """Per record ``(x_en, y_en, x_tgt, y_tgt)``: ``{"x_tgt": sim, "y_tgt": sim}`` under
+    ``cfg.adequacy_model``, or None for every record when no model is set."""
+    if not cfg.adequacy_model:
+        return [None] * len(records)
+    xs = adequacy_scores([r[0] for r in records], [r[2] or "" for r in records], cfg.adequacy_model)
+    ys = adequacy_scores([r[1] for r in records], [r[3] or "" for r in records], cfg.adequacy_model)
+    return [{"x_tgt": x, "y_tgt": y} for x, y in zip(xs, ys)]
+
+
 def _langid_labels(tgt_lang: str) -> tuple[str, ...]:
     """The detector labels that count as ``tgt_lang`` (clo.languages ``langid``: ``zh-Hant`` is
     detected as ``zh``, Egyptian Arabic as ``arz`` or ``ar``); an unregistered code is its own label."""
@@ -113,24 +197,36 @@ def _langid_labels(tgt_lang: str) -> tuple[str, ...]:
 
 
 def check_pair(
-    field: str, source: str, target: str, tgt_lang: str, cfg: ChecksConfig, detect=None
+    field: str, source: str, target: str, tgt_lang: str, cfg: ChecksConfig, detect=None,
+    similarity: float | None = None,
 ) -> tuple[dict, list[str]]:
-    """Checks of one translated text (``field`` is ``x_tgt`` or ``y_tgt``)."""
+    """Checks of one translated text (``field`` is ``x_tgt`` or ``y_tgt``). ``detect``: a
+    function text -> code standing in for the detector (then the probability is 1 or 0);
+    ``similarity``: the adequacy score, when an encoder is configured."""
     values: dict = {}
     reasons: list[str] = []
     if not target.strip():
         return {"lang": None}, [f"empty_{field}"]
     if cfg.langid:
-        if detect is None:
-            from clo.langid import detect_language as detect
         text = prose(target)
-        letters = sum(ch.isalpha() for ch in text)
         labels = _langid_labels(tgt_lang)
         # A language no detector knows (labels empty) is undecidable: the check passes.
-        lang = detect(text) if letters >= cfg.langid_min_letters and labels else None
+        probs: dict = {}
+        if labels and decidable(text, cfg):
+            if detect is not None:
+                code = detect(text)
+                probs = {code: 1.0} if code is not None else {}
+            else:
+                from clo.langid import language_probabilities
+
+                probs = language_probabilities(text)
+        lang = max(probs, key=probs.get) if probs else None
         values["lang"] = lang
-        if lang is not None and lang not in labels:
-            reasons.append(f"lang_{field}")
+        if lang is not None:
+            p = sum(v for k, v in probs.items() if k in labels)
+            values["lang_prob"] = round(p, 4)
+            if p < cfg.langid_min_prob:
+                reasons.append(f"lang_{field}")
     ratio = length_ratio(source, target)
     values["length_ratio"] = round(ratio, 4)
     if len(source.strip()) >= cfg.length_ratio_min_chars:
@@ -141,19 +237,30 @@ def check_pair(
     values["repetition"] = round(rep_tgt, 4)
     if rep_tgt > cfg.repetition_max and rep_tgt > rep_src + cfg.repetition_margin:
         reasons.append(f"repetition_{field}")
+    if cfg.numbers:
+        missing = missing_numbers(source, target)
+        if missing is not None:
+            values["numbers_missing"] = round(missing, 4)
+            if missing > cfg.numbers_max_missing:
+                reasons.append(f"numbers_{field}")
+    if similarity is not None:
+        values["similarity"] = similarity
+        if similarity < cfg.adequacy_min:
+            reasons.append(f"adequacy_{field}")
     return values, reasons
 
 
 def check_record(x_en: str, y_en: str, x_tgt: str, y_tgt: str, tgt_lang: str, cfg: ChecksConfig,
-                 detect=None) -> dict:
-    """``{"x_tgt": {...}, "y_tgt": {...}, "passed": bool, "reasons": [...]}`` for ``meta["checks"]``."""
+                 detect=None, similarity: dict | None = None) -> dict:
+    """``{"x_tgt": {...}, "y_tgt": {...}, "passed": bool, "reasons": [...]}`` for ``meta["checks"]``
+    (``similarity``: ``{"x_tgt": score, "y_tgt": score}`` from :func:`record_similarities`)."""
     out: dict = {}
     reasons: list[str] = []
     for name, text in (("x_en", x_en), ("y_en", y_en)):
         if not text.strip():
             reasons.append(f"empty_{name}")
     for name, src, tgt in (("x_tgt", x_en, x_tgt), ("y_tgt", y_en, y_tgt)):
-        values, rs = check_pair(name, src, tgt, tgt_lang, cfg, detect)
+        values, rs = check_pair(name, src, tgt, tgt_lang, cfg, detect, (similarity or {}).get(name))
         out[name] = values
         reasons += rs
     out["passed"] = not reasons
@@ -169,8 +276,9 @@ def check_records(records: list, cfg: ChecksConfig, detect=None) -> tuple[list, 
     input order, as a build writes them.
     """
     accepted, rejects = [], []
-    for r in records:
-        checks = check_record(r.x_en, r.y_en, r.x_tgt, r.y_tgt, r.tgt_lang, cfg, detect)
+    sims = record_similarities([(r.x_en, r.y_en, r.x_tgt, r.y_tgt) for r in records], cfg)
+    for r, sim in zip(records, sims):
+        checks = check_record(r.x_en, r.y_en, r.x_tgt, r.y_tgt, r.tgt_lang, cfg, detect, sim)
         for name, src, tgt in (("x_tgt", r.x_en, r.x_tgt), ("y_tgt", r.y_en, r.y_tgt)):
             if tgt.strip() and segment_failure(src, tgt) == "echo":
                 checks["reasons"].append(f"echo_{name}")

@@ -130,9 +130,7 @@ def _run(args) -> int:
             print("clo data view: the output file is required: --output FILE (.jsonl, .json, .parquet)",
                   file=sys.stderr)
             return 2
-        if args.view not in VIEWS:
-            print(f"clo data view: unknown view {args.view!r}; known: {', '.join(VIEWS)}", file=sys.stderr)
-            return 2
+        VIEWS.check(args.view)  # before reading the records
         records = read_records(args.dataset)
         rows = make_view(args.view, records, args.seed, args.style)
         path = write_view(rows, args.output)

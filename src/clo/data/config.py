@@ -50,6 +50,17 @@ class ChecksConfig(StrictModel):
 
     langid: bool = Field(True, description="x_tgt and y_tgt must be detected as the target language")
     langid_min_letters: int = Field(8, ge=0, description="texts with fewer letters are undecidable (pass)")
+    langid_min_words: int = Field(3, ge=0, description="texts of a script written with spaces and fewer words "
+                                  "are undecidable (pass): 'Mieux dormir.', 'Lehrmaterial'")
+    langid_min_prob: float = Field(0.05, ge=0, le=1, description="reject only when the detector gives the target "
+                                   "language less than this probability")
+    numbers: bool = Field(True, description="the numbers of the English text must be in the translation")
+    numbers_max_missing: float = Field(0.5, ge=0, le=1, description="reject when more than this share of the "
+                                       "English text's numbers is missing from the translation")
+    adequacy_model: str | None = Field(None, description="a multilingual sentence encoder (sentence-transformers "
+                                       "name or directory, e.g. sentence-transformers/LaBSE): reject translations "
+                                       "whose cosine similarity to their source is below adequacy_min")
+    adequacy_min: float = Field(0.5, ge=-1, le=1, description="the adequacy check's cosine-similarity threshold")
     length_ratio_min: float = Field(0.4, gt=0, description="min of len(tgt)/len(en) / expected ratio")
     length_ratio_max: float = Field(2.5, gt=0, description="max of len(tgt)/len(en) / expected ratio")
     length_ratio_min_chars: int = Field(20, ge=0, description="English texts shorter than this skip the ratio check")

@@ -75,6 +75,7 @@ from pathlib import Path
 
 from clo.data.recordio import RecordError, iter_jsonl, record_error
 from clo.io import decode_utf8
+from clo.registry import unknown_name_message
 
 log = logging.getLogger(__name__)
 
@@ -787,10 +788,9 @@ def load_source(name: str, path: str | None, n: int | None, max_chars: int | Non
     ``len(x_en) + len(y_en) <= max_chars`` (short pairs for a quick CPU run). None at all is an
     error naming the file. Pre-translated rows (``parallel``) only where the caller takes their
     translations (``allow_parallel``): anything else would translate them again."""
-    try:
-        loader = SOURCES[name]
-    except KeyError:
-        raise ValueError(f"unknown data source {name!r}; known: {', '.join(SOURCES)}") from None
+    if name not in SOURCES:
+        raise ValueError(unknown_name_message("data source", name, SOURCES))
+    loader = SOURCES[name]
     if name == "parallel" and not allow_parallel:
         raise ValueError(f"{path}: data.source=parallel holds translations already: check them with "
                          "`clo data check FILE --lang xx` (this build path would translate them again)")

@@ -13,8 +13,11 @@ timeouts, malformed JSON, HTML, empty, null, echoed answers) for the openai tran
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import ClassVar
+
+from clo.registry import unknown_name_message
 
 _CORPUS = [
     "The quick brown fox jumps over the lazy dog. What is the capital of France? Paris.",
@@ -99,7 +102,8 @@ def fake_german(text: str) -> str:
     while len(out) < 0.9 * len(text):
         i = (i + 3) % len(GERMAN)
         out += " " + GERMAN[i]
-    return out
+    # A translation keeps its source's numbers (the build's numbers check looks for them).
+    return " ".join([out, *re.findall(r"[0-9]+", text)])
 
 
 class FakeChatServer:
@@ -131,7 +135,7 @@ class FakeChatServer:
         for modes in [default, *self.faults.values()]:
             for m in [modes] if isinstance(modes, str) else modes:
                 if m not in self.MODES:
-                    raise ValueError(f"unknown fault mode {m!r}; known: {', '.join(self.MODES)}")
+                    raise ValueError(unknown_name_message("fault mode", m, self.MODES))
         self.default, self.retry_after, self.hang, self.translate = default, retry_after, hang, translate
         self.log: list[tuple[str, str, float]] = []
         self._lock = threading.Lock()

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from clo.data.records import CrossLingualRecord, write_rows
 from clo.io import write_json
+from clo.registry import Registry, UnknownName, unknown_name_message
 
 STYLES = ("conversational", "standard", "llama-factory")
 
@@ -101,24 +102,21 @@ def view_clo(records, seed=0, style="standard"):
              "y_tgt": r.y_tgt} for r in records]
 
 
-VIEWS: dict[str, Callable[..., list[dict]]] = {
+VIEWS: Registry[Callable[..., list[dict]]] = Registry("view", {
     "sft": view_sft,
     "sft-eng": view_sft_eng,
     "sft-tgt": view_sft_tgt,
     "dpo": view_dpo,
     "clo": view_clo,
-}
+})
 PREFERENCE_VIEWS = ("dpo",)
 
 
 def make_view(name: str, records: list[CrossLingualRecord], seed: int = 0,
               style: str = "standard") -> list[dict]:
-    try:
-        fn = VIEWS[name]
-    except KeyError:
-        raise ValueError(f"unknown view {name!r}; known: {', '.join(VIEWS)}") from None
+    fn = VIEWS.get(name)
     if style not in STYLES:
-        raise ValueError(f"unknown view format {style!r}; known: {', '.join(STYLES)}")
+        raise UnknownName(unknown_name_message("view format", style, STYLES), style)
     return fn(records, seed, style)
 
 

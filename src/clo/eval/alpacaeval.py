@@ -30,22 +30,24 @@ from clo.eval.core import (
     TaskContext,
     TaskResult,
     data_hash,
-    model_identity,
     read_json_list,
-    register_task,
 )
+from clo.eval.identity import model_identity
 from clo.eval.judge import judge_items, make_judge
 from clo.eval.prompts import resolve as resolve_judge_prompt
 from clo.eval.stats import length_controlled_win_rate, mean_stderr
+from clo.eval.task import MAX_NEW_TOKENS, Option, Task, register
 
 # The repository's own loader is a dataset script, which datasets 4 and later refuse to run
 # ("Dataset scripts are no longer supported"); its data file reads with the packaged JSON loader.
 ALPACA_EVAL_HUB_FILE = "hf://datasets/tatsu-lab/alpaca_eval/alpaca_eval.json"
+#: The instructions (with text-davinci-003's reference answers) under the data directory.
+DATA_FILE = "alpaca_eval/text_davinci_003.json"
 
 
 def load_instructions(path: Path | None, data_dir: Path | None) -> list[dict]:
     if path is None and data_dir is not None:
-        path = Path(data_dir) / "alpaca_eval" / "text_davinci_003.json"
+        path = Path(data_dir) / DATA_FILE
     if path is not None:
         rows, where = read_json_list(Path(path), "AlpacaEval"), str(path)
     else:
@@ -122,8 +124,6 @@ def _outputs_file(rows: list[dict], instructions: list[str], outputs: list[str],
              "dataset": rows[i].get("dataset", "")} for i in range(len(rows))]
 
 
-@register_task("alpacaeval-outputs", description="the model's answers to the AlpacaEval instructions, unjudged",
-               output_name=lambda lang, opts: f"alpacaeval-outputs-{lang}")
 def run_outputs(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | None = None,
                 translated_file: str | None = None, batch_size: int | None = None,
                 max_new_tokens: int | None = None) -> TaskResult:
@@ -230,7 +230,6 @@ def win_rate_line(metrics: dict, n_items: int) -> str:
     return f"win rate {shown} % (n={metrics['n']} of {n_items} items{failed})"
 
 
-@register_task("alpacaeval", description="judged win rate against a baseline on the AlpacaEval instructions")
 def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | None = None,
         translated_file: str | None = None, baseline=None, baseline_outputs: str | None = None,
         baseline_name: str | None = None, batch_size: int | None = None, max_new_tokens: int | None = None,
@@ -320,11 +319,58 @@ def missing_data(lang, data_dir: Path | None, opts: dict) -> str | None:
         if opts.get(key) and not Path(opts[key]).is_file():
             return f"{opts[key]}: no such file ({key})"
     if not opts.get("instructions_file") and data_dir is not None:
-        path = Path(data_dir) / "alpaca_eval" / "text_davinci_003.json"
+        path = Path(data_dir) / DATA_FILE
         if not path.is_file():
-            return f"{path}: no AlpacaEval instructions (alpaca_eval/text_davinci_003.json)"
+            return f"{path}: no AlpacaEval instructions ({DATA_FILE})"
     return None
 
 
-run.missing_data = missing_data  # type: ignore[attr-defined]  # read by clo.experiments.preflight
-run_outputs.missing_data = missing_data  # type: ignore[attr-defined]
+def count_items(lang, data_dir: Path | None, opts: dict, assumed) -> int | None:
+    """Instructions: those of the local file (``instructions_file``, else the data directory's),
+    else the hub's 805 (``assumed``)."""
+    path = opts.get("instructions_file")
+    if path or data_dir is not None:
+        try:
+            return len(load_instructions(Path(path) if path else None, data_dir))
+        except (OSError, ValueError):  # EvalDataError is one: the data check says what is wrong
+            pass
+    return int(assumed.get("alpacaeval", 0)) or None
+
+
+def _data_files(lang, opts: dict) -> list[str]:
+    return [] if opts.get("instructions_file") else [DATA_FILE]
+
+
+_INSTRUCTIONS = (
+    Option("instructions_file", "instructions (alpaca_eval JSON; default: the data directory's "
+           f"{DATA_FILE}, else the hub)", metavar="FILE"),
+    Option("translated_file", "instructions already in the target language (a JSON list, same order)",
+           metavar="FILE"),
+)
+
+def failed_judgments(metrics: dict, options: dict) -> str | None:
+    """Judgments that failed make the win rate one over fewer items than asked for: said, unless
+    ``allow_failed_judgments``."""
+    failures = metrics.get("failures") or 0
+    if not failures or options.get("allow_failed_judgments"):
+        return None
+    return (f"{failures} judgment(s) failed (the records' 'error' says why): the win rate is over "
+            f"{metrics.get('n', 0)} items only; rerun to judge them again, or pass --allow-failed-judgments "
+            "to accept it")
+
+
+TASK = register(Task(
+    "alpacaeval", "judged win rate against a baseline on the AlpacaEval instructions", run,
+    data_files=_data_files, hub="tatsu-lab/alpaca_eval", missing_data=missing_data, count_items=count_items,
+    options=(Option("baseline", "the baseline model: offline name, local directory or hub id", metavar="MODEL"),
+             Option("baseline_outputs", "the baseline's answers (alpaca_eval JSON)", metavar="FILE"),
+             *_INSTRUCTIONS, MAX_NEW_TOKENS,
+             Option("allow_failed_judgments", "exit 0 even when some judgments failed (the win rate is then "
+                    "over the judged items only; without it such a run exits 3)", bool, passed=False)),
+    incomplete=failed_judgments,
+))
+OUTPUTS_TASK = register(Task(
+    "alpacaeval-outputs", "the model's answers to the AlpacaEval instructions, unjudged", run_outputs,
+    data_files=_data_files, hub="tatsu-lab/alpaca_eval", missing_data=missing_data, count_items=count_items,
+    options=(*_INSTRUCTIONS, MAX_NEW_TOKENS),
+))

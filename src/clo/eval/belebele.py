@@ -14,9 +14,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from clo.eval.core import EvalDataError, TaskContext, TaskResult, data_hash, read_text, register_task
-from clo.eval.loglik import encode_pair, has_sliding_window, score_batch, score_shared
+from clo.eval.core import EvalDataError, TaskContext, TaskResult, data_hash, read_text
 from clo.eval.stats import mean_stderr
+from clo.eval.task import Option, Task, count_lines, register
 from clo.languages import Language
 
 FIELDS = ("flores_passage", "question", "mc_answer1", "mc_answer2", "mc_answer3", "mc_answer4",
@@ -55,14 +55,19 @@ def render(row: dict, lang: Language, template: str = "native") -> tuple[str, li
     return fn(row, lang)
 
 
+def data_file(lang: Language) -> str:
+    """The BELEBELE file of ``lang`` under the data directory (the hub dataset's config names)."""
+    return f"belebele/{lang.flores}.jsonl"
+
+
 def load_rows(lang: Language, data_dir: Path | None, limit: int | None = None) -> list[dict]:
     """Rows of ``<data_dir>/belebele/<flores>.jsonl``, or of the hub's ``facebook/belebele``."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
     if data_dir is not None:
-        path = Path(data_dir) / "belebele" / f"{lang.flores}.jsonl"
+        path = Path(data_dir) / data_file(lang)
         if not path.is_file():
-            raise EvalDataError(f"{path}: no BELEBELE file for {lang.name} (expected belebele/{lang.flores}.jsonl "
+            raise EvalDataError(f"{path}: no BELEBELE file for {lang.name} (expected {data_file(lang)} "
                                 f"under the data directory)")
         rows = []
         for lineno, line in enumerate(read_text(path).splitlines(), 1):
@@ -99,11 +104,6 @@ def _check(row: dict, where: str) -> None:
         raise EvalDataError(f"{where}: field 'correct_answer_num' must be 1..4, got {row['correct_answer_num']!r}")
 
 
-def _output_name(lang: str, opts: dict) -> str:
-    template = opts.get("template", "native")
-    return f"belebele-{lang}" if template == "native" else f"belebele-{lang}-{template}"
-
-
 def predict(model, tokenizer, rows: list[dict], lang: Language, *, template: str = "native",
             batch_size: int = 8, chat: bool = False, cache=None, progress: bool = True,
             share_passages: bool = False) -> list[dict]:
@@ -115,6 +115,8 @@ def predict(model, tokenizer, rows: list[dict], lang: Language, *, template: str
     (:func:`clo.eval.loglik.score_shared`): about 25% fewer tokens on BELEBELE, but no faster on
     the development CPU (two passes, extra padding), hence off by default.
     """
+    # Here, not at the top: the CLI reads the task's declarations without loading torch.
+    from clo.eval import loglik
     from clo.formatting import render_prompt
 
     items = []
@@ -131,7 +133,7 @@ def predict(model, tokenizer, rows: list[dict], lang: Language, *, template: str
         if hit is not None:
             out[i] = hit
         else:
-            pairs = [encode_pair(tokenizer, ctx, c) for c in conts]
+            pairs = [loglik.encode_pair(tokenizer, ctx, c) for c in conts]
             # The harness encodes the context per pair; with the whitespace rule every pair's
             # context is the same string, so the first one stands for all.
             pending.append((i, item_id, pairs[0][0], [p[1] for p in pairs], gold))
@@ -149,7 +151,7 @@ def predict(model, tokenizer, rows: list[dict], lang: Language, *, template: str
                 cache.put(f"{i}:{item_id}", rec)
         bar.update(len(chunk))
 
-    if share_passages and not has_sliding_window(model):
+    if share_passages and not loglik.has_sliding_window(model):
         # Questions on the same passage share the passage's tokens: run them once per passage.
         by_passage: dict[str, list] = {}
         for p in pending:
@@ -164,18 +166,17 @@ def predict(model, tokenizer, rows: list[dict], lang: Language, *, template: str
                 for grp in batch:
                     idx.append(list(range(k, k + len(grp))))
                     k += len(grp)
-                finish(chunk, score_shared(model, idx, [(c[2], c[3]) for c in chunk], pad_id))
+                finish(chunk, loglik.score_shared(model, idx, [(c[2], c[3]) for c in chunk], pad_id))
                 batch = []
     else:
         pending.sort(key=lambda p: -len(p[2]))
         for start in range(0, len(pending), batch_size):
             chunk = pending[start:start + batch_size]
-            finish(chunk, score_batch(model, [c[2] for c in chunk], [c[3] for c in chunk], pad_id))
+            finish(chunk, loglik.score_batch(model, [c[2] for c in chunk], [c[3] for c in chunk], pad_id))
     bar.close()
     return [out[i] for i in range(len(items))]
 
 
-@register_task("belebele", description="BELEBELE reading comprehension, log-likelihood", output_name=_output_name)
 def run(ctx: TaskContext, *, template: str = "native", limit: int | None = None, chat: bool = False,
         batch_size: int | None = None, share_passages: bool = False) -> TaskResult:
     limit = limit if limit is not None else ctx.cfg.eval.limit
@@ -200,8 +201,21 @@ def missing_data(lang: Language, data_dir: Path | None, opts: dict) -> str | Non
     ``facebook/belebele`` has every FLORES code of :mod:`clo.languages` (not checked offline)."""
     if data_dir is None:
         return None
-    path = Path(data_dir) / "belebele" / f"{lang.flores}.jsonl"
-    return None if path.is_file() else f"{path}: no BELEBELE file for {lang.name} (belebele/{lang.flores}.jsonl)"
+    path = Path(data_dir) / data_file(lang)
+    return None if path.is_file() else f"{path}: no BELEBELE file for {lang.name} ({data_file(lang)})"
 
 
-run.missing_data = missing_data  # type: ignore[attr-defined]  # read by clo.experiments.preflight
+def count_items(lang: Language, data_dir: Path | None, opts: dict, assumed) -> int | None:
+    """Questions of ``lang``: the local file's records, else the hub's 900 per language (``assumed``)."""
+    n = count_lines(Path(data_dir) / data_file(lang)) if data_dir is not None else None
+    return n or int(assumed.get("belebele", 0)) or None
+
+
+TASK = register(Task(
+    "belebele", "BELEBELE reading comprehension, log-likelihood", run,
+    data_files=lambda lang, opts: [data_file(lang)], hub="facebook/belebele", missing_data=missing_data,
+    count_items=count_items,
+    options=(Option("template", "prompt template: the language's own labels (paper Table 7) or "
+                    "lm-evaluation-harness's English one", choices=tuple(TEMPLATES), default="native"),),
+    variant="template",
+))

@@ -1,4 +1,10 @@
-"""``clo eval TASK``: run one evaluation task on one model and print its metrics."""
+"""``clo eval TASK``: run one evaluation task on one model and print its metrics.
+
+Every task of the registry (:func:`clo.eval.task.tasks`) is a subcommand, with the options every
+task takes (``--model``, ``--lang``, ``--limit``, ...) and its own (:attr:`clo.eval.task.Task.options`):
+``clo eval fidelity --help`` lists fidelity's. Another task's option is refused naming the tasks
+that take it.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +13,21 @@ import json
 import sys
 from pathlib import Path
 
-HELP = "evaluate a model: belebele, mmmlu, alpacaeval, alpacaeval-outputs, fidelity, confusion"
+HELP = "evaluate a model on one task (`clo eval TASK --help` lists the task's options)"
 
-# An evaluation whose judge failed on some items: its win rate is over fewer items than asked for.
-FAILED_JUDGMENTS_EXIT = 3
+# A result whose task says it is incomplete (its judge failed on some items: the win rate is over
+# fewer items than asked for), unless the task's allowing flag is given.
+INCOMPLETE_EXIT = 3
+FAILED_JUDGMENTS_EXIT = INCOMPLETE_EXIT
 
-TASK_NAMES = ("belebele", "mmmlu", "alpacaeval", "alpacaeval-outputs", "fidelity", "confusion")
+_FOREIGN = "_foreign_"  # the destination prefix of other tasks' options, refused when given
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def _common_arguments() -> argparse.ArgumentParser:
+    """The options every task takes, as a parent parser of each task's subcommand."""
     from clo.cli import add_config_arguments, add_output_argument, add_progress_argument
 
-    parser.add_argument("task", choices=TASK_NAMES)
+    parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--model", help="the model to evaluate: offline name, local directory or hub id "
                                         "(config key model)")
     parser.add_argument("--lang", help="language code (default: config lang)")
@@ -26,39 +35,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_argument(parser, "output directory (default: <output_dir>/eval)")
     parser.add_argument("--backend", help="generation backend: auto, transformers or vllm (default: eval.backend)")
     parser.add_argument("--limit", type=int, help="evaluate at most this many items (MMMLU: stratified)")
-    parser.add_argument("--template", choices=("native", "harness"), help="belebele: prompt template")
-    parser.add_argument("--max-new-tokens", type=int, help="generation length (default: eval.max_new_tokens)")
-    parser.add_argument("--prompts-file", help="fidelity: prompts (.txt/.json/.jsonl/.csv)")
-    parser.add_argument("--split", choices=("monolingual", "crosslingual", "all"), help="confusion: prompt split")
-    parser.add_argument("--baseline", help="alpacaeval: baseline model spec")
-    parser.add_argument("--baseline-outputs", help="alpacaeval: baseline outputs (alpaca_eval JSON)")
-    parser.add_argument("--instructions-file", help="alpacaeval: instructions (alpaca_eval JSON)")
-    parser.add_argument("--translated-file", help="alpacaeval: instructions already in the target language")
     parser.add_argument("--overwrite", action="store_true",
                         help="the output's item cache was written by an evaluation of other settings (model, "
                              "options, data): start it over; without it such a cache is refused")
-    parser.add_argument("--allow-failed-judgments", action="store_true",
-                        help="alpacaeval: exit 0 even when some judgments failed (the win rate is then over "
-                             "the judged items only; without it such a run exits 3)")
     add_progress_argument(parser)
     add_config_arguments(parser)
+    return parser
 
 
-# CLI flag -> (task option, tasks that take it)
-_OPTIONS = {
-    "template": ("template", {"belebele"}),
-    "max_new_tokens": ("max_new_tokens", {"mmmlu", "alpacaeval", "alpacaeval-outputs", "fidelity", "confusion"}),
-    "prompts_file": ("prompts_file", {"fidelity"}),
-    "split": ("split", {"confusion"}),
-    "baseline": ("baseline", {"alpacaeval"}),
-    "baseline_outputs": ("baseline_outputs", {"alpacaeval"}),
-    "instructions_file": ("instructions_file", {"alpacaeval", "alpacaeval-outputs"}),
-    "translated_file": ("translated_file", {"alpacaeval", "alpacaeval-outputs"}),
-}
+def _add_option(parser, option, *, dest: str | None = None, hidden: bool = False) -> None:
+    kw: dict = {"dest": dest or option.name,
+                "help": argparse.SUPPRESS if hidden else option.help + (
+                    f" (default: {option.default})" if option.default is not None and option.type is not bool else "")}
+    if option.type is bool:
+        kw["action"] = "store_true"
+        kw["default"] = None
+    else:
+        kw["type"] = option.type
+        kw["metavar"] = option.metavar
+        if option.choices and not hidden:
+            kw["choices"] = option.choices
+    parser.add_argument(option.flag, **kw)
 
 
-def _flag(option: str) -> str:
-    return "--" + option.replace("_", "-")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from clo.eval.task import tasks
+
+    registered = tasks()
+    parser.description = "Evaluate a model on one task: " + ", ".join(t.name for t in registered) + "."
+    common = _common_arguments()
+    sub = parser.add_subparsers(dest="task", metavar="TASK", required=True)
+    flags = {o.flag: o for t in registered for o in t.options}  # every task's options, by flag
+    for task in registered:
+        p = sub.add_parser(task.name, help=task.help, description=f"{task.name}: {task.help}.", parents=[common])
+        own = {o.flag for o in task.options}
+        group = p.add_argument_group(f"{task.name} options") if task.options else p
+        for option in task.options:
+            _add_option(group, option)
+        for flag, option in flags.items():
+            if flag not in own:
+                _add_option(p, option, dest=_FOREIGN + option.name, hidden=True)
+
+
+def _foreign_option(args: argparse.Namespace, task) -> str | None:
+    """The message refusing another task's option given to ``task``, if one was."""
+    from clo.eval.task import tasks
+
+    for key, value in sorted(vars(args).items()):
+        if key.startswith(_FOREIGN) and value is not None:
+            name = key.removeprefix(_FOREIGN)
+            takers = sorted(t.name for t in tasks() if t.option(name) is not None)
+            flag = "--" + name.replace("_", "-")
+            return f"{flag} applies only to {', '.join(takers)}, not {task.name}"
+    return None
 
 
 def main(args: argparse.Namespace) -> int:
@@ -68,7 +97,12 @@ def main(args: argparse.Namespace) -> int:
     from clo.config import ConfigError
     from clo.eval import evaluate
     from clo.eval.core import validate_options
+    from clo.eval.task import get_task
 
+    task = get_task(args.task)
+    refused = _foreign_option(args, task)
+    if refused:
+        raise ConfigError(refused)
     overrides = list(args.overrides)
     for flag, key in (("model", "model"), ("lang", "lang"), ("data_dir", "eval.data_dir"),
                       ("backend", "eval.backend")):
@@ -76,26 +110,18 @@ def main(args: argparse.Namespace) -> int:
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
     cfg = load_run_config(args.config, overrides, "eval")
-    options = {}
-    for flag, (opt, tasks) in _OPTIONS.items():
-        value = getattr(args, flag)
-        if value is None:
-            continue
-        if args.task not in tasks:
-            raise ConfigError(f"{_flag(flag)} applies only to {', '.join(sorted(tasks))}, not {args.task}")
-        options[opt] = value
+    given = {o.name: getattr(args, o.name) for o in task.options if getattr(args, o.name) is not None}
+    options = {k: v for k, v in given.items() if task.option(k).passed}
     if args.limit is not None:
         options["limit"] = args.limit
     # --limit 0, --max-new-tokens -1: refused as eval.limit / eval.max_new_tokens would be.
-    validate_options(cfg.eval, options, label=_flag)
+    validate_options(cfg.eval, options, label=lambda k: "--" + k.replace("_", "-"))
     out = Path(args.output) if args.output is not None else Path(cfg.output_dir) / "eval"
-    metrics = evaluate(args.task, cfg.model, cfg, out, overwrite=args.overwrite, **options)
+    metrics = evaluate(task.name, cfg.model, cfg, out, overwrite=args.overwrite, **options)
     print(json.dumps(metrics, indent=2, ensure_ascii=False))
-    failures = metrics.get("failures") or 0
-    if args.task == "alpacaeval" and failures and not args.allow_failed_judgments:
-        # The win rate is over fewer items than asked for: not a result to take silently.
-        print(f"clo eval: {failures} judgment(s) failed (the records' 'error' says why): the win rate is over "
-              f"{metrics.get('n', 0)} items only; rerun to judge them again, or pass --allow-failed-judgments "
-              "to accept it", file=sys.stderr)
-        return FAILED_JUDGMENTS_EXIT
+    problem = task.incomplete(metrics, given) if task.incomplete is not None else None
+    if problem:
+        # Fewer items than asked for: not a result to take silently.
+        print(f"clo eval: {problem}", file=sys.stderr)
+        return INCOMPLETE_EXIT
     return 0

@@ -1,8 +1,8 @@
-"""The task registry, the per-item cache, and the JSON + Markdown result files.
+"""Running a task: the per-item cache, the task's context, and the JSON + Markdown result files.
 
-Every task is a function ``run(ctx, **options) -> TaskResult`` registered under its name with
-:func:`register_task`; :func:`evaluate` loads the model, opens the cache, runs the task and writes
-``<output_dir>/<name>.json`` and ``<name>.md``.
+Every task is a :class:`clo.eval.task.Task` whose run function is ``run(ctx, **options) ->
+TaskResult``; :func:`evaluate` looks it up in the registry, loads the model, opens the cache, runs
+it and writes ``<output_dir>/<name>.json`` and ``<name>.md``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from typing import Any
 
 from clo import languages
 from clo.errors import CloError
+from clo.eval.identity import model_identity
+from clo.eval.task import get_task, tasks
 from clo.fingerprints import differing_keys, sha256_file
 from clo.languages import Language
 
@@ -177,7 +179,7 @@ def _parse_json(line: bytes) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# Registry
+# What a task runs on
 
 
 @dataclass
@@ -249,39 +251,6 @@ class TaskResult:
     extra_files: dict[str, Any] = field(default_factory=dict)  # file name -> JSON content
 
 
-@dataclass(frozen=True)
-class TaskSpec:
-    name: str
-    run: Callable[..., TaskResult]
-    # Options that change which file the result goes to (e.g. belebele's template).
-    output_name: Callable[[str, dict], str]
-    description: str = ""
-
-
-TASKS: dict[str, TaskSpec] = {}
-
-
-def register_task(name: str, *, description: str = "", output_name: Callable[[str, dict], str] | None = None):
-    def deco(fn: Callable[..., TaskResult]) -> Callable[..., TaskResult]:
-        TASKS[name] = TaskSpec(name, fn, output_name or (lambda lang, opts: f"{name}-{lang}"), description)
-        return fn
-
-    return deco
-
-
-def get_task(name: str) -> TaskSpec:
-    _load_tasks()
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise KeyError(f"unknown evaluation task {name!r}; known: {', '.join(sorted(TASKS))}") from None
-
-
-def _load_tasks() -> None:
-    # The task modules register themselves on import.
-    from clo.eval import alpacaeval, belebele, fidelity, mmmlu, preference  # noqa: F401
-
-
 # ---------------------------------------------------------------------------------------------
 # Helpers shared by tasks
 
@@ -293,29 +262,6 @@ def data_hash(items: list) -> str:
         h.update(json.dumps(it, sort_keys=True, ensure_ascii=False).encode("utf-8"))
         h.update(b"\n")
     return h.hexdigest()
-
-
-def model_identity(model, spec: str | None) -> str:
-    """A string that changes when the weights change: the spec for a loaded spec, else the
-    checkpoint name plus a digest of a sample of every parameter tensor."""
-    if spec is not None:
-        from clo.identity import model_digest
-        from clo.identity import model_identity as identity
-
-        # A checkpoint directory can be overwritten by a new training run, a hub id can move to
-        # another commit: the name carries a digest of the content (clo.identity).
-        ident = identity(spec)
-        if "sha256" in ident or ident.get("revision"):
-            return f"{spec}@{model_digest(spec)}"
-        return spec
-    h = hashlib.sha256()
-    for name, p in model.named_parameters():
-        flat = p.detach().reshape(-1)
-        h.update(name.encode())
-        h.update(flat[:64].float().cpu().numpy().tobytes())
-        h.update(flat[-64:].float().cpu().numpy().tobytes())
-    name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
-    return f"{name}@{h.hexdigest()[:16]}"
 
 
 def _describe(v: Any) -> Any:
@@ -372,13 +318,14 @@ _NOT_IN_FINGERPRINT = {
              "chunk_size": True},
     "judge": {"concurrency": True, "rpm": True, "tpm": True},
 }
-# Settings that only the named task reads: left out of the other tasks' fingerprints.
-_TASK_ONLY = {"mmmlu_max_new_tokens": "mmmlu"}
 
 
 def _fingerprinted_eval(task: str, eval_cfg) -> dict:
-    exclude = {**_NOT_IN_FINGERPRINT, **{k: True for k, t in _TASK_ONLY.items() if t != task}}
-    return eval_cfg.model_dump(mode="json", exclude=exclude)
+    """The ``eval`` settings in ``task``'s fingerprint: all but those of :data:`_NOT_IN_FINGERPRINT`
+    and those only other tasks read (their :attr:`~clo.eval.task.Task.settings`)."""
+    own = set(get_task(task).settings)
+    others = {k for t in tasks() for k in t.settings} - own
+    return eval_cfg.model_dump(mode="json", exclude={**_NOT_IN_FINGERPRINT, **dict.fromkeys(others, True)})
 
 
 # Task options that override the ``eval`` setting of the same name, and obey its constraints.
@@ -411,36 +358,12 @@ def _file_digest(path: Path) -> str:
     return sha256_file(path)[:16]
 
 
-def _task_data_files(task: str, lang: Language, data_dir: Path | None, options: dict) -> list[Path]:
-    """The files under ``eval.data_dir`` that ``task`` reads for ``lang`` (none from the hub):
-    they are few and small, so their content digests go into the cache key."""
-    if data_dir is None:
-        return []
-    if task == "belebele":
-        return [data_dir / "belebele" / f"{lang.flores}.jsonl"]
-    if task == "mmmlu":
-        from clo.eval.mmmlu import _file_code
-
-        return [data_dir / "mmlu" / f"mmlu_{_file_code(lang)}.csv"]
-    if task in ("alpacaeval", "alpacaeval-outputs") and not options.get("instructions_file"):
-        return [data_dir / "alpaca_eval" / "text_davinci_003.json"]
-    lcb = data_dir / "language_confusion"
-    if task == "fidelity" and not options.get("prompts") and not options.get("prompts_file"):
-        return sorted((lcb / "monolingual").glob(f"*/{lang.code}.csv"))
-    if task == "confusion":
-        split = options.get("split", "monolingual")
-        splits = ("monolingual", "crosslingual") if split == "all" else (split,)
-        files = [f for sp in splits for f in sorted((lcb / str(sp)).glob(f"*/{lang.code}.csv"))]
-        return files + ([] if options.get("words_file") else [lcb / "words"])
-    return []
-
-
 def data_digests(task: str, lang: Language, data_dir: Path | None, options: dict) -> dict:
     """``{name: sha256[:16]}`` of the data files a run of ``task`` reads: its files under the data
     directory (named relative to it) and every option naming a file (named by the option); for
     an option naming a directory (a baseline model), a digest of its files' names, sizes and times."""
     out = {}
-    for f in _task_data_files(task, lang, data_dir, options):
+    for f in get_task(task).files(lang, data_dir, options):
         if f.is_file():
             out[f.relative_to(data_dir).as_posix()] = _file_digest(f)
     for k, v in sorted(options.items()):

@@ -40,8 +40,8 @@ from clo.eval.core import (
     data_hash,
     read_json_list,
     read_text,
-    register_task,
 )
+from clo.eval.task import MAX_NEW_TOKENS, Option, Task, count_csv_rows, count_lines, register
 
 
 def echoes(prompt: str, answer: str) -> bool:
@@ -60,6 +60,12 @@ def _detect(texts: list[str]) -> list[str | None]:
 
 # ---------------------------------------------------------------------------------------------
 # Prompts
+
+#: The Language Confusion Benchmark under the data directory: ``<split>/<source>/<lang>.csv`` and
+#: the English word list ``words``.
+LCB_DIR = "language_confusion"
+#: Its two tasks (prompt splits), never pooled.
+SPLITS = ("monolingual", "crosslingual")
 
 
 def _lcb_rows(root: Path, split: str, lang: str) -> list[dict]:
@@ -82,9 +88,9 @@ def load_lcb(data_dir: Path | None, lang: str, split: str = "monolingual") -> li
     if data_dir is None:
         raise EvalDataError("the Language Confusion Benchmark is read from a local copy: set eval.data_dir "
                             "(a directory with language_confusion/{monolingual,crosslingual}/<source>/<lang>.csv)")
-    root = Path(data_dir) / "language_confusion"
-    splits = ("monolingual", "crosslingual") if split == "all" else (split,)
-    if any(s not in ("monolingual", "crosslingual") for s in splits):
+    root = Path(data_dir) / LCB_DIR
+    splits = SPLITS if split == "all" else (split,)
+    if any(s not in SPLITS for s in splits):
         raise ValueError(f"unknown split {split!r}; use monolingual, crosslingual or all")
     rows = [r for s in splits for r in _lcb_rows(root, s, lang)]
     if not rows:
@@ -129,7 +135,7 @@ def lcb_languages(data_dir: Path | None, split: str = "monolingual") -> set[str]
     """The language codes with Language Confusion Benchmark prompts of ``split`` under ``data_dir``."""
     if data_dir is None:
         return set()
-    return {f.stem for f in (Path(data_dir) / "language_confusion" / split).glob("*/*.csv")}
+    return {f.stem for f in (Path(data_dir) / LCB_DIR / split).glob("*/*.csv")}
 
 
 #: Where fidelity prompts come from when neither ``prompts`` nor ``prompts_file`` is given.
@@ -188,15 +194,14 @@ def missing_confusion_data(lang, data_dir: Path | None, opts: dict) -> str | Non
     """What a confusion run in ``lang`` lacks (None: nothing)."""
     if data_dir is None:
         return "the Language Confusion Benchmark is read from a local copy: set eval.data_dir"
-    split = opts.get("split", "monolingual")
-    root = Path(data_dir) / "language_confusion"
+    root = Path(data_dir) / LCB_DIR
     if not root.is_dir():
         return f"{root}: no such directory (a local copy of the Language Confusion Benchmark)"
-    for s in SPLITS if split == "all" else (split,):
+    for s in _splits(opts):
         if lang.code not in lcb_languages(data_dir, s):
             has = ", ".join(sorted(lcb_languages(data_dir, s))) or "none"
             return f"{root / s}: no {s} prompts for {lang.code} (<source>/{lang.code}.csv; it has {has})"
-    words = Path(opts["words_file"]) if opts.get("words_file") else Path(data_dir) / "language_confusion" / "words"
+    words = Path(opts["words_file"]) if opts.get("words_file") else Path(data_dir) / LCB_DIR / "words"
     return None if words.exists() else f"{words}: no English word list (the word-level pass rate needs it)"
 
 
@@ -224,7 +229,6 @@ def _responses(ctx: TaskContext, prompts: list[str], ids: list[str], *, batch_si
     return out
 
 
-@register_task("fidelity", description="share of responses in the prompt's language")
 def run_fidelity(ctx: TaskContext, *, prompts: list[str] | None = None, prompts_file: str | None = None,
                  source: str = "auto", held_out_file: str | None = None,
                  limit: int | None = None, batch_size: int | None = None,
@@ -275,15 +279,6 @@ def run_fidelity(ctx: TaskContext, *, prompts: list[str] | None = None, prompts_
     return TaskResult(metrics, records, data_hash(prompts), md)
 
 
-run_fidelity.missing_data = missing_data  # type: ignore[attr-defined]  # read by clo.experiments.preflight
-
-
-SPLITS = ("monolingual", "crosslingual")
-
-
-def _confusion_output_name(lang: str, opts: dict) -> str:
-    split = opts.get("split", "monolingual")
-    return f"confusion-{lang}" if split == "monolingual" else f"confusion-{lang}-{split}"
 
 
 def _split_metrics(recs: list[dict], lang: str, word_level: bool | None) -> dict:
@@ -306,8 +301,6 @@ def _split_metrics(recs: list[dict], lang: str, word_level: bool | None) -> dict
     return out
 
 
-@register_task("confusion", description="Language Confusion Benchmark line/word-level pass rates",
-               output_name=_confusion_output_name)
 def run_confusion(ctx: TaskContext, *, split: str = "monolingual", limit: int | None = None,
                   words_file: str | None = None, word_level: bool | None = None, lid_model: str | None = None,
                   batch_size: int | None = None, max_new_tokens: int | None = None) -> TaskResult:
@@ -317,7 +310,7 @@ def run_confusion(ctx: TaskContext, *, split: str = "monolingual", limit: int | 
     splits = SPLITS if split == "all" else (split,)
     code = ctx.lang.code
     rows = [{**r, "task": s} for s in splits for r in load_lcb(ctx.data_dir, code, s)[:limit]]
-    wpath = Path(words_file) if words_file else (ctx.data_dir or Path(".")) / "language_confusion" / "words"
+    wpath = Path(words_file) if words_file else (ctx.data_dir or Path(".")) / LCB_DIR / "words"
     try:
         words = lcb.load_english_words(wpath)
     except FileNotFoundError as e:
@@ -356,4 +349,69 @@ def run_confusion(ctx: TaskContext, *, split: str = "monolingual", limit: int | 
     return TaskResult(metrics, records, data_hash([r["prompt"] for r in rows]), "\n".join(md))
 
 
-run_confusion.missing_data = missing_confusion_data  # type: ignore[attr-defined]
+# ---------------------------------------------------------------------------------------------
+# The tasks' declarations
+
+
+def _splits(opts: dict) -> tuple[str, ...]:
+    split = opts.get("split", "monolingual")
+    return SPLITS if split == "all" else (split,)
+
+
+def _lcb_files(lang, splits) -> list[str]:
+    return [f"{LCB_DIR}/{s}/*/{lang.code}.csv" for s in splits]
+
+
+def fidelity_files(lang, opts: dict) -> list[str]:
+    """The benchmark's monolingual prompts of ``lang``, unless the prompts are given."""
+    return [] if opts.get("prompts") or opts.get("prompts_file") else _lcb_files(lang, ("monolingual",))
+
+
+def count_fidelity_items(lang, data_dir: Path | None, opts: dict, assumed) -> int | None:
+    """Prompts: the given ones, those of the prompts file or held-out records, else the benchmark's
+    monolingual prompts of ``lang`` (else 100 per source file, ``assumed["confusion"]``)."""
+    if opts.get("prompts") is not None:
+        return len(opts["prompts"])
+    if opts.get("prompts_file"):
+        try:
+            return len(load_prompts(Path(opts["prompts_file"])))
+        except (OSError, ValueError):  # EvalDataError is one: the data check says what is wrong
+            return None
+    if uses_held_out(lang.code, data_dir, opts) and opts.get("held_out_file"):
+        return count_lines(Path(opts["held_out_file"]))
+    n = count_csv_rows(sorted(data_dir.glob(_lcb_files(lang, ("monolingual",))[0]))) if data_dir else None
+    return n or int(assumed.get("confusion", 0)) or None
+
+
+def confusion_files(lang, opts: dict) -> list[str]:
+    """The benchmark's prompts of ``lang`` in the chosen splits, and its English word list."""
+    return _lcb_files(lang, _splits(opts)) + ([] if opts.get("words_file") else [f"{LCB_DIR}/words"])
+
+
+def count_confusion_items(lang, data_dir: Path | None, opts: dict, assumed) -> int | None:
+    """Prompts of ``lang`` in the chosen splits, else 100 per split (``assumed["confusion"]``)."""
+    files = [f for pattern in _lcb_files(lang, _splits(opts)) for f in sorted(data_dir.glob(pattern))] if data_dir else []
+    return count_csv_rows(files) or int(assumed.get("confusion", 0)) * len(_splits(opts)) or None
+
+
+FIDELITY = register(Task(
+    "fidelity", "share of responses in the prompt's language", run_fidelity,
+    data_files=fidelity_files, missing_data=missing_data, count_items=count_fidelity_items,
+    options=(Option("prompts_file", "prompts (.txt/.json/.jsonl/.csv; default: the Language Confusion "
+                    "Benchmark's where it has the language)", metavar="FILE"),
+             Option("source", "where the prompts come from when no --prompts-file is given: the benchmark "
+                    "where it has the language, else --held-out-file (auto), or one of them",
+                    choices=SOURCES, default="auto"),
+             Option("held_out_file", "held-out cross-lingual records (JSONL) whose prompts in the language "
+                    "are used, e.g. a grid's data/<lang>/validation.jsonl", metavar="FILE"),
+             MAX_NEW_TOKENS),
+    reads_held_out=lambda lang, data_dir, opts: uses_held_out(lang.code, data_dir, opts),
+))
+CONFUSION = register(Task(
+    "confusion", "Language Confusion Benchmark line/word-level pass rates", run_confusion,
+    data_files=confusion_files, missing_data=missing_confusion_data, count_items=count_confusion_items,
+    options=(Option("split", "the benchmark's prompts: monolingual, crosslingual, or both reported side by side",
+                    choices=(*SPLITS, "all"), default="monolingual"),
+             MAX_NEW_TOKENS),
+    variant="split",
+))

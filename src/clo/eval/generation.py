@@ -559,7 +559,7 @@ def _make_vllm(*, spec: str | None, load_model: Callable[[], Any], tokenizer, ev
         path = resolve(spec)
     else:
         # vLLM loads from disk: an in-memory model is written out once per distinct identity.
-        from clo.eval.core import model_identity
+        from clo.eval.identity import model_identity
 
         model = load_model()
         path = str(workdir / ".vllm-checkpoints" / model_identity(model, None).rsplit("@", 1)[-1])

@@ -24,8 +24,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from clo import languages
-from clo.eval.core import EvalDataError, TaskContext, TaskResult, data_hash, register_task
+from clo.eval.core import EvalDataError, TaskContext, TaskResult, data_hash
 from clo.eval.stats import mean_stderr
+from clo.eval.task import Option, Task, count_csv_rows, register
 from clo.languages import Language
 
 COLUMNS = ("Question", "A", "B", "C", "D", "Answer", "Subject")
@@ -191,8 +192,11 @@ def extract_answer(text: str) -> str | None:
 # Data
 
 
-def _file_code(lang: Language) -> str:
-    return "EN-US" if lang.mmmlu is None else lang.mmmlu.replace("_", "-")
+def data_file(lang: Language) -> str:
+    """The MMMLU file of ``lang`` under the data directory: openai/MMMLU's file names
+    (``mmlu_DE-DE.csv``; English is ``mmlu_EN-US.csv``, the original MMLU)."""
+    code = "EN-US" if lang.mmmlu is None else lang.mmmlu.replace("_", "-")
+    return f"mmlu/mmlu_{code}.csv"
 
 
 def _answer(row: dict, where: str) -> str:
@@ -215,9 +219,9 @@ def _require_columns(present, needed, where: str) -> None:
 def load_rows(lang: Language, data_dir: Path | None) -> list[dict]:
     """Rows of ``<data_dir>/mmlu/mmlu_<XX-YY>.csv`` (MMMLU's file names), or of the hub."""
     if data_dir is not None:
-        path = Path(data_dir) / "mmlu" / f"mmlu_{_file_code(lang)}.csv"
+        path = Path(data_dir) / data_file(lang)
         if not path.is_file():
-            raise EvalDataError(f"{path}: no MMMLU file for {lang.name} (expected mmlu/mmlu_{_file_code(lang)}.csv "
+            raise EvalDataError(f"{path}: no MMMLU file for {lang.name} (expected {data_file(lang)} "
                                 "in openai/MMMLU's columns under the data directory)")
         rows = []
         with path.open(encoding="utf-8", newline="") as f:
@@ -307,7 +311,6 @@ def _metrics(records: list[dict]) -> dict:
     }
 
 
-@register_task("mmmlu", description="MMMLU (MMLU in the target language), generative")
 def run(ctx: TaskContext, *, limit: int | None = None, max_new_tokens: int | None = None,
         retries: int | None = None, batch_size: int | None = None, temperature: float | None = None) -> TaskResult:
     ev = ctx.cfg.eval
@@ -369,8 +372,22 @@ def missing_data(lang: Language, data_dir: Path | None, opts: dict) -> str | Non
         return f"MMMLU has no {lang.name} ({lang.code}): openai/MMMLU ships 14 languages and English as MMLU"
     if data_dir is None:
         return None  # openai/MMMLU or cais/mmlu on the hub (not checked offline)
-    path = Path(data_dir) / "mmlu" / f"mmlu_{_file_code(lang)}.csv"
-    return None if path.is_file() else f"{path}: no MMMLU file for {lang.name} (mmlu/mmlu_{_file_code(lang)}.csv)"
+    path = Path(data_dir) / data_file(lang)
+    return None if path.is_file() else f"{path}: no MMMLU file for {lang.name} ({data_file(lang)})"
 
 
-run.missing_data = missing_data  # type: ignore[attr-defined]  # read by clo.experiments.preflight
+def count_items(lang: Language, data_dir: Path | None, opts: dict, assumed) -> int | None:
+    """Questions of ``lang``: the local file's rows, else MMLU's 14,042 test questions (``assumed``)."""
+    n = count_csv_rows([Path(data_dir) / data_file(lang)]) if data_dir is not None else None
+    return n or int(assumed.get("mmmlu", 0)) or None
+
+
+TASK = register(Task(
+    "mmmlu", "MMMLU (MMLU in the target language), generative", run,
+    data_files=lambda lang, opts: [data_file(lang)], hub="openai/MMMLU", missing_data=missing_data,
+    count_items=count_items,
+    options=(Option("max_new_tokens", "generation length (default: eval.mmmlu_max_new_tokens, else "
+                    "eval.max_new_tokens)", int, metavar="N"),),
+    # eval.mmmlu_retries is in every task's fingerprint, as in the item caches already written.
+    settings=("mmmlu_max_new_tokens",),
+))

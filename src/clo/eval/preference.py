@@ -29,8 +29,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from clo.eval.core import EvalDataError, TaskContext, TaskResult, data_hash, register_task
+from clo.eval.core import EvalDataError, TaskContext, TaskResult, data_hash
 from clo.eval.stats import mean_stderr
+from clo.eval.task import Option, Task, count_lines, register
 
 #: Per-item values whose means (with standard errors) are the task's metrics.
 ITEM_METRICS = ("tgt_preferred", "en_preferred", "margin_tgt", "margin_en", "nll_tgt", "nll_en")
@@ -128,7 +129,6 @@ def missing_data(lang, data_dir: Path | None, opts: dict) -> str | None:
     return "no held-out records: give held_out_file= (cross-lingual records, e.g. a grid's data/<lang>/validation.jsonl)"
 
 
-@register_task("preference", description="target vs English answer preferred per token on held-out quadruples")
 def run_preference(ctx: TaskContext, *, held_out_file: str | None = None, limit: int | None = None,
                    max_length: int | None = None, batch_size: int | None = None) -> TaskResult:
     """``batch_size``: prompts per forward (default ``eval.batch_size``, else 8)."""
@@ -174,4 +174,18 @@ def run_preference(ctx: TaskContext, *, held_out_file: str | None = None, limit:
     return TaskResult(metrics, out, data_hash(hashed), md)
 
 
-run_preference.missing_data = missing_data  # type: ignore[attr-defined]  # read by clo.experiments.preflight
+
+def count_items(lang, data_dir: Path | None, opts: dict, assumed) -> int | None:
+    """The held-out records of ``held_out_file`` (unknown until a grid's data stage writes them)."""
+    return count_lines(Path(opts["held_out_file"])) if opts.get("held_out_file") else None
+
+
+TASK = register(Task(
+    "preference", "target vs English answer preferred per token on held-out quadruples", run_preference,
+    missing_data=missing_data, count_items=count_items,
+    options=(Option("held_out_file", "held-out cross-lingual records (JSONL of x_en, y_en, x_tgt, y_tgt), "
+                    "e.g. a grid's data/<lang>/validation.jsonl", metavar="FILE"),
+             Option("max_length", "tokens of prompt and response scored (default: train.max_length)", int,
+                    metavar="N")),
+    reads_held_out=lambda lang, data_dir, opts: not opts.get("held_out_file"),
+))

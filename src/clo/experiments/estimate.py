@@ -9,7 +9,6 @@ planning, not measurements: the rates are those of one H200-class GPU per job.
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import logging
 import math
@@ -172,27 +171,6 @@ def _data_sizes(grid: GridConfig, cfg, lang: str, a: dict) -> _Data:
     return _Data(dc.n, float(a["tokens"]["english_chars_per_example"].get(dc.source, 1000)), False, True)
 
 
-def _count_lines(path: Path) -> int | None:
-    try:
-        with path.open("rb") as f:
-            return sum(1 for line in f if line.strip())
-    except OSError:
-        return None
-
-
-def _count_csv(paths: list[Path]) -> int | None:
-    if not paths:
-        return None
-    n = 0
-    for p in paths:
-        try:
-            with p.open(encoding="utf-8", newline="") as f:
-                n += sum(1 for _ in csv.DictReader(f))
-        except (OSError, UnicodeDecodeError, csv.Error):
-            return None
-    return n
-
-
 def _instructions(cfg, job, a: dict) -> tuple[int, float]:
     """(number, total characters) of the AlpacaEval instructions a job reads (its limit applied)."""
     from clo.eval.alpacaeval import load_instructions
@@ -207,54 +185,24 @@ def _instructions(cfg, job, a: dict) -> tuple[int, float]:
             return len(rows), float(sum(len(r["instruction"]) for r in rows))
         except Exception as e:  # noqa: BLE001 - the data check says what is missing
             log.debug("estimate: AlpacaEval instructions not counted (%s); assumed sizes", e)
-    n = min(limit or 10**9, int(a["tokens"]["alpacaeval_instructions"]))
+    n = min(limit or 10**9, int(a["items"]["alpacaeval"]))
     return n, n * float(a["tokens"]["alpacaeval_chars_per_instruction"])
 
 
 def eval_items(grid: GridConfig, run: RunSpec, job, a: dict, data: _Data) -> int:
-    """How many items an evaluation job will have (its ``limit`` applied)."""
+    """How many items an evaluation job will have (its ``limit`` applied): the held-out records
+    the grid's data stage will write, when the task reads them, else what the task counts."""
     from clo import languages
-    from clo.experiments.grid import job_data_dir
+    from clo.eval.task import get_task
+    from clo.experiments.grid import held_out_prompts, job_data_dir
 
     cfg = run.config
-    lang = languages.get(job.resolve_lang(run.lang))
-    ddir = job_data_dir(run, job)
     limit = job.opts.get("limit", cfg.eval.limit)
-    items = a["items"]
-    n: int | None = None
-    if job.task == "belebele":
-        n = _count_lines(ddir / "belebele" / f"{lang.flores}.jsonl") if ddir else None
-        n = n or int(items["belebele"])
-    elif job.task == "mmmlu":
-        from clo.eval.mmmlu import _file_code
-
-        n = _count_csv([ddir / "mmlu" / f"mmlu_{_file_code(lang)}.csv"]) if ddir else None
-        n = n or int(items["mmmlu"])
-    elif job.task == "fidelity":
-        from clo.experiments.grid import held_out_prompts
-
-        if job.opts.get("prompts") is not None:
-            n = len(job.opts["prompts"])
-        elif job.opts.get("prompts_file"):
-            from clo.eval.fidelity import load_prompts
-
-            try:
-                n = len(load_prompts(Path(job.opts["prompts_file"])))
-            except Exception:  # noqa: BLE001
-                n = None
-        elif held_out_prompts(grid, run, job) is not None:
-            n = round(data.n * cfg.data.val_fraction)
-        else:
-            n = _count_csv(sorted((ddir / "language_confusion" / "monolingual").glob(f"*/{lang.code}.csv"))) if ddir else None
-        n = n or int(items["confusion"])
-    elif job.task == "confusion":
-        split = job.opts.get("split", "monolingual")
-        splits = ("monolingual", "crosslingual") if split == "all" else (split,)
-        files = [f for s in splits for f in sorted((ddir / "language_confusion" / s).glob(f"*/{lang.code}.csv"))] if ddir else []
-        n = _count_csv(files) or int(items["confusion"]) * len(splits)
-    elif job.task in ("alpacaeval", "alpacaeval-outputs"):
-        return _instructions(cfg, job, a)[0]
-    return min(n or 0, limit) if limit else (n or 0)
+    if held_out_prompts(grid, run, job) is not None:  # not written yet: the validation split's size
+        n = round(data.n * cfg.data.val_fraction)
+        return min(n, limit) if limit else n
+    lang = languages.get(job.resolve_lang(run.lang))
+    return get_task(job.task).item_count(lang, job_data_dir(run, job), job.opts, limit=limit, assumed=a["items"])
 
 
 # ---------------------------------------------------------------------------------------------

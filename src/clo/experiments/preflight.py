@@ -8,7 +8,7 @@ returning :class:`Finding` s that name the grid file and the dotted key to chang
   use (a missing ``OPENAI_API_KEY`` was otherwise found after every model had trained);
 - ``training-data``: the prebuilt datasets and ``data.path`` exist;
 - ``eval-data``: each evaluation has its data in each language, asked of the task itself (the
-  ``missing_data`` each task in :mod:`clo.eval` declares);
+  ``missing_data`` of its :class:`clo.eval.task.Task`);
 - ``models``: every model spec resolves (an offline name installed, a local directory holding a
   checkpoint, a hub id that exists and is accessible; with ``HF_HUB_OFFLINE`` a hub id outside
   the local cache is "not checked (offline)");
@@ -143,31 +143,23 @@ def check_training_data(ctx: Context) -> list[Finding]:
     return out
 
 
-def data_check(task: str) -> Callable | None:
-    """The task's own declaration of what data it needs (``missing_data(lang, data_dir, opts)``)."""
-    from clo.eval.core import get_task
-
-    return getattr(get_task(task).run, "missing_data", None)
-
-
 @register_check("eval-data")
 def check_eval_data(ctx: Context) -> list[Finding]:
     """Each evaluation's data in each language, as the task declares it."""
     from clo import languages
+    from clo.eval.task import get_task
     from clo.experiments.grid import held_out_prompts, job_data_dir
 
     jobs = ctx.grid.jobs()
     problems: dict[tuple[int, str, str], list[str]] = {}
-    offline_hub: dict[str, int] = {}  # task -> evaluations reading the hub
+    offline_hub: dict[str, int] = {}  # task -> evaluations reading the hub (no local copy of its files)
     for ref in ctx.refs("eval", "pairwise", "baseline-outputs"):
         job, run = ref.job, ref.run
         i = next(k for k, j in enumerate(jobs) if j == job)
         try:
-            check = data_check(job.task)
-        except KeyError as e:
-            problems.setdefault((i, job.task, str(e.args[0])), []).append(run.run_id)
-            continue
-        if check is None:
+            task = get_task(job.task)
+        except KeyError as e:  # an unknown task: the message names the closest known one
+            problems.setdefault((i, job.task, str(e)), []).append(run.run_id)
             continue
         ddir = job_data_dir(run, job)
         opts = dict(job.opts)
@@ -175,12 +167,13 @@ def check_eval_data(ctx: Context) -> list[Finding]:
             held = held_out_prompts(ctx.grid, run, job)
             if held is not None:
                 opts["held_out_file"] = str(held)  # the data stage writes it
-            msg = check(languages.get(ref.lang), ddir, opts)
+            msg = task.missing_data(languages.get(ref.lang), ddir, opts)
         except ValueError as e:  # a bad option (fidelity's source)
             msg = str(e)
         if msg:
             problems.setdefault((i, job.task, msg), []).append(run.run_id)
-        elif ddir is None and job.task != "fidelity" and _truthy(ctx.env.get("HF_HUB_OFFLINE")):
+        elif (ddir is None and task.hub and task.data_files(languages.get(ref.lang), opts)
+              and _truthy(ctx.env.get("HF_HUB_OFFLINE"))):
             offline_hub[job.task] = offline_hub.get(job.task, 0) + 1
     where = (lambda i: ctx.at(f"eval_jobs.{i}")) if ctx.grid.eval_jobs is not None else (
         lambda i: ctx.at("base.eval.tasks"))

@@ -9,12 +9,24 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from clo.io import atomic_write
-from clo.report.tables import GAP, TABLES, Cell, GridResults, Table, build_tables, collect, not_shown
+from clo.registry import Registry
+from clo.report import beyond
+from clo.report.tables import GAP, PAPER_TABLES, Cell, GridResults, Table, collect, not_shown
 
 __all__ = ["GAP", "TABLES", "Cell", "GridResults", "Table", "build_tables", "collect", "not_shown", "write_report"]
+
+#: Every report table, in report order: the paper's, then those of the study beyond it.
+TABLES: Registry = Registry("report table", {**PAPER_TABLES, **beyond.TABLES})
+
+
+def build_tables(res: GridResults, names: Iterable[str] | None = None) -> list[Table]:
+    """The tables ``names`` (default: all) of ``res``; an unknown name says which ones exist."""
+    return [TABLES.get(n)(res) for n in (names or TABLES)]
+
 
 FIGURE = "figure3_winrate_vs_size.png"
 

@@ -14,12 +14,9 @@ for its ``cl_loss``); every missing number is a gap.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import yaml
 
-if TYPE_CHECKING:
-    from clo.report.tables import Cell, GridResults, Table
+from clo.report.tables import Cell, GridResults, Table
 
 #: (task, metric, row label) of the numbers both tables compare.
 METRICS = (("belebele", "accuracy", "BELEBELE"), ("mmmlu", "accuracy", "MMMLU"),
@@ -59,8 +56,6 @@ def _empty(cells: list[Cell]) -> bool:
 
 
 def beyond_cl_losses(res: GridResults) -> Table:
-    from clo.report.tables import Cell, Table
-
     variants = _clo_variants(res)
     if len(set(variants.values())) < 2:
         variants = {}  # nothing to compare: the table is left out
@@ -79,8 +74,6 @@ def beyond_cl_losses(res: GridResults) -> Table:
 
 
 def beyond_multilingual(res: GridResults) -> Table:
-    from clo.report.tables import Cell, Table
-
     t = Table("beyond_multilingual", "Beyond the paper: several target languages in one run vs one language",
               ["model", "variant", "run langs", "metric"], ["one language", "all languages", "Δ (points)"],
               note="One language: the run trained on that language alone; all languages: the run trained on "
@@ -107,5 +100,5 @@ def beyond_multilingual(res: GridResults) -> Table:
     return t
 
 
-#: The report tables of this module: name -> function (registered in clo.report.tables.TABLES).
+#: The report tables of this module: name -> function (in clo.report.TABLES after the paper's).
 TABLES = {"beyond_cl_losses": beyond_cl_losses, "beyond_multilingual": beyond_multilingual}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -544,7 +544,8 @@ def _size_label(size: int | None) -> str:
 
 
 #: name -> builder; report order
-TABLES: dict[str, Callable[[GridResults], Table]] = {
+#: The paper's tables (and the run overview), in report order; clo.report.TABLES adds the others.
+PAPER_TABLES: dict[str, Callable[[GridResults], Table]] = {
     "table1_winrates": table1_winrates,
     "table2_belebele": table2_belebele,
     "table3_mmmlu": table3_mmmlu,
@@ -556,20 +557,6 @@ TABLES: dict[str, Callable[[GridResults], Table]] = {
     "samples": samples_table,
     "runs": runs_table,
 }
-
-
-def _register_beyond() -> None:
-    # clo.report.beyond imports this module (lazily); registering from here avoids the cycle.
-    from clo.report.beyond import TABLES as BEYOND
-
-    TABLES.update(BEYOND)
-
-
-_register_beyond()
-
-
-def build_tables(res: GridResults, names: Iterable[str] | None = None) -> list[Table]:
-    return [TABLES[n](res) for n in (names or TABLES)]
 
 
 #: What fills each table, and the command that runs it where a grid does not: table -> (tasks, how).

@@ -1,7 +1,8 @@
 """The training objectives as pure functions: tensors in, ``(loss, metrics)`` out.
 
-Sequence log-probs are SUMS over the response tokens (DESIGN.md section 1). Keys of the CLO dicts
-are ``<prompt lang>_<response lang>``: ``en_en``, ``en_tgt``, ``tgt_tgt``, ``tgt_en``.
+Sequence log-probs are SUMS over the response tokens, as in the paper's objective (docs/train.md,
+Methods). Keys of the CLO dicts are ``<prompt lang>_<response lang>``: ``en_en``, ``en_tgt``,
+``tgt_tgt``, ``tgt_en``.
 Metrics are detached scalar tensors, so callers may average them across micro-batches or ranks.
 
 The preference terms of the cross-lingual family (``train.cl_loss``) take one direction's chosen and
@@ -253,7 +254,7 @@ def clo_loss(
     label_smoothing: float = 0.0,
     simpo_gamma: float = 0.5,
 ) -> tuple[torch.Tensor, dict]:
-    """Cross-Lingual Optimization loss (DESIGN.md section 1).
+    """Cross-Lingual Optimization loss (docs/train.md, Methods).
 
     .. math::
         \\Delta_k = \\log\\pi_\\theta(k) - \\log\\pi_{ref}(k)

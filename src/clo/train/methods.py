@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from clo.train.losses import KEYS, REFERENCE_FREE, clo_loss, clo_multi_loss, dpo_loss
+from clo.registry import unknown_name_message
 
 #: (logps [b,k], ref [b,k] | None, nll scalar | None, train config, counts [b,k] | None) -> (loss, metrics)
 Objective = Callable[[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None", object, "torch.Tensor | None"],
@@ -97,10 +98,9 @@ STAGES: dict[str, list[str]] = {"sft+dpo": ["sft", "dpo"]}
 
 def get(name: str, langs: list[str] | None = None) -> Method:
     """The method ``name``; with two or more target languages ``langs``, specialised to them."""
-    try:
-        method = METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join([*METHODS, *STAGES])}") from None
+    if name not in METHODS:
+        raise ValueError(unknown_name_message("method", name, [*METHODS, *STAGES]))
+    method = METHODS[name]
     return for_langs(method, langs) if langs is not None and len(langs) > 1 else method
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from clo.errors import CloError
 from clo.io import atomic_write
+from clo.registry import unknown_name_message
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def check_trackers(report_to: str | Iterable[str] | None) -> list[str]:
     names = requested(report_to)
     for name in names:
         if name not in TRACKERS:
-            raise ConfigError(f"train.report_to: unknown tracker {name!r}; known: none, {', '.join(TRACKERS)}")
+            raise ConfigError(f"train.report_to: {unknown_name_message('tracker', name, ['none', *TRACKERS])}")
         package, install = TRACKERS[name]
         if importlib.util.find_spec(package) is None:
             raise ConfigError(f"train.report_to: {name} needs the {package} package, which is not installed "

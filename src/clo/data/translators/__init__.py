@@ -69,30 +69,26 @@ from clo.data.translators.causal import (
 from clo.data.translators.identity import IdentityTranslator
 from clo.data.translators.openai import OpenAITranslator, retry_after_seconds
 from clo.data.translators.seq2seq import Seq2SeqTranslator
+from clo.registry import Registry
 
 if TYPE_CHECKING:
     from clo.data.config import TranslatorConfig
 
-TRANSLATORS: dict[str, Callable[[TranslatorConfig], Translator]] = {
+TRANSLATORS: Registry[Callable[[TranslatorConfig], Translator]] = Registry("translator kind", {
     "seq2seq": Seq2SeqTranslator,
     "causal": CausalTranslator,
     "openai": OpenAITranslator,
     "identity": IdentityTranslator,
-}
+})
 
 
 def register_translator(kind: str, factory: Callable[[TranslatorConfig], Translator], *, replace: bool = False):
-    if kind in TRANSLATORS and not replace:
-        raise ValueError(f"translator {kind!r} is already registered (pass replace=True)")
-    TRANSLATORS[kind] = factory
+    """Add a translator kind (``data.translator.kind``); a taken kind is an error unless ``replace``."""
+    TRANSLATORS.register(kind, factory, replace=replace)
 
 
 def make_translator(cfg: TranslatorConfig) -> Translator:
-    try:
-        factory = TRANSLATORS[cfg.kind]
-    except KeyError:
-        raise ValueError(f"unknown translator kind {cfg.kind!r}; known: {', '.join(sorted(TRANSLATORS))}") from None
-    return factory(cfg)
+    return TRANSLATORS.get(cfg.kind)(cfg)
 
 
 # The entry points last: they look the registry up when called.
