@@ -317,7 +317,6 @@ def test_transformers_is_quieted_when_the_command_imports_it():
         "    print(tl.get_verbosity(), tl.is_progress_bar_enabled())\n"
         "mod.main = main\n"
         "sys.modules['clo_tf_probe'] = mod\n"
-        "cli._module_available = lambda m: True\n"
         "cli.main(sys.argv[1:], subcommands={'p': ('clo_tf_probe', 'p')})\n"
         "from transformers.utils import logging as tl\n"
         "print(tl.get_verbosity(), tl.is_progress_bar_enabled())\n"

@@ -102,4 +102,4 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     # error type, which cli.main turns into exit code 2.
     from clo import cli
 
-    assert issubclass(ConfigError, ValueError) and cli.NOT_BUILT_EXIT == 2
+    assert issubclass(ConfigError, ValueError) and cli.USER_ERROR_EXIT == 2

@@ -148,3 +148,13 @@ def test_registries_answer_a_misspelt_name_with_the_closest(capsys, tmp_path):
     assert cli.main(["data", "view", str(records), "--view", "dop", "--output", str(tmp_path / "v.jsonl")]) == 2
     assert capsys.readouterr().err == (
         "clo data view: unknown view 'dop'; did you mean 'dpo'? known: sft, sft-eng, sft-tgt, dpo, clo\n")
+
+
+def test_shared_data_is_looked_for_beside_the_repository_only(monkeypatch):
+    from clo import paths
+
+    monkeypatch.delenv("CLO_SHARED_DATA", raising=False)
+    root = paths.repo_root()
+    assert paths.shared_data_candidates() == [p / "shared" / "data" for p in (root, *root.parents)]
+    monkeypatch.setenv("CLO_SHARED_DATA", "/elsewhere/data")
+    assert [str(p) for p in paths.shared_data_candidates()] == ["/elsewhere/data"]

@@ -153,20 +153,6 @@ def test_failed_segments_fail_their_text_and_are_not_cached(monkeypatch, tmp_pat
     assert Recorder.batches[-1] == ["EMPTY answer here.", "Now ECHO this line please."]  # only those again
 
 
-def test_bad_answers_cached_by_older_versions_are_translated_again(recorder, tmp_path):
-    fp = Recorder(recorder).fingerprint()
-    with TranslationCache(tmp_path / "c.sqlite") as c:
-        c.put_many(fp, "en", "de", {"Hello there.": "", "Good night, my friend.": "Good night, my friend.",
-                                    "See you.": "BIS BALD"})
-    st = T.TranslationStats()
-    out = T.translate_texts(["Hello there.", "Good night, my friend.", "See you."], "en", "de", recorder,
-                            tmp_path / "c.sqlite", progress=False, stats=st)
-    assert out == ["HELLO THERE.@de", "GOOD NIGHT, MY FRIEND.@de", "BIS BALD"]
-    assert (st.cache_hits, st.cache_rejected, st.translated) == (1, 2, 2)
-    with TranslationCache(tmp_path / "c.sqlite") as c:
-        assert c.get_many(fp, "en", "de", ["Hello there."]) == {"Hello there.": "HELLO THERE.@de"}
-
-
 def test_identity_translator_may_echo(tmp_path):
     st = T.TranslationStats()
     out = T.translate_texts(["Hello world, how are you?"], "en", "de", TranslatorConfig(kind="identity"),

@@ -2,9 +2,7 @@
 
 Each subcommand lives in its own module, registered in :data:`SUBCOMMANDS` with a one-line help;
 the module provides ``HELP`` (one line), ``add_arguments(parser)`` and ``main(args) -> int``. Only
-the chosen subcommand's module is imported (``clo --help`` imports none, so it answers at once). A
-registered module that is not importable is a subcommand not built yet: it is listed, says so when
-run, and exits 2.
+the chosen subcommand's module is imported (``clo --help`` imports none, so it answers at once).
 
 The conventions every subcommand follows: ``--output`` is where it writes (``--out`` and
 ``--output-dir`` are aliases); ``--config/-c FILE.yaml`` and repeatable ``--set KEY=VALUE`` on the
@@ -20,8 +18,6 @@ import contextlib
 import functools
 import importlib
 import importlib.abc
-import importlib.machinery
-import importlib.util
 import logging
 import os
 import sys
@@ -43,7 +39,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "push": ("clo.hub", "upload a model or dataset directory to the Hugging Face hub"),
 }
 
-NOT_BUILT_EXIT = 2
+#: The exit status of a usage error: no subcommand (argparse exits 2 for bad arguments, too).
+USAGE_EXIT = 2
 
 # Errors of the standard library that only bad input raises here, and whose message names the path.
 _OS_USER_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, UnicodeDecodeError)
@@ -53,21 +50,6 @@ NOISY_LOGGERS = ("httpx", "httpcore", "urllib3", "openai", "filelock", "fsspec",
 #: Where library warnings meant for developers come from (FutureWarning, DeprecationWarning, and
 #: these modules' UserWarnings): hidden unless -v.
 NOISY_WARNING_MODULES = r"(torch|transformers|accelerate|peft|datasets|huggingface_hub|trl|vllm)(\.|$)"
-
-
-def _module_available(module: str) -> bool:
-    """Whether ``module`` can be imported, found without importing it or its parent packages."""
-    parts = module.split(".")
-    try:
-        spec = importlib.util.find_spec(parts[0])
-    except (ImportError, ValueError):
-        return False
-    for i in range(1, len(parts)):
-        if spec is None or spec.submodule_search_locations is None:
-            return False
-        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[: i + 1]),
-                                                        list(spec.submodule_search_locations))
-    return spec is not None
 
 
 def _chosen_command(argv: list[str], names) -> str | None:
@@ -100,11 +82,7 @@ def build_parser(subcommands: dict[str, tuple[str, str]] | None = None,
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in subcommands.items():
         build = argv is None or name == chosen
-        if not _module_available(module):
-            p = sub.add_parser(name, help=f"{help_text} (not built yet)")
-            p.add_argument("rest", nargs=argparse.REMAINDER)
-            p.set_defaults(_main=None, _not_built=name)
-        elif build:
+        if build:
             mod = importlib.import_module(module)
             p = sub.add_parser(name, help=help_text, description=mod.HELP)
             mod.add_arguments(p)
@@ -168,10 +146,7 @@ def main(argv: list[str] | None = None, subcommands: dict[str, tuple[str, str]] 
     )
     if args.command is None:
         parser.print_help()
-        return NOT_BUILT_EXIT
-    if args._main is None:
-        print(f"clo {args._not_built}: not built yet in clo {__version__}", file=sys.stderr)
-        return NOT_BUILT_EXIT
+        return USAGE_EXIT
     with contextlib.ExitStack() as stack:
         if not args.verbose:
             stack.enter_context(quiet_libraries())

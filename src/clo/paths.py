@@ -1,14 +1,11 @@
-"""Where the development data lives: ``$CLO_SHARED_DATA``, else a ``shared/data`` folder beside
-the repository or any of its parents (a checkout at ``/work/main`` finds ``/work/shared/data``;
-a clone elsewhere on the same machine finds it through the fallback list)."""
+"""Where the shared evaluation and demo data lives: ``$CLO_SHARED_DATA``, else a ``shared/data``
+folder beside the repository or any of its parents (a checkout at ``~/src/clo`` finds
+``~/src/shared/data``). The layout: ``belebele/``, ``mmlu/``, ``language_confusion/``, ``sft_en/``."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-# Searched after the environment variable and the repository's ancestors.
-FALLBACK_SHARED_DATA = (Path("/work/shared/data"),)
 
 
 def repo_root() -> Path:
@@ -22,7 +19,7 @@ def shared_data_candidates() -> list[Path]:
     if env:
         return [Path(env)]
     root = repo_root()
-    return [p / "shared" / "data" for p in (root, *root.parents)] + list(FALLBACK_SHARED_DATA)
+    return [p / "shared" / "data" for p in (root, *root.parents)]
 
 
 def shared_data_dir() -> Path:

@@ -131,7 +131,7 @@ def claim_directory(out_dir: Path, inputs: dict, overwrite: bool = False) -> str
         if isinstance(old, dict) and isinstance(old.get("inputs"), dict):
             keys = differing_keys(old["inputs"], inputs) or ["(fingerprint)"]
         else:
-            keys = [f"(no readable {RECORD}: made by an older clo)"]
+            keys = [f"(no readable {RECORD})"]
         if not overwrite:
             raise BuildMismatch(f"{out_dir} holds a build of another configuration (differing: {', '.join(keys)}); "
                                 f"pass --overwrite to start over there, or choose another output directory")

@@ -21,8 +21,7 @@ one module per kind, on the shared base of :mod:`clo.data.translators.base`:
 
 No half-translated text: every segment's translation is checked as it comes back
 (:func:`clo.data.checks.segment_failure`): empty, or returned unchanged while it has words to
-translate, or failed at the endpoint, it is a :class:`SegmentFailure`. Failures are never cached
-(and cached entries that fail the check, left by older versions, are translated again), so a
+translate, or failed at the endpoint, it is a :class:`SegmentFailure`. Failures are never cached, so a
 rerun asks for exactly the failed segments. :func:`translate_all` reports them per text;
 :func:`translate_texts` raises when there is any.
 

@@ -16,7 +16,7 @@ from clo import languages
 from clo.data.cache import TranslationCache
 from clo.data.checks import segment_failure
 from clo.data.segment import Piece, reassemble, segment_text, segments_of
-from clo.data.translators.base import SegmentFailure, TranslationError, Translator, brief, log
+from clo.data.translators.base import SegmentFailure, TranslationError, Translator, brief
 
 if TYPE_CHECKING:
     from clo.data.config import TranslatorConfig
@@ -28,7 +28,6 @@ class TranslationStats:
     segments: int = 0  # translatable segments, with repeats
     unique_segments: int = 0
     cache_hits: int = 0  # unique segments found in the cache
-    cache_rejected: int = 0  # cached entries that fail the segment check (older versions): redone
     translated: int = 0  # unique segments translated in this call
     failed: int = 0  # unique segments without a usable translation in this call
     failures: dict = field(default_factory=dict)  # kind -> failed unique segments
@@ -114,11 +113,6 @@ def _checked(tr: Translator, batch: list[str], outs: list) -> tuple[dict[str, st
     return good, bad
 
 
-def _usable_cached(tr: Translator, cached: dict[str, str]) -> dict[str, str]:
-    # Older versions cached empty and echoed answers as successes: those are translated again.
-    return {s: t for s, t in cached.items() if segment_failure(s, t, echo=tr.echo_is_failure) is None}
-
-
 def translate_all(
     texts: list[str],
     src_lang: str,
@@ -170,12 +164,8 @@ def translate_all(
     counts_before = tr.request_counts()
     with TranslationCache(cache_path) as cache:
         cached = cache.get_many(fp, src_lang, tgt_lang, unique)
-        done = _usable_cached(tr, cached)
+        done = cached  # only checked translations are ever cached
         st.cache_hits += len(done)
-        st.cache_rejected += len(cached) - len(done)
-        if len(cached) > len(done):
-            log.warning("%d cached translations are empty or unchanged segments: translating them again",
-                        len(cached) - len(done))
         plan = []
         if any(s not in done for s in unique):
             # The plan covers every unique segment, cached or not, so that a resumed run redoes
