@@ -134,14 +134,13 @@ def render_card(state: dict, eval_results: dict | None = None) -> str:
         lang_name, lang_codes = f"{lang.name} ({lang.code})", sorted({"en", lang.code.split("-")[0]})
     except (KeyError, AttributeError):
         lang_name, lang_codes = str(code), ["en"] + ([str(code)] if code else [])
-    from huggingface_hub import ModelCard, ModelCardData
-
-    # A model trained from a local directory has no hub base: only a hub id is a base_model.
-    base = base_model_id(base) if isinstance(base, str) else None
-    data_card = ModelCardData(base_model=base, library_name="transformers", pipeline_tag="text-generation",
-                              language=lang_codes, tags=list(dict.fromkeys(["clo", "cross-lingual", str(method)])))
-    base_text = f"[`{base}`](https://huggingface.co/{base})" if base else "a local model"
-    lines = [f"# {base or 'A model'}, {method} for {lang_name}", "",
+    front = ["---"]
+    if _is_hub_id(base):
+        front.append(f"base_model: {base}")
+    front += ["library_name: transformers", "pipeline_tag: text-generation", "language:"]
+    front += [f"- {x}" for x in lang_codes]
+    front += ["tags:", "- clo", "- cross-lingual", f"- {method}", "---", ""]
+    lines = [f"# {base or 'model'}, {method} for {lang_name}", "",
              (f"Fine-tuned with clo, {_METHOD_TEXT.get(method, method)}, to answer in "
               f"{lang_name} while keeping its English."), "",
              "## Training", "", "| | |", "|---|---|",
