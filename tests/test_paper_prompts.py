@@ -218,3 +218,18 @@ def test_answer_in_language_system_prompt_reaches_every_answer(tmp_path, monkeyp
     assert "Bitte antworte auf Deutsch." in text and text.index("Bitte antworte") < text.index("Anweisung 0")
     with pytest.raises(Exception, match="unknown system prompt 'always'"):
         load_config(None, ["eval.system_prompt=always"])
+
+
+@pytest.mark.parametrize("preset", ["configs/paper.yaml", "configs/sizes.yaml", "configs/ablations.yaml"])
+def test_paper_presets_name_the_judge_snapshot_and_prompt(preset):
+    from pathlib import Path
+
+    from clo.experiments.config import load_grid
+
+    root = Path(__file__).resolve().parents[1]
+    grid = load_grid(root / preset)
+    judge = grid.base.eval.judge
+    assert (judge.model, judge.prompt, judge.function_calling) == ("gpt-4o-2024-08-06", "alpaca_eval", True)
+    assert (grid.base.train.nll_reduction, grid.base.train.batch_unit) == ("token", "unit")
+    single = load_config(str(root / "configs/train/paper.yaml"), [])
+    assert (single.eval.judge.model, single.eval.judge.prompt) == ("gpt-4o-2024-08-06", "alpaca_eval")
