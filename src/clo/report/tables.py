@@ -294,6 +294,34 @@ def _diff(a: Cell, b: Cell) -> Cell:
     return Cell(a.value - b.value)
 
 
+def judge_protocol(res: GridResults) -> str:
+    """The caption's sentence naming the judge prompt and system prompt the win rates were judged
+    with (``judge_prompt``/``system_prompt`` of the stored AlpacaEval metrics). Cells judged under
+    different variants are not comparable: the sentence lists every variant found, and says when
+    a result does not record its own (an evaluation written before clo recorded it)."""
+    prompts, systems, unrecorded = set(), set(), 0
+    for run in res.runs.values():
+        for key, m in run.metrics.items():
+            if key.rsplit("_", 1)[0] != "alpacaeval":
+                continue
+            if "judge_prompt" not in m:
+                unrecorded += 1
+                continue
+            prompts.add(str(m["judge_prompt"]))
+            systems.add(str(m.get("system_prompt", "none")))
+    if not prompts and not unrecorded:
+        return ""
+    parts = []
+    if prompts:
+        several = len(prompts) > 1 or len(systems) > 1
+        parts.append(("Judge prompts differ between cells: " if several else "Judge prompt: ")
+                     + ", ".join(f"`{p}`" for p in sorted(prompts))
+                     + "; system prompt: " + ", ".join(f"`{x}`" for x in sorted(systems)) + ".")
+    if unrecorded:
+        parts.append(f"{unrecorded} result(s) do not record their judge prompt.")
+    return " ".join(parts)
+
+
 def table1_winrates(res: GridResults) -> Table:
     """Win rates of each method against the baseline (SFT), in the target language and English."""
     base = res.baseline
@@ -308,8 +336,9 @@ def table1_winrates(res: GridResults) -> Table:
     note = "Pairwise judge, ties count half; ± one standard error. "
     if all(delta):
         note += "Δ = CLO − SFT+DPO in points. "
+    protocol = judge_protocol(res)
     t = Table("table1_winrates", f"Table 1: win rate (%) against {_label(base)}", ["model", "lang"], cols,
-              note=note + f"Training size: {_size_label(res.main_size)}.")
+              note=note + f"Training size: {_size_label(res.main_size)}." + (f" {protocol}" if protocol else ""))
     for model, lang in res.cells():
         cells: list[Cell] = []
         for where in ("tgt", "en"):
@@ -527,7 +556,7 @@ def winrate_vs_size(res: GridResults) -> Table:
     """Figure 3's data: win rate (target language) of every compared variant at every size."""
     compared = [v["name"] for v in res.variants() if v["method"] is not None and v["name"] != res.baseline]
     t = Table("figure3_winrate_vs_size", f"Figure 3: win rate (%) against {_label(res.baseline)} by data size",
-              ["model", "lang", "size"], [_label(v) for v in compared])
+              ["model", "lang", "size"], [_label(v) for v in compared], note=judge_protocol(res))
     for model, lang in res.cells():
         key = f"alpacaeval_{lang}"
         for size in res.sizes:
