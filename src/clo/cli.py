@@ -138,7 +138,11 @@ def load_run_config(path, overrides, command: str):
 
 def main(argv: list[str] | None = None, subcommands: dict[str, tuple[str, str]] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(subcommands, argv)
+    try:
+        parser = build_parser(subcommands, argv)
+    except (CloError, *_OS_USER_ERRORS) as e:  # a bad file in $CLO_LANGUAGES, read as the commands load
+        print(f"clo: error: {describe_error(e)}", file=sys.stderr)
+        return USER_ERROR_EXIT
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

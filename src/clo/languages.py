@@ -378,7 +378,10 @@ def load_env() -> list[Language]:
     out: list[Language] = []
     for part in os.environ.get(ENV_VAR, "").split(os.pathsep):
         if part.strip():
-            out += load_file(part.strip())
+            try:
+                out += load_file(part.strip())
+            except ConfigError as e:  # say where the file was named: the user may not remember setting it
+                raise ConfigError(f"${ENV_VAR}: {e}") from None
     return out
 
 

@@ -297,11 +297,26 @@ def build_dataset(cfg, out_dir: Path, *, progress: bool = True, rebuild_cache: b
     differing keys, unless ``overwrite`` (its outputs are removed, the translation cache kept).
     Raises :class:`BuildError` after writing the files when no record passes.
     """
-    t0 = time.perf_counter()
-    d = cfg.data
     out_dir = Path(out_dir)
     check_translator(cfg)
+    existed, had_record = out_dir.is_dir(), (out_dir / RECORD).is_file()
     fp = claim_directory(out_dir, build_inputs(cfg), overwrite)
+    try:
+        return _build(cfg, out_dir, fp, progress=progress, rebuild_cache=rebuild_cache)
+    except BaseException:
+        # Refused before any output (a bad row, a translator that does not load): the directory is
+        # left as it was found, with no build.json claiming it for a build that never was.
+        if not any((out_dir / n).exists() for n in _OUTPUTS):
+            if not had_record:
+                (out_dir / RECORD).unlink(missing_ok=True)
+            if not existed and out_dir.is_dir() and not any(out_dir.iterdir()):
+                out_dir.rmdir()
+        raise
+
+
+def _build(cfg, out_dir: Path, fp: str, *, progress: bool, rebuild_cache: bool) -> dict:
+    t0 = time.perf_counter()
+    d = cfg.data
     cache_path = Path(d.cache) if d.cache else out_dir / "translations.sqlite"
     ext = ".parquet" if d.format == "parquet" else ".jsonl"
     if rebuild_cache:
