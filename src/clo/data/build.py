@@ -169,6 +169,21 @@ def split_indices(n: int, val_fraction: float, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n), k))
 
 
+def size_warnings(n: int, usable: int, n_train: int, n_val: int, rejects: int, subsets: list[int]) -> list[str]:
+    """What a build of ``n`` examples gives short of what it was asked for: a source with fewer
+    usable English examples than ``n``, and nested subsets that reach past the training split
+    (they are the whole split instead, smaller than their name)."""
+    out = []
+    if usable < n:
+        out.append(f"the source has {usable} usable English examples, fewer than data.n = {n}: the build "
+                   f"trains on {n_train} pairs ({n_val} for validation, {rejects} rejected)")
+    big = sorted(s for s in subsets if s > n_train)
+    if big and n_train > 0:
+        out.append(f"data.subsets {', '.join(map(str, big))}: the training split has {n_train} pairs, so "
+                   f"{'those sizes train' if len(big) > 1 else 'that size trains'} on {n_train}")
+    return out
+
+
 def subset_sizes(requested: list[int], n_train: int) -> list[int]:
     """The nested subset sizes: requested sizes below ``n_train``, and ``n_train`` itself when a
     requested size reaches it."""
@@ -278,6 +293,8 @@ def summary_markdown(s: dict) -> str:
         f"| translation speed | {s['translation']['segments_per_second']} segments/s |",
         f"| time | {s['seconds']} s |", "",
     ]
+    if s.get("warnings"):
+        lines += ["## Warnings", ""] + [f"- {w}" for w in s["warnings"]] + [""]
     if s["rejects_by_reason"]:
         lines += ["## Rejects by reason", "", "| reason | records |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in s["rejects_by_reason"].items()]
@@ -386,6 +403,9 @@ def _build(cfg, out_dir: Path, fp: str, *, progress: bool, rebuild_cache: bool) 
     files["rejects"] = str(out_dir / "rejects.jsonl")
 
     by_reason = Counter(reason for row in reject_rows for reason in row["reasons"])
+    warnings = size_warnings(d.n, len(usable), len(train), len(val), len(reject_rows), d.subsets)
+    for w in warnings:
+        log.warning("%s", w)
     summary = {
         "source": d.source, "path": d.path, "tgt_lang": "+".join(langs), "n": d.n, "max_chars": d.max_chars,
         "records_in": len(examples), "duplicates_skipped": getattr(examples, "duplicates", 0),
@@ -395,7 +415,7 @@ def _build(cfg, out_dir: Path, fp: str, *, progress: bool, rebuild_cache: bool) 
         "rejects_by_reason": dict(sorted(by_reason.items())),
         "subsets": subsets, "files": files, "cache": str(cache_path),
         "translator": translator_fp, "translation": stats.to_dict(),
-        "seconds": round(time.perf_counter() - t0, 2), "fingerprint": fp,
+        "seconds": round(time.perf_counter() - t0, 2), "fingerprint": fp, "warnings": warnings,
     }
     if multi:
         summary["tgt_langs"] = langs

@@ -153,6 +153,7 @@ class RunResult:
     status: str = "missing"  # done | partial | failed | missing
     error: str | None = None
     samples: list[dict] | None = None
+    trained: int | None = None  # the examples (quadruples) its training read, from train.done.json
 
     def cell(self, key: str, metric: str) -> Cell:
         m = self.metrics.get(key)
@@ -170,6 +171,25 @@ class GridResults:
     grid_dir: Path
     plan: dict
     runs: dict[str, RunResult]
+    data_warnings: dict[str, list[str]] = field(default_factory=dict)  # data/<lang> -> its build's warnings
+
+    def trained_on(self, size: int | None = "main") -> str:  # type: ignore[assignment]
+        """The examples the runs of ``size`` trained on, as the caption says it: ``"6080"``, a range
+        ``"3040-6080"`` when runs differ, or ``""`` when no run recorded it."""
+        size = self.main_size if size == "main" else size
+        counts = sorted({r.trained for r in self.runs.values()
+                         if r.trained is not None and r.info["method"] is not None and r.info["size"] == size})
+        if not counts:
+            return ""
+        return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+
+    def size_note(self, size: int | None = "main") -> str:  # type: ignore[assignment]
+        """``Training size: all (6080 quadruples trained on).``, plus the data builds' warnings."""
+        size = self.main_size if size == "main" else size
+        got = self.trained_on(size)
+        note = f"Training size: {_size_label(size)}" + (f" ({got} quadruples trained on)." if got else ".")
+        warn = [f"{lang}: {w}" for lang, ws in self.data_warnings.items() for w in ws]
+        return note + ("" if not warn else " Data: " + "; ".join(warn) + ".")
 
     @property
     def sizes(self) -> list[int | None]:
@@ -266,6 +286,12 @@ def collect(grid_dir: str | Path) -> GridResults:
                 if not isinstance(m, dict) or not isinstance(m.get("metrics"), dict):
                     raise ValueError(f"{stored}: field 'metrics' missing or not an object")
                 res.metrics[key] = m["metrics"]
+        train_marker = rdir / "train.done.json"
+        if train_marker.is_file():
+            tm = _read_json(train_marker)
+            examples = ((tm or {}).get("result") or {}).get("metrics", {}).get("examples") \
+                if isinstance(tm, dict) and isinstance(tm.get("result"), dict) else None
+            res.trained = examples if isinstance(examples, int) else None
         if (rdir / "samples.json").is_file():
             res.samples = _read_json(rdir / "samples.json")
         failed = rdir / "failed.json"
@@ -276,7 +302,13 @@ def collect(grid_dir: str | Path) -> GridResults:
         elif res.metrics:
             res.status = "partial"
         runs[info["run_id"]] = res
-    return GridResults(grid_dir, plan, runs)
+    warnings: dict[str, list[str]] = {}
+    for marker in sorted((grid_dir / "data").glob("*/data.done.json")):
+        m = _read_json(marker)
+        ws = ((m or {}).get("result") or {}).get("warnings") if isinstance(m, dict) else None
+        if isinstance(ws, list) and ws:
+            warnings[marker.parent.name] = [str(w) for w in ws]
+    return GridResults(grid_dir, plan, runs, warnings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,7 +370,7 @@ def table1_winrates(res: GridResults) -> Table:
         note += "Δ = CLO − SFT+DPO in points. "
     protocol = judge_protocol(res)
     t = Table("table1_winrates", f"Table 1: win rate (%) against {_label(base)}", ["model", "lang"], cols,
-              note=note + f"Training size: {_size_label(res.main_size)}." + (f" {protocol}" if protocol else ""))
+              note=note + res.size_note() + (f" {protocol}" if protocol else ""))
     for model, lang in res.cells():
         cells: list[Cell] = []
         for where in ("tgt", "en"):
@@ -525,11 +557,14 @@ def preference_table(res: GridResults) -> Table:
 
 
 def runs_table(res: GridResults) -> Table:
-    t = Table("runs", "Runs", ["run"], ["status", "evaluations", "error"], numeric=False)
+    warn = [f"{lang}: {w}" for lang, ws in res.data_warnings.items() for w in ws]
+    t = Table("runs", "Runs", ["run"], ["status", "trained on", "evaluations", "error"], numeric=False,
+              note="trained on: the examples (quadruples) the run's training read; a run's name gives the size "
+                   "asked for." + (" Data warnings: " + "; ".join(warn) + "." if warn else ""))
     for rid, r in res.runs.items():
         done = sum(1 for k in r.info.get("evals", []) if k in r.metrics)
-        t.rows.append(([rid], [Cell(text=r.status), Cell(text=f"{done}/{len(r.info.get('evals', []))}"),
-                               Cell(text=r.error or "")]))
+        t.rows.append(([rid], [Cell(text=r.status), Cell() if r.trained is None else Cell(text=str(r.trained)),
+                               Cell(text=f"{done}/{len(r.info.get('evals', []))}"), Cell(text=r.error or "")]))
     return t
 
 
