@@ -18,7 +18,8 @@ import pytest
 import submitit  # noqa: F401  (dev extra: missing is a failure here, not a skip)
 
 from clo.experiments.config import grid_from_dict, load_grid
-from clo.experiments.grid import StageFunctions, prebuilt_dataset, run_grid, stage_refs
+from clo.experiments.graph import grid_stages
+from clo.experiments.grid import StageFunctions, prebuilt_dataset, run_grid
 from clo.experiments.launchers import (
     LAUNCHERS,
     SlurmLauncher,
@@ -113,14 +114,14 @@ def test_job_graph_dependencies(tmp_path):
     assert set(jobs["report"].deps) == set(jobs) - {"report"}
     # Every stage of the grid is in exactly one job.
     names = [s for j in jobs.values() for s in j.stages]
-    assert sorted(names) == sorted(r.name for r in stage_refs(grid)) and len(names) == len(set(names))
+    assert sorted(names) == sorted(r.name for r in grid_stages(grid)) and len(names) == len(set(names))
 
 
-def test_stage_refs_name_what_run_grid_runs(tmp_path):
+def test_the_stage_list_names_what_run_grid_runs(tmp_path):
     grid = grid_from_dict(_tree(tmp_path, sizes=[4, None], samples=["Hallo?"]))
     res = run_grid(grid, Fake().functions(), progress=False)
     assert res.ok, res.failures
-    assert res.ran == [r.name for r in stage_refs(grid)]
+    assert res.ran == [r.name for r in grid_stages(grid)]
 
 
 def test_only_runs_the_selected_stages_and_looks_up_the_rest(tmp_path):

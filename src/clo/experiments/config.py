@@ -189,6 +189,11 @@ class LauncherStages(StrictModel):
         return self
 
 
+#: The names ``launcher.kind`` accepts: :func:`clo.experiments.launchers.register_launcher` adds
+#: each launcher's (the built-in ones are known before that module is imported).
+LAUNCHER_KINDS: set[str] = {"local", "slurm"}
+
+
 class LauncherConfig(StrictModel):
     """How ``clo run`` runs the stages (``--launcher`` overrides ``kind``)."""
 
@@ -212,9 +217,7 @@ class LauncherConfig(StrictModel):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, v: str) -> str:
-        from clo.experiments.launchers import LAUNCHERS
-
-        return registered(v, sorted(LAUNCHERS), "launcher")
+        return registered(v, sorted(LAUNCHER_KINDS), "launcher")
 
 
 class GridConfig(StrictModel):
@@ -300,9 +303,13 @@ class GridConfig(StrictModel):
                     f"sizes: {s} is not one of base.data.subsets {self.base.data.subsets} "
                     "(runs train on the nested subsets the data stage writes)"
                 )
+        # The baseline is a method of the grid: checked whenever it is set (a typo would otherwise
+        # surface only as missing win rates), and when pairwise tasks compare against it.
         needs_pairwise = any(j.task in PAIRWISE_TASKS for j in self.jobs())
-        if needs_pairwise and self.baseline not in [m.name for m in self.methods]:
-            raise ValueError(f"baseline: {self.baseline!r} is not one of the methods; pairwise tasks need it")
+        names = [m.name for m in self.methods]
+        if (needs_pairwise or "baseline" in self.model_fields_set) and self.baseline not in names:
+            raise ValueError(f"baseline: {self.baseline!r} is not one of the methods ({', '.join(names)})"
+                             + ("; pairwise tasks need it" if needs_pairwise else ""))
         if self.dataset is not None:
             missing = [lang for lang in self.langs if lang not in self.dataset]
             if missing:
@@ -388,28 +395,34 @@ def expand(grid: GridConfig, source: str = "<grid>") -> list[RunSpec]:
     return runs
 
 
-def _format(err: ValidationError, source: str) -> str:
+def _format(err: ValidationError, source: str, overridden=()) -> str:
+    from clo.config import error_source
+    from clo.config_base import unknown_key_message
+
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        msg = unknown_key_message(GridConfig, e["loc"]) if e["type"] == "extra_forbidden" else e["msg"]
+        source_ = error_source(e["loc"], source, overridden)
         if key == "<root>":
             # whole-grid checks name their keys themselves ("sizes: 5 is not one of ...")
-            lines.append(f"{source}: {msg.removeprefix('Value error, ')}")
+            lines.append(f"{source_}: {msg.removeprefix('Value error, ')}")
         else:
-            lines.append(f"{source}: {key}: {msg}")
+            lines.append(f"{source_}: {key}: {msg}")
     return "\n".join(lines)
 
 
 def grid_from_dict(tree: dict, source: str = "<dict>", overrides: Iterable[str] = ()) -> GridConfig:
     tree = copy.deepcopy(dict(tree or {}))
+    overridden = []
     for ov in overrides:
         path, value = parse_override(ov)
         set_dotted(tree, ".".join(path), value, f"--set {ov}")
+        overridden.append((path, f"--set {ov}"))
     try:
         grid = GridConfig.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format(e, source)) from None
+        raise ConfigError(_format(e, source, overridden)) from None
     expand(grid, source)  # surfaces a bad variant override now, not hours into the grid
     return grid
 
@@ -434,6 +447,6 @@ def dump_grid(grid: GridConfig) -> str:
 
 
 __all__ = [
-    "BASE_VARIANT", "METHODS", "PAIRWISE_TASKS", "EvalJob", "GridConfig", "LauncherConfig", "MethodVariant",
+    "BASE_VARIANT", "LAUNCHER_KINDS", "METHODS", "PAIRWISE_TASKS", "EvalJob", "GridConfig", "LauncherConfig", "MethodVariant",
     "ModelEntry", "RunSpec", "StageResources", "dump_grid", "expand", "grid_from_dict", "load_grid", "model_slug",
 ]

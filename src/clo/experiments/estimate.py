@@ -20,14 +20,12 @@ from typing import Any
 import yaml
 
 from clo.experiments.config import GridConfig, RunSpec, expand
+from clo.experiments.graph import PHASES, grid_stages, held_out_prompts, job_data_dir
 
 log = logging.getLogger(__name__)
 
 ASSUMPTIONS_FILE = "assumptions.yaml"
 
-#: The summary rows: each stage kind of :class:`clo.experiments.grid.StageRef` is counted in one.
-PHASES = {"data": "data", "instructions": "data", "train": "train", "eval": "eval", "samples": "eval",
-          "baseline-outputs": "pairwise", "pairwise": "pairwise", "report": "report"}
 
 #: Sequences per example of each training method (``x_en -> y_en`` is en, ``x_tgt -> y_tgt`` tgt,
 #: preference methods score all four) and whether it needs the reference model's log-probs.
@@ -117,13 +115,16 @@ def dtype_bytes(dtype: str) -> int:
 
 
 def checkpoint_bytes(run: RunSpec, size: ModelSize) -> float:
-    """Disk of one trained run: ``best/`` (every weight in ``train.dtype``) and ``last/state.pt``
-    (the trainable tensors in fp32, their best copy, AdamW's two moments: 16 bytes each), per
-    training stage (``sft+dpo`` has two)."""
+    """Disk of one trained run: ``best/`` (every weight in ``train.dtype``; with ``train.save:
+    trained`` the trained ones only) per training stage (``sft+dpo`` has two), and with ``train.keep_state`` its ``last/state.pt`` (the trainable
+    tensors in fp32, their best copy, AdamW's two moments: 16 bytes each), which a finished run
+    otherwise removes."""
     tc = run.config.train
     trainable = {"full": size.params, "lora": 0.01 * size.params}.get(tc.trainable, size.attention)
     stages = 2 if run.method == "sft+dpo" else 1
-    return stages * (size.params * dtype_bytes(tc.dtype) + 16 * trainable)
+    state = 16 * trainable if getattr(tc, "keep_state", False) else 0
+    best = trainable if getattr(tc, "save", "full") == "trained" else size.params
+    return stages * (best * dtype_bytes(tc.dtype) + state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +195,6 @@ def eval_items(grid: GridConfig, run: RunSpec, job, a: dict, data: _Data) -> int
     the grid's data stage will write, when the task reads them, else what the task counts."""
     from clo import languages
     from clo.eval.task import get_task
-    from clo.experiments.grid import held_out_prompts, job_data_dir
 
     cfg = run.config
     limit = job.opts.get("limit", cfg.eval.limit)
@@ -213,6 +213,7 @@ def eval_items(grid: GridConfig, run: RunSpec, job, a: dict, data: _Data) -> int
 class StageEstimate:
     name: str
     kind: str
+    phase: str  # the summary row (the stage's launcher.stages entry)
     seconds: float  # on the GPUs it gets
     gpus: int = 1
     api_in: float = 0.0  # tokens
@@ -233,8 +234,8 @@ class Estimate:
 
     def phases(self) -> dict[str, dict]:
         out: dict[str, dict] = {}
-        for p in dict.fromkeys(PHASES.values()):
-            rows = [s for s in self.stages if PHASES[s.kind] == p]
+        for p in PHASES:  # the summary rows: each stage is counted in its phase's
+            rows = [s for s in self.stages if s.phase == p]
             costs = [s.cost for s in rows]
             out[p] = {
                 "stages": len(rows), "gpu_hours": sum(s.seconds * s.gpus for s in rows) / 3600,
@@ -338,8 +339,6 @@ def estimate_grid(grid: GridConfig, assumptions: dict, *, done: set[str] | froze
                   gpus: dict[str, int] | None = None, runs: list[RunSpec] | None = None) -> Estimate:
     """The estimate of every stage of ``grid`` not in ``done`` (stage names). ``gpus``: GPUs per
     job of each phase (``launcher.stages``); training time is divided by them."""
-    from clo.experiments.grid import stage_refs
-
     a = assumptions
     runs = expand(grid) if runs is None else runs
     gpus = gpus or {}
@@ -355,7 +354,7 @@ def estimate_grid(grid: GridConfig, assumptions: dict, *, done: set[str] | froze
             if sizes[r.model_spec] is None:
                 est.unknown_models.append(r.model_spec)
     loaded: set[tuple[str, str]] = set()  # (run id, phase): a job loads its model once
-    for ref in stage_refs(grid, runs):
+    for ref in grid_stages(grid, runs):
         if ref.name in done:
             est.done += 1
             continue
@@ -364,18 +363,18 @@ def estimate_grid(grid: GridConfig, assumptions: dict, *, done: set[str] | froze
             d = data[ref.lang]
             cfg = next(r.config for r in runs if r.lang == ref.lang)
             if not d.build:
-                est.stages.append(StageEstimate(ref.name, ref.kind, 5.0, 0, note="prebuilt dataset"))
+                est.stages.append(StageEstimate(ref.name, ref.kind, ref.phase, 5.0, 0, note="prebuilt dataset"))
                 continue
             secs, tin, tout = _translation(a, cfg.data.translator, d.n * d.chars_per_example, 2 * d.n, ref.lang)
             est.stages.append(StageEstimate(
-                ref.name, ref.kind, secs, 1, tin, tout, *_translator_cost(a, cfg.data.translator, tin, tout),
+                ref.name, ref.kind, ref.phase, secs, 1, tin, tout, *_translator_cost(a, cfg.data.translator, tin, tout),
                 f"{d.n} examples, {d.chars_per_example:.0f} chars each"
                 + ("" if d.counted else " (assumed)") + f", translator {cfg.data.translator.kind}"))
         elif ref.kind == "instructions":
             cfg = next(r.config for r in runs if ref.job.resolve_lang(r.lang) == ref.lang)
             n, chars = _instructions(cfg, ref.job, a)
             secs, tin, tout = _translation(a, cfg.data.translator, chars, n, ref.lang)
-            est.stages.append(StageEstimate(ref.name, ref.kind, secs, 1, tin, tout,
+            est.stages.append(StageEstimate(ref.name, ref.kind, ref.phase, secs, 1, tin, tout,
                                             *_translator_cost(a, cfg.data.translator, tin, tout),
                                             f"{n} AlpacaEval instructions"))
         elif ref.kind == "train":
@@ -398,16 +397,16 @@ def estimate_grid(grid: GridConfig, assumptions: dict, *, done: set[str] | froze
             size = sizes[run.model_spec]
             if size is not None:
                 est.disk_bytes += checkpoint_bytes(run, size)
-            est.stages.append(StageEstimate(ref.name, ref.kind, secs, g,
+            est.stages.append(StageEstimate(ref.name, ref.kind, ref.phase, secs, g,
                                             note=f"{n_train} examples x {cfg.train.epochs} epoch(s)"))
         elif ref.kind in ("eval", "samples", "pairwise", "baseline-outputs"):
             cfg = run.config
-            phase = PHASES[ref.kind]
+            phase = ref.phase
             secs = 0.0
             if (run.run_id, phase) not in loaded:
                 loaded.add((run.run_id, phase))
                 secs += float(a["rates"]["model_load_s"])
-            st = StageEstimate(ref.name, ref.kind, 0.0, 1)
+            st = StageEstimate(ref.name, ref.kind, ref.phase, 0.0, 1)
             if ref.kind == "samples":
                 secs += _generation_seconds(a, cfg, {}, len(grid.samples))
             else:
@@ -438,7 +437,7 @@ def estimate_grid(grid: GridConfig, assumptions: dict, *, done: set[str] | froze
             st.seconds = secs
             est.stages.append(st)
         elif ref.kind == "report":
-            est.stages.append(StageEstimate(ref.name, ref.kind, 10.0, 0))
+            est.stages.append(StageEstimate(ref.name, ref.kind, ref.phase, 10.0, 0))
     if est.unknown_models:
         est.notes.append("no size known for " + ", ".join(sorted(set(est.unknown_models)))
                          + " (no local config.json, not in the assumptions' models table): timed as 8B, "

@@ -32,18 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from clo.config import dump_config
-from clo.experiments.config import GridConfig, LauncherConfig, RunSpec, expand
-from clo.experiments.grid import (
-    GridResult,
-    StageFunctions,
-    _write_text_atomic,
-    held_out_prompts,
-    instructions_path,
-    run_grid,
-    stage_refs,
-    write_grid_files,
-)
+from clo.experiments.config import LAUNCHER_KINDS, GridConfig, LauncherConfig, RunSpec
+from clo.experiments.graph import PHASES, grid_stages
+from clo.experiments.grid import GridResult, StageFunctions, done_stages, run_grid, write_grid_files
 from clo.experiments.stages import StageNotDone, lookup_stage, run_stage
+from clo.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +58,7 @@ LAUNCHERS: dict[str, Callable[[], Any]] = {}
 def register_launcher(name: str):
     def deco(cls):
         LAUNCHERS[name] = cls
+        LAUNCHER_KINDS.add(name)  # launcher.kind accepts it from now on
         return cls
 
     return deco
@@ -96,7 +90,7 @@ class InProcessLauncher:
 
 @dataclass(frozen=True)
 class StageJob:
-    """One cluster job: the stages it runs (names of :func:`~clo.experiments.grid.stage_refs`),
+    """One cluster job: the stages it runs (names of :func:`~clo.experiments.graph.grid_stages`),
     the jobs it waits for, and the ``launcher.stages`` entry it takes its resources from."""
 
     name: str
@@ -105,54 +99,35 @@ class StageJob:
     deps: tuple[str, ...] = ()
 
 
-def _size(run: RunSpec) -> str:
-    return "all" if run.size is None else str(run.size)
-
-
 def job_graph(grid: GridConfig, runs: list[RunSpec] | None = None) -> list[StageJob]:
-    """The jobs of ``grid`` in dependency order: one per language (data), per set of AlpacaEval
-    instructions to translate, per trained run (train), per run (eval: the evaluations needing no
-    other run, and the samples), per cell of model, language and size (pairwise: the baseline's
-    answers and the judged comparisons), and the report, which waits for all."""
-    runs = expand(grid) if runs is None else runs
-    refs = stage_refs(grid, runs)
-    data = [StageJob(r.name, "data", (r.name,)) for r in refs if r.kind in ("data", "instructions")]
-    train = [StageJob(r.name, "train", (r.name,), (f"data/{r.run.lang}",)) for r in refs if r.kind == "train"]
-    evals: dict[str, list] = {}
-    for r in refs:
-        if r.kind in ("eval", "samples"):
-            evals.setdefault(r.run.run_id, []).append(r)
-    eval_jobs = []
-    for run_id, rs in evals.items():
-        run = rs[0].run
-        if run.method is not None:
-            deps: tuple[str, ...] = (f"train/{run_id}",)
-        else:  # the untrained model reads the data only for held-out fidelity prompts
-            deps = (f"data/{run.lang}",) if any(r.job is not None and held_out_prompts(grid, run, r.job)
-                                                for r in rs) else ()
-        eval_jobs.append(StageJob(f"eval/{run_id}", "eval", tuple(r.name for r in rs), deps))
-    cells: dict[tuple, list] = {}
-    for r in refs:
-        if r.kind in ("baseline-outputs", "pairwise"):
-            cells.setdefault((r.run.model, r.run.lang, _size(r.run)), []).append(r)
-    instructions = {r.name for r in refs if r.kind == "instructions"}
-    pair_jobs = []
-    for (model, lang, size), rs in cells.items():
-        deps_l: list[str] = []
-        for r in rs:
-            deps_l.append(f"train/{r.run.run_id}")
-            if r.key:  # the baseline run of the comparison
-                deps_l.append(f"train/{r.key[0]}")
-            job = r.job
-            if job.task == "alpacaeval" and "translated_file" not in job.opts and r.lang != "en":
-                name = f"instructions/{instructions_path(Path(grid.output_dir), r.lang, job.opts.get('instructions_file')).stem}"
-                if name in instructions:
-                    deps_l.append(name)
-        trained = {j.name for j in train}
-        deps_t = tuple(d for d in dict.fromkeys(deps_l) if not d.startswith("train/") or d in trained)
-        pair_jobs.append(StageJob(f"pairwise/{model}/{lang}/n{size}", "pairwise", tuple(r.name for r in rs), deps_t))
-    jobs = data + train + eval_jobs + pair_jobs
-    return jobs + [StageJob("report", "report", ("report",), tuple(j.name for j in jobs))]
+    """The jobs of ``grid`` in dependency order (data, train, eval, pairwise, report): each stage of
+    :func:`~clo.experiments.graph.grid_stages` goes to the job its ``group`` names (one per language
+    and per set of AlpacaEval instructions to translate, per trained run, per run for the
+    evaluations needing no other run and the samples, per cell of model, language and size for
+    the baseline's answers and the judged comparisons), and a job waits for the jobs of the stages
+    its stages read (those not already implied by another of its dependencies); the report waits
+    for all."""
+    stages = grid_stages(grid, runs)
+    group = {s.name: s.group for s in stages}
+    members: dict[str, list] = {}
+    for s in stages:
+        members.setdefault(s.group, []).append(s)
+    direct = {g: {group[d] for s in ss for d in s.deps} - {g} for g, ss in members.items()}
+
+    def ancestors(g: str, seen: set[str]) -> set[str]:
+        for d in direct[g] - seen:
+            seen.add(d)
+            ancestors(d, seen)
+        return seen
+
+    order = {g: (PHASES.index(ss[0].phase), i) for i, (g, ss) in enumerate(members.items())}
+    jobs = []
+    for g in sorted(members, key=order.__getitem__):
+        implied = set().union(*(ancestors(d, set()) for d in direct[g])) if direct[g] else set()
+        deps = tuple(sorted((d for d in direct[g] if d not in implied), key=order.__getitem__))
+        jobs.append(StageJob(g, members[g][0].phase, tuple(s.name for s in members[g]), deps))
+    report = next(j for j in jobs if j.phase == "report")
+    return [j for j in jobs if j is not report] + [replace(report, deps=tuple(j.name for j in jobs if j is not report))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,7 +174,7 @@ class AccelerateTrain:
     def __call__(self, cfg, train_path: Path, val_path: Path, out_dir: Path) -> dict:
         out_dir = Path(out_dir)
         config = out_dir.parent / "train.config.yaml"
-        _write_text_atomic(config, dump_config(cfg))  # every node writes the same text
+        atomic_write(config, dump_config(cfg))  # every node writes the same text
         cmd = accelerate_command(self.launcher, config, Path(train_path), Path(val_path), out_dir,
                                  node_rank=self.node_rank, main_host=self.hosts[0] if self.hosts else None)
         log.info("training: %s", " ".join(cmd))
@@ -323,8 +298,6 @@ class SlurmLauncher:
 
     def jobs_to_submit(self, grid: GridConfig) -> tuple[list[StageJob], list[StageJob]]:
         """(jobs to submit, jobs whose stages are all done)."""
-        from clo.experiments.preflight import done_stages
-
         done = done_stages(grid)
         graph = job_graph(grid)
         todo = [j for j in graph if not set(j.stages) <= done]

@@ -29,6 +29,8 @@ from pathlib import Path
 
 from clo.experiments.config import GridConfig, RunSpec, expand
 from clo.experiments.estimate import Estimate, estimate_grid, format_estimate, load_assumptions, model_size
+from clo.experiments.graph import Stage, grid_stages, held_out_prompts, job_data_dir
+from clo.experiments.grid import done_stages
 
 
 @dataclass(frozen=True)
@@ -54,11 +56,11 @@ class Context:
     launcher: str = "local"
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
-    def refs(self, *kinds: str):
-        """The stages of these kinds still to run."""
-        from clo.experiments.grid import stage_refs
+    stages: list[Stage] = field(default_factory=list)  # the grid's (graph.grid_stages)
 
-        return [r for r in stage_refs(self.grid, self.runs) if r.kind in kinds and r.name not in self.done]
+    def refs(self, *kinds: str) -> list[Stage]:
+        """The stages of these kinds still to run."""
+        return [s for s in self.stages if s.kind in kinds and s.name not in self.done]
 
     def at(self, key: str) -> str:
         return f"{self.source}: {key}"
@@ -148,7 +150,6 @@ def check_eval_data(ctx: Context) -> list[Finding]:
     """Each evaluation's data in each language, as the task declares it."""
     from clo import languages
     from clo.eval.task import get_task
-    from clo.experiments.grid import held_out_prompts, job_data_dir
 
     jobs = ctx.grid.jobs()
     problems: dict[tuple[int, str, str], list[str]] = {}
@@ -387,16 +388,6 @@ class Preflight:
         return "\n".join(lines)
 
 
-def done_stages(grid: GridConfig) -> frozenset[str]:
-    """The stages whose done-markers match their inputs (nothing is run or written)."""
-    if not Path(grid.output_dir).is_dir():
-        return frozenset()
-    from clo.experiments.grid import run_grid
-
-    res = run_grid(grid, lookup_only=True)
-    return frozenset(res.looked_up)
-
-
 def stage_gpus(grid: GridConfig, launcher: str) -> dict[str, int]:
     """GPUs a training job gets: ``launcher.stages.train`` on Slurm, one in this process."""
     if launcher != "slurm":
@@ -414,7 +405,8 @@ def preflight(grid: GridConfig, source: str = "<grid>", *, launcher: str | None 
     runs = expand(grid)
     done = done_stages(grid)
     est = estimate_grid(grid, assumptions, done=done, gpus=stage_gpus(grid, launcher), runs=runs)
-    ctx = Context(grid, source, runs, done, est, launcher, dict(os.environ) if env is None else env)
+    ctx = Context(grid, source, runs, done, est, launcher, dict(os.environ) if env is None else env,
+                  grid_stages(grid, runs))
     findings: list[Finding] = []
     for name, fn in CHECKS.items():
         if checks is not None and name not in checks:

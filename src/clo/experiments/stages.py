@@ -20,6 +20,10 @@ function's result, and the started-marker goes. Next time:
 size, an evaluation batch size): a marker whose stored inputs differ from the current ones only
 there counts as the same inputs (done, or resumable), and a done stage keeps its recorded
 fingerprint, so that what depends on it does not run again either.
+
+Every marker records :data:`MARKER_FORMAT`, the version of what the grid puts into fingerprints.
+A marker of another format cannot be compared with this version's fingerprints (every stage would
+look changed and run again from a clean output): :func:`check_marker_format` refuses it instead.
 """
 
 from __future__ import annotations
@@ -35,12 +39,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from clo.errors import CloError
 from clo.fingerprints import fingerprint
 
 log = logging.getLogger(__name__)
 
 MARKER_SUFFIX = ".done.json"
 STARTED_SUFFIX = ".started.json"
+
+#: The version of the stage fingerprints markers record. 2: files by content, not path, and each
+#: stage's inputs only what it reads (a prebuilt dataset without the translator, evaluations
+#: without the judge's settings unless judged). Markers without one are format 1.
+MARKER_FORMAT = 2
 
 
 def write_json_atomic(path: Path, obj: Any) -> Path:
@@ -68,6 +78,28 @@ def read_marker(path: Path) -> dict | None:
         log.warning("%s: unreadable done-marker; the stage will run again", path)
         return None
     return obj if isinstance(obj, dict) and "fingerprint" in obj else None
+
+
+class MarkerFormatError(CloError):
+    """A grid directory holds markers of another fingerprint format (written by another clo)."""
+
+
+def check_marker_format(markers: Iterable[Path]) -> None:
+    """Refuse a grid directory whose done- or started-markers (of those given, and those next to
+    them) record another :data:`MARKER_FORMAT`: their fingerprints cannot be matched to this
+    version's, and reusing or silently clearing their results would both be wrong."""
+    old: list[tuple[Path, Any]] = []
+    for marker in markers:
+        for path in (Path(marker), started_path(marker)):
+            m = read_marker(path)
+            if m is not None and m.get("format", 1) != MARKER_FORMAT:
+                old.append((path, m.get("format", 1)))
+    if old:
+        path, fmt = old[0]
+        raise MarkerFormatError(
+            f"{path}: a stage marker of fingerprint format {fmt} ({len(old)} such marker(s) in all), written by "
+            f"another version of clo; this one writes format {MARKER_FORMAT} and cannot tell whether those results "
+            "match their inputs: run the grid into a new output directory (--output DIR), or remove the old one")
 
 
 class StageNotDone(RuntimeError):
@@ -192,7 +224,7 @@ def run_stage(
     # A started-marker still "clearing" was killed while removing the old outputs: not clean yet.
     stale = next((m for m in (done, started) if m is not None and (
         m.get("clearing") or not _same_inputs(m, fp, inputs, ignore))), None)
-    state = {"stage": name, "fingerprint": fp, "inputs": inputs,
+    state = {"stage": name, "format": MARKER_FORMAT, "fingerprint": fp, "inputs": inputs,
              "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if stale is not None:
         what = ("an earlier clearing was interrupted" if stale.get("clearing")
@@ -212,7 +244,7 @@ def run_stage(
     result = fn()
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     write_json_atomic(marker, {
-        "stage": name, "fingerprint": fp, "inputs": inputs, "result": result,
+        "stage": name, "format": MARKER_FORMAT, "fingerprint": fp, "inputs": inputs, "result": result,
         # CPU seconds next to wall seconds: on a shared machine the wall time says little.
         "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3), "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
