@@ -6,8 +6,7 @@ import torch
 from clo import languages
 from clo.config import load_config
 from clo.eval import belebele as bb
-from clo.eval import loglik
-from clo.eval import evaluate
+from clo.eval import evaluate, loglik
 from clo.eval.loglik import direct_loglik, encode_pair, has_sliding_window, score_batch, score_shared
 from clo.testing import tiny_model, tiny_tokenizer
 

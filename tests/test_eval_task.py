@@ -328,8 +328,8 @@ def test_a_registered_task_is_checked_before_a_grid_runs(wordcount, tmp_path):
     (data / "words" / "de.txt").write_text("a b c d e", encoding="utf-8")
     res = pf.preflight(_grid(tmp_path, data), "g.yaml", env={}, checks=["eval-data"])
     assert [f.message for f in res.errors] == [
-        f"wordcount: {data}/words/sw.txt: no word list for sw (2 evaluation(s), e.g. tiny/sw/base; give the data, "
-        "or limit the job with only_langs)"]
+        (f"wordcount: {data}/words/sw.txt: no word list for sw (2 evaluation(s), e.g. tiny/sw/base; give the "
+         "data, or limit the job with only_langs)")]
     assert res.errors[0].where == "g.yaml: eval_jobs.0"
 
 
@@ -352,3 +352,13 @@ def test_offline_hub_warning_only_for_tasks_reading_the_hub(tmp_path):
     warned = [f.message for f in res.warnings]
     assert len(warned) == 1 and warned[0].startswith("unset: belebele reads the hub"), warned
     assert not res.errors
+
+
+def test_jobs_reading_held_out_records_are_estimated_at_the_validation_split(tmp_path):
+    n = sum(1 for line in (FIXTURES / "de_records.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())
+    grid = _grid(tmp_path, None, langs=["de"], dataset={"de": str(FIXTURES / "de_records.jsonl")},
+                 eval_jobs=[{"task": "preference"}, {"task": "fidelity"}])
+    est = estimate_grid(grid, load_assumptions())
+    notes = {s.name.split("/")[-1]: s.note for s in est.stages if s.kind == "eval" and "/base/" not in s.name}
+    # val_fraction 0.25 of the dataset's records: what the data stage will write and both tasks read
+    assert notes["preference_de"] == notes["fidelity_de"] == f"{round(n * 0.25)} items"

@@ -18,7 +18,6 @@ HELP = "evaluate a model on one task (`clo eval TASK --help` lists the task's op
 # A result whose task says it is incomplete (its judge failed on some items: the win rate is over
 # fewer items than asked for), unless the task's allowing flag is given.
 INCOMPLETE_EXIT = 3
-FAILED_JUDGMENTS_EXIT = INCOMPLETE_EXIT
 
 _FOREIGN = "_foreign_"  # the destination prefix of other tasks' options, refused when given
 

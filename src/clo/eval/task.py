@@ -151,6 +151,7 @@ class Task:
         sorted order; a plain path whether or not it exists); none without a data directory."""
         if data_dir is None:
             return []
+        data_dir = Path(data_dir)
         out: list[Path] = []
         for pattern in self.data_files(lang, dict(options)):
             if any(c in pattern for c in "*?["):
