@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -67,6 +68,8 @@ def test_expand_crosses_axes_and_applies_variant_overrides(tmp_path):
     ({"dataset": {"sw": "a.jsonl"}}, "dataset: no prebuilt file for ['de']"),
     ({"methods": ["clo", "clo"]}, "methods: duplicate entries ['clo']"),
     ({"eval_jobs": [{"task": "alpacaeval"}], "methods": ["clo"]}, "baseline: 'sft' is not one of the methods"),
+    # A baseline named explicitly must exist even when no pairwise task reads it yet.
+    ({"baseline": "dpo"}, "g.yaml: baseline: 'dpo' is not one of the methods (sft, clo)"),
     ({"epochs": 3}, "g.yaml: epochs: unknown key"),
     ({"base": {"model": "gpt2"}}, "g.yaml: base.model: set by the grid (models), not in base; remove it"),
 ])
@@ -281,6 +284,11 @@ def test_data_build_fingerprints_the_source_content_and_a_local_model(tmp_path):
     assert again.calls["data"] == 1 and again.calls["train"] == 4 and again.calls["eval"] == 4
     assert built[-1] == ["data.started.json", "translations.sqlite"]
     # The same bytes again: nothing.
+    assert sum(run().calls.values()) == 0
+    # The same bytes elsewhere: the source is its content, not its path.
+    moved = tmp_path / "moved-src"
+    src.rename(moved)
+    tree["base"]["data"]["path"] = str(moved)
     assert sum(run().calls.values()) == 0
     # The model's weights replaced in place: every training and evaluation, not the data.
     (model / "model.safetensors").write_bytes(b"w2-longer")
@@ -577,3 +585,118 @@ def test_edited_prompts_file_reruns_the_evaluations_that_read_it(tmp_path):
     run_grid(grid_from_dict(tree), edited.functions(), progress=False)
     # Base model + sft and clo at two sizes: every fidelity evaluation reads the file.
     assert edited.calls["eval"] == 5 and edited.calls["train"] == 0
+
+
+def test_a_moved_prebuilt_dataset_or_settings_a_stage_does_not_read_rerun_nothing(tmp_path):
+    src = tmp_path / "a" / "de.jsonl"
+    src.parent.mkdir()
+    shutil.copy(FIXTURES / "de_records.jsonl", src)
+    tree = _grid(tmp_path, dataset={"de": str(src)})
+    assert run_grid(grid_from_dict(tree), FakeStages().functions(), progress=False).ok
+    # The same bytes under another name, another translator (a prebuilt dataset translates
+    # nothing) and another judge (no evaluation of this grid is judged): nothing runs again.
+    moved = tmp_path / "b" / "records.jsonl"
+    moved.parent.mkdir()
+    src.rename(moved)
+    tree["dataset"] = {"de": str(moved)}
+    tree["base"]["data"]["translator"] = {"kind": "identity"}
+    tree["base"]["eval"]["judge"] = {"model": "another-judge"}
+    again = FakeStages()
+    res = run_grid(grid_from_dict(tree), again.functions(), progress=False)
+    assert res.ok and res.ran == [] and sum(again.calls.values()) == 0
+    # What the split reads does rerun it, and everything trained on it (not the base model's
+    # evaluation, which reads no data): other bytes ...
+    lines = moved.read_text(encoding="utf-8").splitlines(keepends=True)
+    moved.write_text("".join(lines[:-1]), encoding="utf-8")
+    fewer = FakeStages()
+    assert run_grid(grid_from_dict(tree), fewer.functions(), progress=False).ok
+    assert (fewer.calls["data"], fewer.calls["train"], fewer.calls["eval"]) == (1, 4, 4)
+    # ... or another validation share.
+    tree["base"]["data"]["val_fraction"] = 0.5
+    split = FakeStages()
+    assert run_grid(grid_from_dict(tree), split.functions(), progress=False).ok
+    assert (split.calls["data"], split.calls["train"], split.calls["eval"]) == (1, 4, 4)
+
+
+def test_a_grid_directory_of_another_fingerprint_format_is_refused(tmp_path, capsys, monkeypatch):
+    from clo.experiments.stages import MARKER_FORMAT, MarkerFormatError
+
+    grid = grid_from_dict(_grid(tmp_path))
+    assert run_grid(grid, FakeStages().functions(), progress=False).ok
+    marker = tmp_path / "grid" / "runs" / "Tiny-1" / "de" / "sft" / "n4" / "train.done.json"
+    assert read_marker(marker)["format"] == MARKER_FORMAT
+    old = {k: v for k, v in read_marker(marker).items() if k != "format"}  # as clo wrote them before
+    marker.write_text(json.dumps(old), encoding="utf-8")
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "grid").rglob("*"))
+    fake = FakeStages()
+    with pytest.raises(MarkerFormatError, match=(
+            rf"^{marker}: a stage marker of fingerprint format 1 \(1 such marker\(s\) in all\), written by "
+            rf"another version of clo; this one writes format {MARKER_FORMAT} .* new output directory")):
+        run_grid(grid, fake.functions(), progress=False)
+    assert sum(fake.calls.values()) == 0
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "grid").rglob("*")) == before  # nothing cleared
+    # The command says so in one line, before any check or stage, dry run or not.
+    import yaml
+
+    from clo.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(_grid(tmp_path)), encoding="utf-8")
+    for extra in (["--dry-run"], ["--no-progress"]):
+        assert main(["run", str(tmp_path / "g.yaml"), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{marker}: a stage marker of fingerprint format 1" in err[0], err
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "grid").rglob("*")) == before
+
+
+def test_baseline_of_another_grid_is_refused_by_the_dry_run(tmp_path, capsys, monkeypatch):
+    from clo.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo = Path(__file__).resolve().parents[1]
+    args = ["run", str(repo / "configs" / "tiny.yaml"), "--dry-run", "--set", f"output_dir={tmp_path}"]
+    assert main([*args, "--set", "baseline=dpo"]) == 2
+    err = capsys.readouterr().err
+    assert "configs/tiny.yaml: baseline: 'dpo' is not one of the methods (sft, clo)" in err
+    assert main([*args, "--set", "baseline=clo"]) == 0
+
+
+def test_dry_run_json_lists_every_planned_stage(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from clo.cli import main
+    from clo.experiments.graph import grid_stages
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    tree = _grid(tmp_path, eval_jobs=[{"task": "belebele", "opts": {"template": "harness"}},
+                                      {"task": "alpacaeval", "opts": {"limit": 3}}])
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(tree), encoding="utf-8")
+    assert main(["run", str(tmp_path / "g.yaml"), "--dry-run", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    grid = grid_from_dict(tree)
+    assert doc["schema"] == 1 and doc["grid"] == "t" and doc["baseline"] == "sft"
+    assert [s["name"] for s in doc["stages"]] == [s.name for s in grid_stages(grid)]
+    by = {s["name"]: s for s in doc["stages"]}
+    bel = by["eval/Tiny-1/de/clo/n4/belebele_de"]
+    assert {k: bel[k] for k in ("kind", "run", "model", "lang", "variant", "method", "size", "task", "eval",
+                                "eval_lang", "template", "baseline", "done")} == {
+        "kind": "eval", "run": "Tiny-1/de/clo/n4", "model": "Tiny-1", "lang": "de", "variant": "clo",
+        "method": "clo", "size": 4, "task": "belebele", "eval": "belebele_de", "eval_lang": "de",
+        "template": "harness", "baseline": None, "done": False}
+    judged = [s for s in doc["stages"] if s["kind"] == "pairwise"]
+    # The CLO runs of both sizes, each against the SFT run of its size.
+    assert [(s["run"], s["baseline"], s["task"]) for s in judged] == [
+        ("Tiny-1/de/clo/n4", "Tiny-1/de/sft/n4", "alpacaeval"),
+        ("Tiny-1/de/clo/nall", "Tiny-1/de/sft/nall", "alpacaeval")]
+    assert judged[0]["deps"] == ["train/Tiny-1/de/clo/n4", "train/Tiny-1/de/sft/n4",
+                                 "baseline-outputs/Tiny-1/de/sft/n4/alpacaeval_de", "instructions/instructions_de"]
+    assert judged[0]["estimate"]["api_model"] == "gpt-4o" and judged[0]["estimate"]["api_tokens_in"] > 0
+    assert doc["estimate"]["to_run"] == len(doc["stages"]) and doc["estimate"]["done"] == 0
+    assert all(set(c) == {"check", "level", "where", "message"} for c in doc["checks"])
+    # Once run, the stages are done.
+    run_grid(grid, FakeStages().functions(), progress=False)
+    assert main(["run", str(tmp_path / "g.yaml"), "--dry-run", "--json"]) == 0
+    assert all(s["done"] for s in json.loads(capsys.readouterr().out)["stages"])
+    assert main(["run", str(tmp_path / "g.yaml"), "--json"]) == 2
+    assert "--json goes with --dry-run" in capsys.readouterr().err

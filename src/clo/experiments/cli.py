@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help="check the grid and list its runs, estimated time, API tokens and cost; run nothing")
+    parser.add_argument("--json", action="store_true",
+                        help="with --dry-run: print the planned stages, the checks and the estimate as one JSON "
+                             "object (schema in docs/experiments.md)")
     parser.add_argument("--launcher", help="where the stages run: local (this process) or slurm (one job per "
                                            "stage, through submitit); default: the grid's launcher.kind")
     parser.add_argument("--assumptions", metavar="FILE",
@@ -34,7 +37,7 @@ def main(args: argparse.Namespace) -> int:
     from clo.config_base import ConfigError
     from clo.experiments.config import expand, load_grid
     from clo.experiments.estimate import format_estimate, load_assumptions
-    from clo.experiments.grid import plan
+    from clo.experiments.graph import plan
     from clo.experiments.launchers import get_launcher
     from clo.experiments.preflight import preflight
 
@@ -43,6 +46,8 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("clo run: give the grid config, e.g. `clo run configs/paper.yaml`")
     if args.grid and args.config:
         raise ConfigError("clo run: give the grid config once (positional or --config)")
+    if args.json and not args.dry_run:
+        raise ConfigError("clo run: --json goes with --dry-run (it prints the plan; a run prints its progress)")
     overrides = list(args.overrides)
     if args.output:
         overrides.append(f"output_dir={json.dumps(str(args.output))}")
@@ -50,6 +55,10 @@ def main(args: argparse.Namespace) -> int:
         overrides.append(f"launcher.kind={args.launcher}")
     grid = load_grid(path, overrides)
     launcher = grid.launcher.kind
+    if args.json:
+        checked = preflight(grid, str(path), launcher=launcher, assumptions=load_assumptions(args.assumptions))
+        print(json.dumps(dry_run_json(grid, checked), indent=1, ensure_ascii=False))
+        return CHECKS_FAILED_EXIT if checked.errors else 0
     if args.dry_run:
         p = plan(grid, expand(grid))
         print(f"grid {grid.name}: {len(p['runs'])} runs in {grid.output_dir}")
@@ -71,3 +80,30 @@ def main(args: argparse.Namespace) -> int:
     for key, err in outcome.failures.items():
         print(f"FAILED {key}: {err}", file=sys.stderr)
     return 0 if outcome.ok else 1
+
+
+#: The version of the ``clo run --dry-run --json`` schema (docs/experiments.md).
+DRY_RUN_SCHEMA = 1
+
+
+def dry_run_json(grid, checked) -> dict:
+    """The plan of ``grid`` as ``clo run --dry-run --json`` prints it: every stage (its run, method,
+    size, evaluation, baseline, prompt template where a job sets one, whether it is done, its
+    estimate), the checks' findings and the estimate's summary per phase."""
+    from clo.experiments.graph import grid_stages
+
+    est = {s.name: s for s in checked.estimate.stages}
+    stages = []
+    for st in grid_stages(grid):
+        e = est.get(st.name)
+        stages.append({**st.describe(), "done": st.name in checked.done, "estimate": None if e is None else {
+            "seconds": round(e.seconds, 1), "gpus": e.gpus, "api_tokens_in": round(e.api_in),
+            "api_tokens_out": round(e.api_out), "cost_usd": e.cost, "api_model": e.api_model, "note": e.note}})
+    return {
+        "schema": DRY_RUN_SCHEMA, "grid": grid.name, "output_dir": grid.output_dir, "baseline": grid.baseline,
+        "launcher": grid.launcher.kind, "stages": stages,
+        "checks": [{"check": f.check, "level": f.level, "where": f.where, "message": f.message}
+                   for f in checked.findings],
+        "estimate": {"to_run": len(checked.estimate.stages), "done": checked.estimate.done,
+                     "phases": checked.estimate.phases(), "notes": checked.estimate.notes},
+    }

@@ -102,11 +102,10 @@ class Stage:
         r, j = self.run, self.job
         return {
             "name": self.name, "kind": self.kind, "phase": self.phase, "job": self.group, "deps": list(self.deps),
-            "run": r.run_id if r else None, "model": r.model if r else None, "lang": self.lang,
+            "run": r.run_id if r else None, "model": r.model if r else None, "lang": r.lang if r else self.lang,
             "variant": r.variant if r else None, "method": r.method if r else None, "size": r.size if r else None,
             "ablation": r.ablation if r else None,
-            "task": j.task if j else None, "eval": self.eval_key,
-            "eval_lang": j.resolve_lang(r.lang) if j and r else (self.lang if j else None),
+            "task": j.task if j else None, "eval": self.eval_key, "eval_lang": self.lang if j else None,
             "template": j.opts.get("template") if j else None,
             "opts": dict(j.opts) if j else None,
             "baseline": self.baseline.run_id if self.baseline else None,
