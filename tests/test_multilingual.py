@@ -43,15 +43,8 @@ def _write(path: Path, rows: list[dict]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    from clo.testing import tiny_model, tiny_tokenizer
-
-    d = tmp_path_factory.mktemp("multi")
-    tiny_model("llama", vocab_size=512).save_pretrained(d / "model")
-    tiny_tokenizer().save_pretrained(d / "model")
-    _write(d / "train.jsonl", _multi_rows("t", 8, 0))
-    _write(d / "val.jsonl", _multi_rows("v", 4, 1))
-    return d
+def workdir(tiny_workdir):
+    return tiny_workdir("multi", train=_multi_rows("t", 8, 0), val=_multi_rows("v", 4, 1))
 
 
 # -- config and records ------------------------------------------------------------------------

@@ -4,7 +4,6 @@ the output directory as it found it."""
 
 import json
 import pickle
-import random
 
 import pytest
 import torch
@@ -14,26 +13,10 @@ from clo.config import config_from_dict
 from clo.data.records import RecordError
 from clo.train.trainer import STATE_KEYS, StateFileError, read_state, train
 
-EN = ["the", "cat", "dog", "house", "red", "blue", "runs", "sleeps", "what", "is"]
-DE = ["der", "die", "das", "Katze", "Hund", "Haus", "rot", "blau", "läuft", "Frage"]
-
-
-def _records(n, seed):
-    rng = random.Random(seed)
-    s = lambda ws, k: " ".join(rng.choice(ws) for _ in range(k))
-    return [{"id": f"r{i}", "tgt_lang": "de", "x_en": s(EN, 4), "y_en": s(EN, 5), "x_tgt": s(DE, 4),
-             "y_tgt": s(DE, 6)} for i in range(n)]
-
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    from clo.testing import tiny_model, tiny_tokenizer
-
-    d = tmp_path_factory.mktemp("resume")
-    tiny_model("llama", vocab_size=512).save_pretrained(d / "model")
-    tiny_tokenizer().save_pretrained(d / "model")
-    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _records(8, 0)))
-    return d
+def workdir(tiny_workdir, quadruples):
+    return tiny_workdir("resume", train=quadruples(8, 0))
 
 
 def _cfg(workdir):
@@ -129,9 +112,9 @@ def test_torn_run_json_is_a_one_line_error_and_overwrite_starts_over(workdir, in
     assert (run / "result.json").is_file()
 
 
-def test_refused_training_leaves_no_directory_behind(workdir, tmp_path, capsys):
+def test_refused_training_leaves_no_directory_behind(workdir, tmp_path, capsys, quadruples):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({**_records(1, 3)[0], "y_tgt": ""}) + "\n")
+    bad.write_text(json.dumps({**quadruples(1, 3)[0], "y_tgt": ""}) + "\n")
     with pytest.raises(RecordError):
         train(_cfg(workdir), bad, None, tmp_path / "new")
     assert not (tmp_path / "new").exists()

@@ -257,34 +257,9 @@ def test_a_grid_variant_sets_cl_loss(tmp_path):
 
 # -- training runs on a tiny random Llama ---------------------------------------------------------
 
-EN = ["the", "cat", "dog", "house", "red", "blue", "runs", "sleeps", "what", "is"]
-DE = ["der", "die", "das", "Katze", "Hund", "Haus", "rot", "blau", "läuft", "Frage"]
-
-
-def _records(prefix, n, seed):
-    import random
-
-    rng = random.Random(seed)
-    s = lambda ws, k: " ".join(rng.choice(ws) for _ in range(k))
-    return [{"id": f"{prefix}{i}", "tgt_lang": "de", "x_en": s(EN, 4), "y_en": s(EN, 5), "x_tgt": s(DE, 4),
-             "y_tgt": s(DE, 6)} for i in range(n)]
-
-
-def _write(path, rows):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    from clo.testing import tiny_model, tiny_tokenizer
-
-    d = tmp_path_factory.mktemp("tiny_cl")
-    tiny_model("llama", vocab_size=512).save_pretrained(d / "model")
-    tiny_tokenizer().save_pretrained(d / "model")
-    _write(d / "train.jsonl", _records("t", 16, 0))
-    _write(d / "val.jsonl", _records("v", 8, 1))
-    return d
+def workdir(tiny_workdir, quadruples):
+    return tiny_workdir("tiny_cl", train=quadruples(16, 0, "t"), val=quadruples(8, 1, "v"))
 
 
 def _cfg(workdir, cache, **train):

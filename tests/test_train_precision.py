@@ -8,29 +8,12 @@ import torch
 from clo.config import config_from_dict
 from clo.train.trainer import train
 
-EN = ["the", "cat", "dog", "house", "red", "blue", "runs", "sleeps", "what", "is"]
-DE = ["der", "die", "das", "Katze", "Hund", "Haus", "rot", "blau", "läuft", "Frage"]
 STEPS = 20
 
 
-def _records(n, seed):
-    import random
-
-    rng = random.Random(seed)
-    s = lambda ws, k: " ".join(rng.choice(ws) for _ in range(k))
-    return [{"id": f"p{i}", "tgt_lang": "de", "x_en": s(EN, 4), "y_en": s(EN, 5), "x_tgt": s(DE, 4),
-             "y_tgt": s(DE, 6)} for i in range(n)]
-
-
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    from clo.testing import tiny_model, tiny_tokenizer
-
-    d = tmp_path_factory.mktemp("precision")
-    tiny_model("llama", vocab_size=512).save_pretrained(d / "model")
-    tiny_tokenizer().save_pretrained(d / "model")
-    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _records(STEPS, 0)))
-    return d
+def workdir(tiny_workdir, quadruples):
+    return tiny_workdir("precision", train=quadruples(STEPS, 0, "p"))
 
 
 def _run(workdir, out, *, dtype, master, lr):

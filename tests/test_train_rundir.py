@@ -6,32 +6,14 @@ import pytest
 import torch
 
 from clo.config import config_from_dict
+from clo.io import write_jsonl
 from clo.train.distributed import micro_batches
 from clo.train.trainer import RunMismatch, train
 
-EN = ["the", "cat", "dog", "house", "red", "blue", "runs", "sleeps", "what", "is"]
-DE = ["der", "die", "das", "Katze", "Hund", "Haus", "rot", "blau", "läuft", "Frage"]
-
-
-def _records(n, seed):
-    import random
-
-    rng = random.Random(seed)
-    s = lambda ws, k: " ".join(rng.choice(ws) for _ in range(k))
-    return [{"id": f"r{i}", "tgt_lang": "de", "x_en": s(EN, 4), "y_en": s(EN, 5), "x_tgt": s(DE, 4),
-             "y_tgt": s(DE, 6)} for i in range(n)]
-
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    from clo.testing import tiny_model, tiny_tokenizer
-
-    d = tmp_path_factory.mktemp("rundir")
-    tiny_model("llama", vocab_size=512).save_pretrained(d / "model")
-    tiny_tokenizer().save_pretrained(d / "model")
-    for name, n, seed in (("train", 8, 0), ("val", 4, 1)):
-        (d / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _records(n, seed)))
-    return d
+def workdir(tiny_workdir, quadruples):
+    return tiny_workdir("rundir", train=quadruples(8, 0), val=quadruples(4, 1))
 
 
 def _cfg(workdir, **train):
@@ -85,13 +67,13 @@ def test_killed_run_refuses_to_resume_with_another_lr_but_resumes_with_another_m
     assert res.metrics["finished"] and res.metrics["steps"] == 2
 
 
-def test_edited_data_file_is_another_run(workdir, tmp_path):
+def test_edited_data_file_is_another_run(workdir, tmp_path, quadruples):
     out = tmp_path / "run"
     data = tmp_path / "train.jsonl"
     data.write_text((workdir / "train.jsonl").read_text())
     cfg = _cfg(workdir)
     train(cfg, data, None, out)
-    data.write_text("".join(json.dumps(r) + "\n" for r in _records(8, 7)))
+    write_jsonl(data, quadruples(8, 7))
     with pytest.raises(RunMismatch, match=r"data\.train"):
         train(cfg, data, None, out)
 

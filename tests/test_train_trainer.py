@@ -9,38 +9,14 @@ import torch
 
 from clo.config import config_from_dict
 from clo.data.records import RecordError
+from clo.io import write_jsonl
 from clo.train import methods
 from clo.train.trainer import TrainingDiverged, plan_batches, train
 
-EN = ["the", "cat", "dog", "house", "red", "blue", "runs", "sleeps", "what", "is"]
-DE = ["der", "die", "das", "Katze", "Hund", "Haus", "rot", "blau", "läuft", "Frage"]
-
-
-def _records(prefix, n, seed):
-    import random
-
-    rng = random.Random(seed)
-    s = lambda ws, k: " ".join(rng.choice(ws) for _ in range(k))
-    return [{"id": f"{prefix}{i}", "tgt_lang": "de", "x_en": s(EN, 4), "y_en": s(EN, 5), "x_tgt": s(DE, 4),
-             "y_tgt": s(DE, 6)} for i in range(n)]
-
-
-def _write(path, rows):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    from clo.testing import tiny_model, tiny_tokenizer
-
-    d = tmp_path_factory.mktemp("tiny")
-    model_dir = d / "model"
-    tiny_model("llama", vocab_size=512).save_pretrained(model_dir)
-    tiny_tokenizer().save_pretrained(model_dir)
-    _write(d / "train.jsonl", _records("t", 16, 0))
-    _write(d / "val.jsonl", _records("v", 8, 1))
-    return d
+def workdir(tiny_workdir, quadruples):
+    return tiny_workdir("tiny", train=quadruples(16, 0, "t"), val=quadruples(8, 1, "v"))
 
 
 def _cfg(workdir, **train):
@@ -191,12 +167,12 @@ def test_nll_langs_ablation_counts_english_tokens(workdir, tmp_path):
     assert logs[("tgt",)] != pytest.approx(logs[("tgt", "en")], abs=1e-4)
 
 
-def test_bad_rows_rejected_with_reasons(workdir, tmp_path):
-    rows = _records("r", 8, 2)
+def test_bad_rows_rejected_with_reasons(workdir, tmp_path, quadruples):
+    rows = quadruples(8, 2)
     rows[1]["tgt_lang"] = "sw"
     rows[2]["x_tgt"] = " ".join(["Frage"] * 200)  # the prompt alone exceeds max_length
     rows[3]["y_en"] = " ".join(["dog"] * 200)  # only truncated
-    data = _write(tmp_path / "d.jsonl", rows)
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
     res = train(_cfg(workdir, method="clo", epochs=1), data, None, tmp_path / "run")
     rejected = [json.loads(ln) for ln in (tmp_path / "run" / "rejected.jsonl").read_text().splitlines()]
     assert [(r["id"], r["line"], r["field"]) for r in rejected] == [("r1", 2, "tgt_lang"), ("r2", 3, "x_tgt")]
