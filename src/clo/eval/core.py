@@ -24,6 +24,7 @@ from clo.eval.identity import model_identity
 from clo.eval.task import get_task, tasks
 from clo.fingerprints import differing_keys, sha256_file
 from clo.languages import Language
+from clo.paths import safe_name
 
 log = logging.getLogger(__name__)
 
@@ -391,7 +392,8 @@ def evaluate(task: str, model, cfg, output_dir: Path, *, overwrite: bool = False
     lang_code = options.pop("lang", None)
     lang = languages.get(lang_code if lang_code is not None else cfg.lang)
     name = options.pop("name", None)
-    name = name if name is not None else spec.output_name(lang.code, options)
+    # The output's file name: a name from a config (a grid job's opts.name) must not reach outside output_dir.
+    name = safe_name(name if name is not None else spec.output_name(lang.code, options), "evaluation output name")
     if "data_dir" in options:
         cfg = cfg.model_copy(deep=True)
         cfg.eval.data_dir = str(options.pop("data_dir"))

@@ -105,6 +105,15 @@ class EvalJob(StrictModel):
         return (self.task, self.lang, self.opts, self.only_langs) == (other.task, other.lang, other.opts,
                                                                       other.only_langs)
 
+    @field_validator("opts")
+    @classmethod
+    def _safe_output_name(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if "name" in v:  # the evaluation's output file name: it must not reach outside the run directory
+            from clo.paths import safe_name
+
+            safe_name(v["name"], "opts.name")
+        return v
+
     @field_validator("only_langs")
     @classmethod
     def _known_langs(cls, v: list[str] | None) -> list[str] | None:
