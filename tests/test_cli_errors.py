@@ -194,7 +194,7 @@ def test_train_missing_model_and_bad_trainable(work, tmp_path, capsys):
     assert _train(work, good, tmp_path / "r1", "--trainable", "no_such_param") == 2
     assert _error(capsys, "train") == "train.trainable: regex 'no_such_param' matches no parameter of LlamaForCausalLM"
     assert _train(work, good, tmp_path / "r2", "--set", "train.beta=abc") == 2
-    assert _error(capsys, "train").startswith("<defaults>: train.beta: ")
+    assert _error(capsys, "train").startswith("--set train.beta=abc: train.beta: ")
 
 
 def test_train_non_utf8_data_is_one_error_line(work, tmp_path, capsys):

@@ -72,7 +72,7 @@ def test_wrong_type_names_key_and_file(tmp_path):
 
 
 def test_override_errors_name_the_override():
-    with pytest.raises(ConfigError, match=r"<defaults>: train.beta: .*number"):
+    with pytest.raises(ConfigError, match=r"^--set train\.beta=abc: train\.beta: .*number"):
         load_config(None, ["train.beta=abc"])
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_config(None, ["train.beta"])

@@ -63,6 +63,21 @@ def _chosen_command(argv: list[str], names) -> str | None:
     return None
 
 
+def _unknown_command(argv: list[str], names) -> str | None:
+    """``unknown command 'trian'; did you mean 'train'? known: ...`` when the first word of
+    ``argv`` that is not an option names no subcommand (argparse would list the choices only)."""
+    for tok in argv:
+        if tok == "--":
+            return None
+        if not tok.startswith("-"):
+            if tok in names:
+                return None
+            from clo.registry import unknown_name_message  # only on the error path: --help stays light
+
+            return unknown_name_message("command", tok, names)
+    return None
+
+
 def build_parser(subcommands: dict[str, tuple[str, str]] | None = None,
                  argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; only the subcommand chosen in ``argv`` (None: every subcommand) gets its
@@ -138,6 +153,10 @@ def load_run_config(path, overrides, command: str):
 
 def main(argv: list[str] | None = None, subcommands: dict[str, tuple[str, str]] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    unknown = _unknown_command(argv, SUBCOMMANDS if subcommands is None else subcommands)
+    if unknown:
+        print(f"usage: clo [-h] [--version] [-v] COMMAND ...\nclo: error: {unknown}", file=sys.stderr)
+        return USER_ERROR_EXIT
     try:
         parser = build_parser(subcommands, argv)
     except (CloError, *_OS_USER_ERRORS) as e:  # a bad file in $CLO_LANGUAGES, read as the commands load

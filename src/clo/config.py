@@ -73,15 +73,29 @@ class Config(StrictModel):
         return list(self.lang) if isinstance(self.lang, list) else [self.lang]
 
 
-def _format_errors(err: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
+def error_source(loc, source: str, overridden: Iterable[tuple[list[str], str]] = ()) -> str:
+    """Where the value at ``loc`` came from: the ``--set`` flag that set it (or a section above
+    it), else ``source`` (the YAML file, or ``<defaults>``)."""
+    parts = [str(p) for p in loc]
+    best, best_len = source, -1
+    for path, flag in overridden:
+        if len(path) > best_len and parts[: len(path)] == list(path):
+            best, best_len = flag, len(path)
+    return best
+
+
+def _format_errors(err: ValidationError, source: str, model: type[BaseModel] | None = None,
+                   overridden: Iterable[tuple[list[str], str]] = ()) -> str:
     """One line per problem, ``SOURCE: dotted.key: message``; an unknown key names the closest
-    known one (``train.betta: unknown key; did you mean train.beta?``)."""
+    known one (``train.betta: unknown key; did you mean train.beta?``); SOURCE is the ``--set``
+    flag where one set the key."""
     model = Config if model is None else model
+    overridden = list(overridden)
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = unknown_key_message(model, e["loc"]) if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"{source}: {key}: {msg}")
+        lines.append(f"{error_source(e['loc'], source, overridden)}: {key}: {msg}")
     return "\n".join(lines)
 
 
@@ -114,13 +128,15 @@ def set_dotted(tree: dict, key: str | list[str], value: Any, source: str) -> Non
 
 def config_from_dict(tree: dict, source: str = "<dict>", overrides: Iterable[str] = ()) -> Config:
     tree = dict(tree or {})
+    overridden = []
     for ov in overrides:
         path, value = parse_override(ov)
         set_dotted(tree, path, value, f"--set {ov}")
+        overridden.append((path, f"--set {ov}"))
     try:
         return Config.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, source)) from None
+        raise ConfigError(_format_errors(e, source, overridden=overridden)) from None
 
 
 def load_yaml(path: str | Path) -> dict:

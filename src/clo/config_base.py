@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict
@@ -88,6 +89,40 @@ def unknown_key_message(model: type[BaseModel], loc: Iterable) -> str:
     return f"unknown key; did you mean {hint}?" if hint else "unknown key"
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key, line: int, first: int):
+        super().__init__(key)
+        self.key, self.line, self.first = key, line, first
+
+
+@functools.cache
+def _unique_keys_loader():
+    """A safe YAML loader that refuses a key given twice in one mapping (YAML's own rule, which
+    PyYAML does not enforce: it keeps the last value silently)."""
+    import yaml
+
+    # The C loader where libyaml is built in: the shipped languages file is large.
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class UniqueKeyLoader(base):
+        def construct_mapping(self, node, deep=False):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base constructor reports it
+                    continue
+                if first is not None:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1, first)
+                seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def read_yaml(path, what: str = "config", mapping: str = "a mapping") -> dict:
     """The YAML mapping in ``path`` (empty file: ``{}``); every failure a :class:`ConfigError`
     naming the file (and line): missing, not UTF-8, invalid YAML, not ``mapping`` at the top."""
@@ -103,8 +138,9 @@ def read_yaml(path, what: str = "config", mapping: str = "a mapping") -> dict:
         raise ConfigError(f"{path}: no such {what} file")
     text = read_text(path, error=located(ConfigError))
     try:
-        # The C loader where libyaml is built in: the shipped languages file is large.
-        tree = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        tree = yaml.load(text, Loader=_unique_keys_loader())
+    except _DuplicateKey as e:
+        raise ConfigError(f"{path}:{e.line}: {e.key}: given twice (first on line {e.first}); keep one") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""

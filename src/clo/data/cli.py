@@ -131,6 +131,13 @@ def _run(args) -> int:
                   file=sys.stderr)
             return 2
         VIEWS.check(args.view)  # before reading the records
+        # The suffix says the format; one clo cannot write is refused, not written as JSON lines.
+        name = args.output.lower()
+        if not name.endswith((".jsonl", ".ndjson", ".json", ".parquet")):
+            suffix = Path(args.output).suffix or "(none)"
+            print(f"clo data view: {args.output}: unsupported output suffix {suffix}; use .jsonl (JSON lines), "
+                  ".json (one JSON list) or .parquet", file=sys.stderr)
+            return 2
         records = read_records(args.dataset)
         rows = make_view(args.view, records, args.seed, args.style)
         path = write_view(rows, args.output)
