@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections import Counter
@@ -680,10 +681,10 @@ def test_dry_run_json_lists_every_planned_stage(tmp_path, capsys, monkeypatch):
     by = {s["name"]: s for s in doc["stages"]}
     bel = by["eval/Tiny-1/de/clo/n4/belebele_de"]
     assert {k: bel[k] for k in ("kind", "run", "model", "lang", "variant", "method", "size", "task", "eval",
-                                "eval_lang", "template", "baseline", "done")} == {
+                                "eval_lang", "prompt_variant", "baseline", "done")} == {
         "kind": "eval", "run": "Tiny-1/de/clo/n4", "model": "Tiny-1", "lang": "de", "variant": "clo",
         "method": "clo", "size": 4, "task": "belebele", "eval": "belebele_de", "eval_lang": "de",
-        "template": "harness", "baseline": None, "done": False}
+        "prompt_variant": "harness", "baseline": None, "done": False}
     judged = [s for s in doc["stages"] if s["kind"] == "pairwise"]
     # The CLO runs of both sizes, each against the SFT run of its size.
     assert [(s["run"], s["baseline"], s["task"]) for s in judged] == [
@@ -691,6 +692,7 @@ def test_dry_run_json_lists_every_planned_stage(tmp_path, capsys, monkeypatch):
         ("Tiny-1/de/clo/nall", "Tiny-1/de/sft/nall", "alpacaeval")]
     assert judged[0]["deps"] == ["train/Tiny-1/de/clo/n4", "train/Tiny-1/de/sft/n4",
                                  "baseline-outputs/Tiny-1/de/sft/n4/alpacaeval_de", "instructions/instructions_de"]
+    assert judged[0]["prompt_variant"] is None  # AlpacaEval has no prompt variants
     assert judged[0]["estimate"]["api_model"] == "gpt-4o" and judged[0]["estimate"]["api_tokens_in"] > 0
     assert doc["estimate"]["to_run"] == len(doc["stages"]) and doc["estimate"]["done"] == 0
     assert all(set(c) == {"check", "level", "where", "message"} for c in doc["checks"])
@@ -700,3 +702,32 @@ def test_dry_run_json_lists_every_planned_stage(tmp_path, capsys, monkeypatch):
     assert all(s["done"] for s in json.loads(capsys.readouterr().out)["stages"])
     assert main(["run", str(tmp_path / "g.yaml"), "--json"]) == 2
     assert "--json goes with --dry-run" in capsys.readouterr().err
+
+
+def test_evaluation_data_enters_by_content(tmp_path):
+    """The files a task declares (BELEBELE's German file here) are inputs by their content: the
+    data directory may move; an edited file reruns the evaluations that read it, and a setting only
+    another task reads (MMMLU's answer length) reruns nothing."""
+    from clo import languages
+    from clo.eval.task import get_task
+
+    data = tmp_path / "eval-data"
+    (rel,) = [p.relative_to(data) for p in get_task("belebele").files(languages.get("de"), data, {})]
+    (data / rel).parent.mkdir(parents=True)
+    (data / rel).write_text('{"question": "1"}\n', encoding="utf-8")
+    tree = _grid(tmp_path)
+    tree["base"]["eval"]["data_dir"] = str(data)
+    assert run_grid(grid_from_dict(tree), FakeStages().functions(), progress=False).ok
+    moved = tmp_path / "elsewhere"
+    data.rename(moved)
+    tree["base"]["eval"]["data_dir"] = str(moved)
+    tree["base"]["eval"]["mmmlu_max_new_tokens"] = 7
+    same = FakeStages()
+    assert run_grid(grid_from_dict(tree), same.functions(), progress=False).ran == []
+    (moved / rel).write_text('{"question": "2"}\n', encoding="utf-8")
+    edited = FakeStages()
+    res = run_grid(grid_from_dict(tree), edited.functions(), progress=False)
+    assert (edited.calls["eval"], edited.calls["train"], edited.calls["data"]) == (5, 0, 0)
+    assert read_marker(tmp_path / "grid/runs/Tiny-1/de/base/eval/belebele_de.done.json")["inputs"]["data"] == {
+        rel.as_posix(): {"sha256": hashlib.sha256(b'{"question": "2"}\n').hexdigest()}}
+    assert res.ok

@@ -106,10 +106,24 @@ class Stage:
             "variant": r.variant if r else None, "method": r.method if r else None, "size": r.size if r else None,
             "ablation": r.ablation if r else None,
             "task": j.task if j else None, "eval": self.eval_key, "eval_lang": self.lang if j else None,
-            "template": j.opts.get("template") if j else None,
+            "prompt_variant": _prompt_variant(j),
             "opts": dict(j.opts) if j else None,
             "baseline": self.baseline.run_id if self.baseline else None,
         }
+
+
+def _prompt_variant(job: EvalJob | None) -> str | None:
+    """The value of the option that selects the task's prompt variant (its default when the job
+    sets none); None for a task without variants."""
+    if job is None:
+        return None
+    from clo.eval.task import get_task
+
+    try:
+        task = get_task(job.task)
+    except KeyError:  # an unknown task: the checks say so
+        return None
+    return None if task.variant is None else job.opts.get(task.variant, task.option(task.variant).default)
 
 
 def run_dir(grid_dir: Path, run: RunSpec) -> Path:
@@ -301,8 +315,35 @@ def with_file_digests(opts: dict) -> dict:
 
 
 def _eval_settings(cfg: Config, task: str) -> dict:
-    """The ``eval`` settings an evaluation reads: the judge's only for the judged tasks."""
-    return cfg.eval.model_dump(mode="json", exclude=None if task in PAIRWISE_TASKS else {"judge"})
+    """The ``eval`` settings an evaluation reads: not the data directory (its files enter by
+    content, :func:`eval_data_inputs`), not the settings only other tasks read
+    (:attr:`clo.eval.task.Task.settings`), the judge's only for the judged tasks."""
+    from clo.eval.task import tasks
+
+    exclude = {"data_dir", *(s for t in tasks() if t.name != task for s in t.settings)}
+    if task not in PAIRWISE_TASKS:
+        exclude.add("judge")
+    return cfg.eval.model_dump(mode="json", exclude=exclude)
+
+
+def eval_data_inputs(task: str, lang: str, run: RunSpec, job: EvalJob) -> dict:
+    """The evaluation data a job reads, by content: the digest of each file the task declares for
+    ``lang`` under the job's data directory (:meth:`clo.eval.task.Task.files`), named relative to
+    it, so that the directory may move; without a data directory, the hub dataset it reads."""
+    from clo import languages
+    from clo.eval.task import get_task
+
+    t = get_task(task)
+    ddir = job_data_dir(run, job)
+    if ddir is None:
+        return {"hub": t.hub}
+    return {f.relative_to(ddir).as_posix(): content_digest(f) for f in t.files(languages.get(lang), ddir, job.opts)}
+
+
+def _job_options(opts: dict) -> dict:
+    """A job's options as fingerprinted: files by content (:func:`with_file_digests`), and no
+    ``data_dir``, whose files :func:`eval_data_inputs` gives."""
+    return with_file_digests({k: v for k, v in opts.items() if k != "data_dir"})
 
 
 def _train_ignore() -> tuple[str, ...]:
@@ -473,8 +514,9 @@ class _Builder:
             return opts, fps
 
         def inputs(state) -> dict:
-            return {"model": model(state)[1], "task": job.task, "lang": lang, "opts": with_file_digests(job.opts),
-                    "eval": _eval_settings(run.config, job.task), **prepared(state)[1]}
+            return {"model": model(state)[1], "task": job.task, "lang": lang, "opts": _job_options(job.opts),
+                    "eval": _eval_settings(run.config, job.task),
+                    "data": eval_data_inputs(job.task, lang, run, job), **prepared(state)[1]}
 
         def call(fns, state) -> Any:
             return fns.evaluate(job.task, model(state)[0], run.config, out_dir,
@@ -551,8 +593,8 @@ class _Builder:
 
         def inputs(state) -> dict:
             return {"model": model(state)[1], "task": "alpacaeval-outputs", "lang": lang,
-                    "opts": with_file_digests(job_opts), "eval": _eval_settings(base.config, "alpacaeval-outputs"),
-                    **translation(state)[1]}
+                    "opts": _job_options(job_opts), "eval": _eval_settings(base.config, "alpacaeval-outputs"),
+                    "data": eval_data_inputs("alpacaeval-outputs", lang, base, job), **translation(state)[1]}
 
         def call(fns, state) -> Any:
             return fns.evaluate("alpacaeval-outputs", model(state)[0], base.config, bdir / key,

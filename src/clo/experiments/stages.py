@@ -47,9 +47,10 @@ log = logging.getLogger(__name__)
 MARKER_SUFFIX = ".done.json"
 STARTED_SUFFIX = ".started.json"
 
-#: The version of the stage fingerprints markers record. 2: files by content, not path, and each
-#: stage's inputs only what it reads (a prebuilt dataset without the translator, evaluations
-#: without the judge's settings unless judged). Markers without one are format 1.
+#: The version of the stage fingerprints markers record. 2: data files by content, not path (a
+#: prebuilt dataset, ``data.path``, the AlpacaEval instructions, each evaluation's data files),
+#: and each stage's inputs only what it reads (a prebuilt dataset without the translator,
+#: evaluations without the judge's settings unless judged). Markers without one are format 1.
 MARKER_FORMAT = 2
 
 
