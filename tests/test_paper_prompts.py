@@ -231,5 +231,7 @@ def test_paper_presets_name_the_judge_snapshot_and_prompt(preset):
     judge = grid.base.eval.judge
     assert (judge.model, judge.prompt, judge.function_calling) == ("gpt-4o-2024-08-06", "alpaca_eval", True)
     assert (grid.base.train.nll_reduction, grid.base.train.batch_unit) == ("token", "unit")
+    assert grid.base.data.mmmlu_format_items == 10
     single = load_config(str(root / "configs/train/paper.yaml"), [])
     assert (single.eval.judge.model, single.eval.judge.prompt) == ("gpt-4o-2024-08-06", "alpaca_eval")
+    assert single.data.mmmlu_format_items == 10

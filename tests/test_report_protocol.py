@@ -107,3 +107,14 @@ def test_a_short_source_is_a_warning_in_the_build_summary(tmp_path, monkeypatch)
         "data.subsets 6400: the training split has 6 pairs, so that size trains on 6"]
     md = (tmp_path / "out" / "summary.md").read_text(encoding="utf-8")
     assert "## Warnings\n\n- the source has 7 usable English examples, fewer than data.n = 6400" in md
+
+
+def test_table3_says_the_format_items_are_left_out(tmp_path):
+    grid = grid_from_dict({"name": "g", "output_dir": str(tmp_path), "models": ["M"], "langs": ["de"],
+                           "methods": ["sft", "clo"], "sizes": [None], "eval_jobs": [{"task": "mmmlu"}]})
+    write_json_atomic(tmp_path / "plan.json", plan(grid))
+    write_json_atomic(tmp_path / "runs" / "M/de/clo/nall" / "eval" / "mmmlu_de.done.json", {
+        "fingerprint": "0" * 16, "result": {"accuracy": 0.5, "stderr": 0.01, "n": 14032, "format_items_left_out": 10}})
+    write_report(tmp_path)
+    cap = _caption((tmp_path / "report" / "report.md").read_text(encoding="utf-8"), "Table 3")
+    assert "10 questions trained on as format items (the paper's Appendix D) are left out of the evaluation." in cap

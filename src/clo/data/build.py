@@ -47,6 +47,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from clo.data import format_items
 from clo.data.cache import set_aside
 from clo.data.checks import check_record, record_similarities
 from clo.data.records import CrossLingualRecord, MultilingualRecord, write_multilingual, write_records
@@ -282,6 +283,8 @@ def summary_markdown(s: dict) -> str:
         f"| duplicate pairs skipped | {s.get('duplicates_skipped', 0)} |",
         f"| records passing all checks | {s['records_out']} ({100 * s['pass_rate']:.1f}%) |",
         f"| train / validation | {s['train']} / {s['validation']} |",
+        *([f"| MMMLU format items in train (Appendix D) | {len(s['mmmlu_format_items'])} (rows "
+           f"{', '.join(map(str, s['mmmlu_format_items']))}) |"] if s.get("mmmlu_format_items") else []),
         f"| rejects | {s['rejects']} |",
         f"| translator | `{s['translator']}` |",
         f"| segments (unique) | {s['translation']['segments']} ({s['translation']['unique_segments']}) |",
@@ -341,6 +344,8 @@ def _build(cfg, out_dir: Path, fp: str, *, progress: bool, rebuild_cache: bool) 
 
     langs = cfg.langs if hasattr(cfg, "langs") else [cfg.lang]
     multi = len(langs) > 1
+    if multi and d.mmmlu_format_items:
+        raise BuildError("data.mmmlu_format_items: MMMLU format items are added to single-language builds only")
     if multi and d.source == "parallel":
         raise BuildError("data.source parallel holds one language's translations; a build with several target "
                          "languages translates an English source (or build each language and join them by id)")
@@ -388,8 +393,10 @@ def _build(cfg, out_dir: Path, fp: str, *, progress: bool, rebuild_cache: bool) 
     val_idx = set(split_indices(len(accepted), d.val_fraction, d.seed))
     train = [r for i, r in enumerate(accepted) if i not in val_idx]
     val = [r for i, r in enumerate(accepted) if i in val_idx]
+    # Appendix D: MMMLU format items join every training set (the full split and each subset).
+    fmt = format_items.records(cfg) if d.mmmlu_format_items else []
     files = {
-        "train": str(write(train, out_dir / f"train{ext}")),
+        "train": str(write(train + fmt, out_dir / f"train{ext}")),
         "validation": str(write(val, out_dir / f"validation{ext}")),
     }
     if multi:
@@ -397,7 +404,7 @@ def _build(cfg, out_dir: Path, fp: str, *, progress: bool, rebuild_cache: bool) 
             files[f"validation_{lang}"] = str(write_records([r.view(lang) for r in val], out_dir / f"validation_{lang}{ext}"))
     subsets = {}
     for k in subset_sizes(d.subsets, len(train)):
-        subsets[k] = str(write(train[:k], out_dir / "subsets" / f"train_{k}{ext}"))
+        subsets[k] = str(write(train[:k] + fmt, out_dir / "subsets" / f"train_{k}{ext}"))
     reject_rows = source_rejects + rejected
     _write_jsonl(reject_rows, out_dir / "rejects.jsonl")
     files["rejects"] = str(out_dir / "rejects.jsonl")
@@ -416,6 +423,7 @@ def _build(cfg, out_dir: Path, fp: str, *, progress: bool, rebuild_cache: bool) 
         "subsets": subsets, "files": files, "cache": str(cache_path),
         "translator": translator_fp, "translation": stats.to_dict(),
         "seconds": round(time.perf_counter() - t0, 2), "fingerprint": fp, "warnings": warnings,
+        "mmmlu_format_items": [r.meta["mmmlu_row"] for r in fmt],
     }
     if multi:
         summary["tgt_langs"] = langs

@@ -110,6 +110,9 @@ class DataConfig(StrictModel):
     val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     subsets: list[int] = Field(default_factory=lambda: [200, 400, 800, 1600, 3200, 6400])
     seed: int = 0
+    mmmlu_format_items: int = Field(0, ge=0, description="MMMLU questions added to training to teach the answer "
+                                    "format (the paper's Appendix D: 10), each in English and the target language; "
+                                    "the MMMLU evaluation leaves them out")
     format: Literal["jsonl", "parquet"] = Field("jsonl", description="dataset file format")
     cache: str | None = Field(None, description="translation cache (SQLite); None: <output_dir>/translations.sqlite")
 

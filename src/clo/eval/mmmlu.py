@@ -315,7 +315,12 @@ def run(ctx: TaskContext, *, limit: int | None = None, max_new_tokens: int | Non
         retries: int | None = None, batch_size: int | None = None, temperature: float | None = None) -> TaskResult:
     ev = ctx.cfg.eval
     limit = limit if limit is not None else ev.limit
-    rows = stratified_sample(load_rows(ctx.lang, ctx.data_dir), limit, ev.seed)
+    all_rows = load_rows(ctx.lang, ctx.data_dir)
+    # Appendix D: the questions trained on as format items (data.mmmlu_format_items) are left out.
+    from clo.data.format_items import left_out
+
+    skip = left_out(ctx.cfg, len(all_rows))
+    rows = stratified_sample([r for r in all_rows if r["id"] not in skip], limit, ev.seed)
     prompts = [render_prompt(r, ctx.lang) for r in rows]
     max_new_tokens = max_new_tokens or ev.mmmlu_max_new_tokens or ev.max_new_tokens
     temperature = ev.temperature if temperature is None else temperature
@@ -359,10 +364,15 @@ def run(ctx: TaskContext, *, limit: int | None = None, max_new_tokens: int | Non
             "attempts": len(attempts[i]), "responses": attempts[i],
         })
     metrics = _metrics(records)
+    if skip:
+        metrics["format_items_left_out"] = len(skip)
     md = ["| category | accuracy | ± SE | n |", "|---|---|---|---|"]
     md += [f"| {c} | {v['accuracy']:.4f} | {v['stderr']:.4f} | {v['n']} |" for c, v in metrics["per_category"].items()]
     md += ["", "| subject | accuracy | n |", "|---|---|---|"]
     md += [f"| {s} | {v['accuracy']:.4f} | {v['n']} |" for s, v in metrics["per_subject"].items()]
+    if skip:
+        md = [f"{len(skip)} questions trained on as format items (data.mmmlu_format_items, the paper's Appendix D) "
+              "are left out.", ""] + md
     return TaskResult(metrics, records, data_hash([{c: r[c] for c in COLUMNS} for r in rows]), "\n".join(md))
 
 

@@ -108,11 +108,15 @@ def prebuilt_dataset(path: Path, cfg: Config, out_dir: Path) -> dict:
     if not train:
         raise ValueError(f"{path}: {len(records)} records leave nothing to train on after the validation split")
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_records(train, out_dir / "train.jsonl")
+    from clo.data import format_items
+
+    fmt = format_items.records(cfg)  # Appendix D's MMMLU format items, as the data build adds them
+    write_records(train + fmt, out_dir / "train.jsonl")
     write_records(val, out_dir / "validation.jsonl")
     for n in subset_sizes(cfg.data.subsets, len(train)):
-        write_records(train[:n], out_dir / "subsets" / f"train_{n}.jsonl")
-    return {"source": str(path), "train": len(train), "validation": len(val)}
+        write_records(train[:n] + fmt, out_dir / "subsets" / f"train_{n}.jsonl")
+    return {"source": str(path), "train": len(train), "validation": len(val),
+            "mmmlu_format_items": [r.meta["mmmlu_row"] for r in fmt]}
 
 
 def _train(cfg: Config, train_path: Path, val_path: Path, out_dir: Path) -> dict:

@@ -411,7 +411,13 @@ def table2_belebele(res: GridResults) -> Table:
 
 
 def table3_mmmlu(res: GridResults) -> Table:
-    return _accuracy_table(res, "mmmlu", "table3_mmmlu", "Table 3: MMMLU accuracy (%)")
+    t = _accuracy_table(res, "mmmlu", "table3_mmmlu", "Table 3: MMMLU accuracy (%)")
+    left = sorted({m["format_items_left_out"] for r in res.runs.values() for k, m in r.metrics.items()
+                   if k.rsplit("_", 1)[0] == "mmmlu" and m.get("format_items_left_out")})
+    if left:
+        t.note += (f" {'/'.join(map(str, left))} questions trained on as format items (the paper's Appendix D) "
+                   "are left out of the evaluation.")
+    return t
 
 
 def _ablation_metrics(res: GridResults, lang: str) -> list[tuple[str, str, str]]:

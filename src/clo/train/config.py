@@ -30,6 +30,13 @@ class TrainConfig(StrictModel):
     epochs: float = Field(1.0, gt=0.0)
     trainable: str = Field("attention", description="attention | full | lora | a regular expression")
     nll_langs: list[Literal["tgt", "en"]] = Field(default_factory=lambda: ["tgt"])
+    nll_reduction: Literal["token", "sequence"] = Field(
+        "token", description="L_SFT's normaliser: token (the batch's NLL over its response tokens, TRL's "
+        "reading) or sequence (the paper's eq. 9 as written: each sequence's summed NLL, averaged over sequences)")
+    batch_unit: Literal["unit", "example"] = Field(
+        "unit", description="what batch_size counts: unit (a method's training unit: a quadruple for clo, one "
+        "row for sft, a preference pair for dpo) or example (parallel examples: every unit of each example, so "
+        "sft takes as many steps as clo)")
     eval_every: int = Field(50, gt=0)
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0.0)

@@ -252,6 +252,13 @@ class _Stage:
         opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
         self.units = _units(self.method, tc, self.train_ds)
         self.plan = plan_batches(len(self.units), tc.batch_size, tc.epochs, tc.seed)
+        per_example = len(self.method.unit_keys(tc))
+        if getattr(tc, "batch_unit", "unit") == "example" and per_example > 1:
+            # batch_size counts parallel examples: a step holds every unit of its examples (sft:
+            # both rows), so that each method takes the same number of steps over the same data.
+            self.plan = [[e * per_example + j for e in step for j in range(per_example)]
+                         for step in plan_batches(len(self.units) // per_example, tc.batch_size, tc.epochs,
+                                                  tc.seed)]
         from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
         self.sched = get_cosine_with_min_lr_schedule_with_warmup(opt, tc.warmup_steps, len(self.plan), min_lr=tc.min_lr)
@@ -323,7 +330,12 @@ class _Stage:
         return loss * w, {k: v * w for k, v in metrics.items()}, batch.n_tokens if weight else 0
 
     def _nll_tokens(self, ds, units):
+        """L_SFT's normaliser for the global batch ``units``: its NLL response tokens (``token``),
+        or its NLL sequences (``sequence``: the paper's eq. 9, each sequence's summed NLL
+        averaged over sequences)."""
         slots = self.method.nll_slots(self.tc, units[0].keys)
+        if getattr(self.tc, "nll_reduction", "token") == "sequence":
+            return sum(len(slots) for _ in units)
         return sum(len(ds.examples[u.example].seqs[u.keys[s]][1]) for u in units for s in slots)
 
     def _micro(self, ds, units, idx):
