@@ -16,6 +16,9 @@ import torch
 
 from clo.train.data import SEQUENCES  # noqa: F401  (the package must import before torchrun starts)
 
+# Every test reads the runs of one module fixture that trains dozens of runs under torchrun.
+pytestmark = pytest.mark.slow
+
 # Batches of 2, 4 and 8 over sets of 1, 3, 5 and 9 examples: the last batch often has fewer units
 # than processes, and a set of 1 leaves one process without any unit in every step.
 SIZES = (1, 3, 5, 9)
@@ -61,13 +64,40 @@ def _train_cfg(d, job):
 SCRIPT = """
 import json, sys
 from pathlib import Path
+import accelerate
+from accelerate.commands.config.config_args import load_config_from_file
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from clo.config import config_from_dict
 from clo.train.trainer import train
+
+PLAIN = accelerate.Accelerator
+
+
+class FsdpYamlAccelerator(PLAIN):
+    # What `accelerate launch --config_file configs/accelerate/fsdp.yaml` sets up on GPUs; on CPU
+    # processes accelerate falls back to DDP, so its state is set here as a GPU launch sets it.
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        fsdp = load_config_from_file(sys.argv[3]).fsdp_config
+        kw = {k if k == "fsdp_version" else k.removeprefix("fsdp_"): v for k, v in fsdp.items()}
+        self.state.fsdp_plugin = FullyShardedDataParallelPlugin(**kw)
+        self.state.distributed_type = DistributedType.FSDP
+
+
 d, out = Path(sys.argv[1]), Path(sys.argv[2])
 for job in json.loads((d / "jobs.json").read_text()):
+    if job["procs"] != int(__import__("os").environ["WORLD_SIZE"]):
+        continue
+    accelerate.Accelerator = FsdpYamlAccelerator if job.get("fsdp_yaml") else PLAIN
     cfg = config_from_dict({"model": str(d / "model"), "lang": "de", "train": job["cfg"]})
     train(cfg, d / job["train_file"], d / job["val_file"] if job["val_file"] else None, out / job["name"])
 """
+FSDP_YAML = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "fsdp.yaml"
+# configs/accelerate/fsdp.yaml under one process and under two: the same run as one plain process.
+# A small max_grad_norm makes clipping scale every step, so a clip that saw no gradients shows.
+FSDP_YAML_JOBS = [{"name": f"fsdp-yaml-{procs}", "procs": procs, "fsdp_yaml": True,
+                   "train": {"batch_size": 4, "max_grad_norm": 0.05}, "train_file": "train9.jsonl",
+                   "val_file": "val3.jsonl"} for procs in (1, 2)]
 
 
 def _jobs():
@@ -99,7 +129,7 @@ def two(tmp_path_factory):
     for n in SIZES:
         _write(d / f"train{n}.jsonl", _records(n, n))
     _write(d / "val3.jsonl", _records(3, 100))
-    jobs = [{**j, "procs": 2} for j in _jobs()]
+    jobs = [{**j, "procs": 2} for j in _jobs()] + FSDP_YAML_JOBS
     for j in jobs:
         j["cfg"] = _train_cfg(d, j)
     (d / "jobs.json").write_text(json.dumps(jobs))
@@ -109,9 +139,11 @@ def two(tmp_path_factory):
         pytest.fail("torchrun not found next to the Python interpreter")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     out = d / "two"
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", str(d / "run.py"), str(d), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    for procs in (2, 1):
+        cmd = [torchrun, "--standalone", "--nproc_per_node", str(procs), str(d / "run.py"), str(d), str(out),
+               str(FSDP_YAML)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
+        assert proc.returncode == 0, proc.stderr[-4000:]
     return d, out
 
 
@@ -119,7 +151,7 @@ def _one(d, tmp_path, name):
     from clo.config import config_from_dict
     from clo.train.trainer import train
 
-    job = {**next(j for j in _jobs() if j["name"] == name), "procs": 1}
+    job = {**next(j for j in _jobs() + FSDP_YAML_JOBS if j["name"] == name), "procs": 1}
     job["train"] = {k: v for k, v in job["train"].items() if k != "sharding"}  # one process: nothing to shard
     cfg = config_from_dict({"model": str(d / "model"), "lang": "de", "train": _train_cfg(d, job)})
     val = d / job["val_file"] if job["val_file"] else None
@@ -186,3 +218,20 @@ def test_fsdp2_two_processes_equal_one_and_best_loads(two, tmp_path, name):
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, base[n])}
     trained = {n for n in base if ".self_attn." in n} if "attention" in name else set(base)
     assert changed == trained
+
+
+@pytest.mark.parametrize("procs", [1, 2])
+def test_fsdp_yaml_trains_like_one_plain_process(two, tmp_path, procs):
+    """Under configs/accelerate/fsdp.yaml, whatever accelerate's prepare does to the model (one
+    process: its FSDP2 plugin re-creates every parameter; two: clo shards), clipping, the optimiser
+    and best/ use the parameters that train: the same losses, grad norms and weights."""
+    d, out = two
+    name = f"fsdp-yaml-{procs}"
+    one = _one(d, tmp_path, name)
+    res = json.loads((out / name / "result.json").read_text())["metrics"]
+    assert res["processes"] == procs and one["processes"] == 1
+    assert res["sharding"] == ("fsdp2" if procs == 2 else "none")
+    (train_log, _), (plain_log, _) = _log(out / name), _log(tmp_path / name)
+    # Clipping saw the gradients and scaled them (every norm is above max_grad_norm).
+    assert all(r["train/grad_norm"] > 0.05 for r in train_log) and len(train_log) == 3
+    _assert_same_run(tmp_path / name, out / name)

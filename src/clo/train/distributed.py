@@ -14,7 +14,10 @@ lives here.
   and the log-prob module as the root, so that every forward (training, validation, reference)
   goes through the sharded module. accelerate's own FSDP plugin is not used for the model: on a
   CPU it silently falls back to DDP, so the sharded path could never be tested without a GPU;
-  launching (``accelerate launch``) and the process group are still accelerate's.
+  launching (``accelerate launch``) and the process group are still accelerate's. One process
+  under an FSDP config has nothing to shard and goes through ``accelerate.prepare``, whose FSDP2
+  plugin re-creates the parameters: what trains is read back from the optimiser
+  (:func:`trained_parameters`).
 - **State.** Trainable tensors and optimiser state are read and written as full (unsharded)
   tensors through ``torch.distributed.checkpoint.state_dict``, so a checkpoint does not depend on
   the number of processes or on the sharding.
@@ -138,6 +141,22 @@ def all_true(flag: bool, device, world: int) -> bool:
     """Whether ``flag`` holds on every process (e.g. every process found the cache)."""
     t = torch.tensor([0.0 if flag else 1.0], device=device)
     return float(all_reduce_sum(t, world)) == 0.0
+
+
+def trained_parameters(model: torch.nn.Module, optimizer) -> list[torch.Tensor]:
+    """The tensors ``optimizer`` steps, checked to be exactly ``model``'s trainable parameters.
+
+    Read after ``accelerate.prepare``: its FSDP plugin re-creates every parameter as a sharded
+    DTensor and re-points the optimiser at them, so a list collected before would hold stale
+    tensors that never receive a gradient (clipping would see none and clip nothing).
+    """
+    stepped = [p for group in optimizer.param_groups for p in group["params"]]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    ids = {id(p) for p in stepped}
+    if len(ids) != len(stepped) or ids != {id(p) for p in trainable}:
+        raise RuntimeError(f"the optimiser steps {len(ids)} tensors but the model has {len(trainable)} trainable "
+                           "parameters, not the same ones: the model was re-wrapped after the optimiser was made")
+    return stepped
 
 
 def grad_norm_clip(params: list[torch.Tensor], max_norm: float) -> float:

@@ -247,7 +247,6 @@ class _Stage:
         if self.sharding == "fsdp2":
             self.wrapper = dist.shard_fsdp2(wrapper, self.model, self.compute_dtype, self.device, self.world)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.params = params
         self.n_trainable = sum(p.numel() for p in params)
         opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
         self.units = _units(self.method, tc, self.train_ds)
@@ -266,6 +265,9 @@ class _Stage:
             self.opt = opt
         else:
             self.wrapper, self.opt = self.acc.prepare(wrapper, opt)
+        # accelerate's prepare may replace the parameters (its FSDP plugin does, even for one
+        # process): clipping and the checks use the tensors the optimiser steps.
+        self.params = dist.trained_parameters(self.model, self.opt)
 
     def _score(self, batch):
         """Summed log-probs through the (DDP/FSDP-wrapped) module, in the compute dtype."""
