@@ -120,3 +120,35 @@ def test_swapped_checkpoint_makes_clo_eval_rerun_not_reuse(shared_data, tmp_path
     second = json.loads((tmp_path / "out" / "belebele-de.json").read_text())
     assert second["model"] != first["model"]
     assert [r["loglik"] for r in second["records"]] != [r["loglik"] for r in first["records"]]
+
+
+def test_a_hub_id_is_the_hubs_commit_online_and_the_cache_when_unreachable(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi, constants
+
+    commit = "1" * 40
+    repo = tmp_path / "hub" / "models--org--m"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    identity._hub_revision_online.cache_clear()
+
+    class Info:
+        sha = "2" * 40
+
+    monkeypatch.setattr(HfApi, "model_info", lambda self, repo_id, timeout=None: Info())
+    assert model_identity("org/m") == {"hub": "org/m", "revision": "2" * 40}
+    identity._hub_revision_online.cache_clear()
+
+    class Unreachable(Exception):  # the hub client's connection errors are no OSError
+        pass
+
+    def refuse(self, repo_id, timeout=None):
+        raise Unreachable("Name or service not known")
+
+    monkeypatch.setattr(HfApi, "model_info", refuse)
+    assert model_identity("org/m") == {"hub": "org/m", "revision": commit}
+    identity._hub_revision_online.cache_clear()

@@ -106,7 +106,7 @@ def _hub_revision_online(repo_id: str) -> str | None:
 
     try:
         return HfApi().model_info(repo_id, timeout=10).sha
-    except (OSError, ValueError) as e:  # no network (the hub client's errors are OSErrors), a gated repo: the cache is asked
+    except Exception as e:  # noqa: BLE001 - no network (the client's own error types), a gated repo: the cache is asked
         log.debug("hub revision of %s: %s", repo_id, e)
         return None
 
