@@ -512,19 +512,27 @@ def test_translate_instructions_writes_one_translation_per_instruction(tmp_path,
 def test_clo_run_dry_run_lists_runs_and_evaluations(capsys, tmp_path, monkeypatch):
     from clo.cli import main
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the spec tiny-llama is not looked up on the hub
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing is looked up on the hub
     repo = Path(__file__).resolve().parents[1]
-    assert main(["run", str(repo / "configs" / "tiny.yaml"), "--dry-run", "--set", f"output_dir={tmp_path}"]) == 0
+    monkeypatch.chdir(repo)  # base.eval.data_dir is relative to where clo runs
+    assert main(["run", "configs/tiny.yaml", "--dry-run", "--set", f"output_dir={tmp_path}"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"grid tiny: 3 runs in {tmp_path}"
-    assert [ln.split()[0] for ln in lines[1:4]] == ["tiny-llama/de/base", "tiny-llama/de/sft/nall", "tiny-llama/de/clo/nall"]
+    assert [ln.split()[0] for ln in lines[1:4]] == ["smollm2-135m/de/base", "smollm2-135m/de/sft/nall",
+                                                    "smollm2-135m/de/clo/nall"]
     assert lines[1].split(None, 1)[1] == "belebele_de, belebele_en, mmmlu_en, fidelity_de"
-    # Then the estimate per stage and the checks (a hub id cannot be checked offline: a warning).
+    # Then the estimate per stage and the checks: as shipped, the offline model and the local
+    # evaluation data resolve, nothing to warn about.
     assert lines[4].startswith("estimate (19 stages to run, 0 already done; assumptions in ")
     assert [ln.split()[0] for ln in lines[6:11]] == ["data", "train", "eval", "pairwise", "report"]
-    # (and the evaluation data, read from the hub, cannot be either).
-    assert "checks: 0 error(s), 3 warning(s)" in lines
+    assert "checks: 0 error(s), 0 warning(s)" in lines
     assert not tmp_path.exists() or not any(tmp_path.iterdir())  # a dry run writes nothing
+    # A model that cannot be resolved (not local, not offline, not cached, no hub) stops the dry run.
+    assert main(["run", "configs/tiny.yaml", "--dry-run", "--set", f"output_dir={tmp_path}",
+                 "--set", "models=[{name: x, spec: nobody/no-such-model}]"]) == 2
+    err = capsys.readouterr()
+    assert "checks: 1 error(s), 0 warning(s)" in err.out + err.err
+    assert "models.0.spec: nobody/no-such-model: cannot be resolved" in err.out + err.err
 
 
 def test_fidelity_without_benchmark_prompts_reads_the_held_out_prompts(tmp_path, shared_data):

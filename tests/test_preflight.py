@@ -133,8 +133,8 @@ def test_model_specs_resolve(tmp_path, monkeypatch):
     level, msg = pf.check_model_spec("./runs/de/clo/best", offline=True)
     assert level == "error" and "no such model directory, offline name" in msg
     assert pf.check_model_spec("meta-llama/Not-A-Cached-Model", offline=True) == (
-        "warning", ("meta-llama/Not-A-Cached-Model: not checked (offline: HF_HUB_OFFLINE is set and it is not "
-                    "in the local hub cache)"))
+        "error", ("meta-llama/Not-A-Cached-Model: cannot be resolved: not a local directory or offline name, not in "
+                  "the local hub cache, and HF_HUB_OFFLINE is set (download it first, or give a local directory)"))
     assert pf.check_model_spec("smollm2-135m-instruct", offline=True) is None  # installed from PyPI
     # In a grid: named by the key that holds the spec.
     res = _check(tmp_path, checks=["models"], models=[{"name": "a", "spec": str(empty)}])

@@ -232,8 +232,11 @@ def _check_spec(spec: str, offline: bool) -> tuple[str, str] | None:
     cached = try_to_load_from_cache(spec, "config.json")
     if isinstance(cached, str):
         return None
+    # Neither local nor cached, and the hub cannot be asked: the run would fail loading it, so the
+    # dry run says so now (exit 2) rather than after the stages before it.
     if offline:
-        return "warning", f"{spec}: not checked (offline: HF_HUB_OFFLINE is set and it is not in the local hub cache)"
+        return "error", (f"{spec}: cannot be resolved: not a local directory or offline name, not in the local hub "
+                         "cache, and HF_HUB_OFFLINE is set (download it first, or give a local directory)")
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
@@ -244,8 +247,10 @@ def _check_spec(spec: str, offline: bool) -> tuple[str, str] | None:
                          "and log in (`hf auth login`, or HF_TOKEN)")
     except RepositoryNotFoundError:
         return "error", f"{spec}: no such model on the hub (or a private one this account cannot see)"
-    except Exception as e:  # noqa: BLE001 - no network, a proxy: the run finds out itself
-        return "warning", f"{spec}: not checked (hub unreachable: {type(e).__name__}: {str(e)[:80]})"
+    except Exception as e:  # noqa: BLE001 - no network, a proxy: nothing could download it
+        return "error", (f"{spec}: cannot be resolved: not a local directory or offline name "
+                         f"({', '.join(OFFLINE_MODELS)}), not in the local hub cache, and the hub is unreachable "
+                         f"({type(e).__name__}: {str(e)[:80]})")
     return None
 
 
