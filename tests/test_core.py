@@ -133,6 +133,10 @@ def test_registry_suggests_the_closest_name():
         reg.register("causal", 3)
     reg.register("causal", 3, replace=True)
     assert reg["causal"] == 3
+    assert reg.get("nope", None) is None and reg.pop("causal") == 3 and "causal" not in reg
+    reg["causal"] = 4  # a mapping's interface too (monkeypatch.setitem)
+    del reg["causal"]
+    assert reg.names() == ["m2m100"]
     assert unknown_name_message("view", "dop", ["sft", "dpo", "clo"]) == \
         "unknown view 'dop'; did you mean 'dpo'? known: sft, dpo, clo"
 

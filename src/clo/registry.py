@@ -58,10 +58,14 @@ class Registry(Generic[T]):
         self._entries[name] = entry
         return entry
 
-    def get(self, name: str) -> T:
+    def get(self, name: str, *default: T) -> T:
+        """``name``'s entry; an unknown name is :class:`UnknownName`, unless a ``default`` is given
+        (as ``dict.get``'s, so that the registry also serves where a mapping is expected)."""
         try:
             return self._entries[name]
         except (KeyError, TypeError):
+            if default:
+                return default[0]
             raise UnknownName(unknown_name_message(self.what, name, self._entries), name) from None
 
     def check(self, name: str) -> str:
@@ -90,6 +94,10 @@ class Registry(Generic[T]):
 
     def __delitem__(self, name: str) -> None:
         del self._entries[name]
+
+    def pop(self, name: str, *default: T) -> T:
+        """Remove and return ``name``'s entry (``default`` where there is none, if given)."""
+        return self._entries.pop(name, *default)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

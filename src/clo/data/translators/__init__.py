@@ -42,9 +42,6 @@ or batch sizes), the language pair and the segment.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
 from clo.data.translators.base import (
     DEFAULT_BATCH_TOKENS,
     PROMPT_VERSION,
@@ -66,31 +63,8 @@ from clo.data.translators.causal import (
     loop_detected,
 )
 from clo.data.translators.identity import IdentityTranslator
+from clo.data.translators.kinds import TRANSLATORS, make_translator, register_translator
 from clo.data.translators.openai import OpenAITranslator, retry_after_seconds
-from clo.data.translators.seq2seq import Seq2SeqTranslator
-from clo.registry import Registry
-
-if TYPE_CHECKING:
-    from clo.data.config import TranslatorConfig
-
-TRANSLATORS: Registry[Callable[[TranslatorConfig], Translator]] = Registry("translator kind", {
-    "seq2seq": Seq2SeqTranslator,
-    "causal": CausalTranslator,
-    "openai": OpenAITranslator,
-    "identity": IdentityTranslator,
-})
-
-
-def register_translator(kind: str, factory: Callable[[TranslatorConfig], Translator], *, replace: bool = False):
-    """Add a translator kind (``data.translator.kind``); a taken kind is an error unless ``replace``."""
-    TRANSLATORS.register(kind, factory, replace=replace)
-
-
-def make_translator(cfg: TranslatorConfig) -> Translator:
-    return TRANSLATORS.get(cfg.kind)(cfg)
-
-
-# The entry points last: they look the registry up when called.
 from clo.data.translators.pipeline import (
     Translated,
     TranslationStats,
@@ -98,6 +72,7 @@ from clo.data.translators.pipeline import (
     translate_all,
     translate_texts,
 )
+from clo.data.translators.seq2seq import Seq2SeqTranslator
 
 __all__ = [
     "DEFAULT_BATCH_TOKENS",

@@ -17,6 +17,7 @@ from clo.data.cache import TranslationCache
 from clo.data.checks import segment_failure
 from clo.data.segment import Piece, reassemble, segment_text, segments_of
 from clo.data.translators.base import SegmentFailure, TranslationError, Translator, brief
+from clo.data.translators.kinds import make_translator
 
 if TYPE_CHECKING:
     from clo.data.config import TranslatorConfig
@@ -139,12 +140,7 @@ def translate_all(
         raise TypeError("translate_texts expects a list of str")
     st = stats if stats is not None else TranslationStats()
     own = not isinstance(translator, Translator)
-    if own:
-        from clo.data.translators import make_translator
-
-        tr = make_translator(translator)
-    else:
-        tr = translator
+    tr = make_translator(translator) if own else translator
     cfg = tr.cfg
     fp = tr.fingerprint()
     length_cache: dict[str, int] = {}
