@@ -276,6 +276,7 @@ def _log(run):
     return [r for r in rows if any(k.startswith("train/") for k in r)]
 
 
+@pytest.mark.slow
 def test_simpo_run_needs_no_reference_and_learns(workdir, tmp_path):
     from clo.train.trainer import train
 
@@ -293,6 +294,7 @@ def test_simpo_run_needs_no_reference_and_learns(workdir, tmp_path):
     assert res.metrics["best_val_loss"] is not None and math.isfinite(res.metrics["best_val_loss"])
 
 
+@pytest.mark.slow
 def test_orpo_run_needs_no_reference_and_learns(workdir, tmp_path):
     from clo.train.trainer import train
 

@@ -29,6 +29,7 @@ def _run(workdir, out, **kw):
                  overwrite=overwrite, stop_after_steps=stop)
 
 
+@pytest.mark.slow
 def test_finished_run_is_not_returned_for_another_config(workdir, tmp_path):
     out = tmp_path / "run"
     first = _run(workdir, out, method="clo")
@@ -101,6 +102,7 @@ def test_best_is_written_once_with_the_best_tensors(workdir, tmp_path, monkeypat
         assert any(not torch.equal(best[n], t) for n, t in state["trainable"].items())
 
 
+@pytest.mark.slow
 def test_lora_saves_the_adapter_beside_the_merged_model(workdir, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -59,6 +59,7 @@ def test_one_attention_step_changes_exactly_attention(workdir, tmp_path):
             assert torch.equal(before[n], after[n]), f"{n} changed but is not an attention parameter"
 
 
+@pytest.mark.slow
 def test_short_clo_run_learns_both_directions(workdir, tmp_path):
     res = train(_cfg(workdir, method="clo", epochs=10, lr=2e-2, min_lr=2e-2, eval_every=100),
                 workdir / "train.jsonl", None, tmp_path / "run")
@@ -89,6 +90,7 @@ def test_mixed_precision_left_by_an_earlier_trainer_is_not_inherited(workdir, tm
     assert abs(first["train/margin_en"]) < 1e-6 and abs(first["train/margin_tgt"]) < 1e-6
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(workdir, tmp_path):
     cfg = _cfg(workdir, method="clo", epochs=1, batch_size=4, eval_every=2, lr=1e-2, min_lr=1e-4)
     full = train(cfg, workdir / "train.jsonl", workdir / "val.jsonl", tmp_path / "a")
@@ -110,6 +112,7 @@ def test_resume_equals_uninterrupted(workdir, tmp_path):
     assert again.metrics == json.loads((tmp_path / "b" / "result.json").read_text())["metrics"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trainable", ["attention", "lora"])
 def test_precomputed_reference_equals_live(workdir, tmp_path, trainable):
     runs = {}
@@ -127,6 +130,7 @@ def test_precomputed_reference_equals_live(workdir, tmp_path, trainable):
     assert abs(la[1]["train/margin_tgt"]) > 1e-4
 
 
+@pytest.mark.slow
 def test_sft_plus_dpo_references_the_sft_model(workdir, tmp_path):
     res = train(_cfg(workdir, method="sft+dpo", epochs=1, batch_size=8), workdir / "train.jsonl",
                 workdir / "val.jsonl", tmp_path / "run")

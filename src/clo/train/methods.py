@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from clo.train.losses import KEYS, REFERENCE_FREE, clo_loss, clo_multi_loss, dpo_loss
 from clo.registry import unknown_name_message
+from clo.train.losses import KEYS, REFERENCE_FREE, clo_loss, clo_multi_loss, dpo_loss
 
 #: (logps [b,k], ref [b,k] | None, nll scalar | None, train config, counts [b,k] | None) -> (loss, metrics)
 Objective = Callable[[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None", object, "torch.Tensor | None"],

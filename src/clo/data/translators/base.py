@@ -124,7 +124,7 @@ class Translator(ABC):
         """Running totals of an endpoint translator: ``requests``, ``retries``, usage tokens."""
         return {}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: a translator without a model has nothing to free
         """Free the model (GPU memory)."""
 
 
