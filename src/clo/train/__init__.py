@@ -7,6 +7,9 @@ in :mod:`clo.train.losses`, the methods in :mod:`clo.train.methods`, packed log-
 
 from __future__ import annotations
 
+import sys
+import types
+
 
 def train(cfg, train_path, val_path, output_dir, **kwargs):
     from clo.train.trainer import train as _train
@@ -23,3 +26,16 @@ def __getattr__(name):
 
 
 __all__ = ["TrainResult", "TrainingDiverged", "train"]
+
+
+class _CallablePackage(types.ModuleType):
+    """``clo.train(model=..., tokenizer=..., train_dataset=...)``: this package, called, is the
+    Python API (:func:`clo.api.train`); ``clo.train.train(cfg, ...)`` stays the stages' entry point."""
+
+    def __call__(self, *args, **kwargs):
+        from clo.api import train as api_train
+
+        return api_train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
