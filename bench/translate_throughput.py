@@ -43,7 +43,7 @@ PAIRS = 6400  # the paper's training pairs per language
 
 def workload(path: Path | None, expansion: float) -> dict | None:
     """Mean segments, source tokens and target tokens per pair of an Alpaca-style JSON file."""
-    from clo.data.segment import _approx_tokens, segment_text, segments_of
+    from clo.data.segment import approx_tokens, segment_text, segments_of
 
     if path is None or not path.is_file():
         return None
@@ -52,9 +52,9 @@ def workload(path: Path | None, expansion: float) -> dict | None:
     for r in rows:
         x = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
         for text in (x, r["output"]):
-            pieces = segments_of(segment_text(text, 200, _approx_tokens))
+            pieces = segments_of(segment_text(text, 200, approx_tokens))
             segs += len(pieces)
-            toks += sum(_approx_tokens(p) for p in pieces)
+            toks += sum(approx_tokens(p) for p in pieces)
     n = len(rows)
     return {"data": str(path), "pairs": n, "segments_per_pair": round(segs / n, 2),
             "src_tokens_per_pair": round(toks / n, 1), "expansion": expansion,

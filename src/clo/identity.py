@@ -135,13 +135,13 @@ def hub_revision(repo_id: str) -> str | None:
 def model_identity(spec: str) -> dict:
     """What a model spec is (see the module docstring): ``{"sha256", "files"}`` for a directory or
     an offline name, ``{"hub": id, "revision": commit or None}`` for a hub id, else ``{"spec"}``."""
-    from clo.models import OFFLINE_MODELS, _is_hub_id, resolve
+    from clo.models import OFFLINE_MODELS, is_hub_id, resolve
 
     spec = str(spec)
     path = Path(resolve(spec)) if spec in OFFLINE_MODELS else Path(spec).expanduser()
     if path.is_dir():
         return directory_identity(path)
-    if _is_hub_id(spec):
+    if is_hub_id(spec):
         return {"hub": spec, "revision": hub_revision(spec)}
     return {"spec": spec}
 

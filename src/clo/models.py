@@ -136,13 +136,13 @@ def resolve(spec: str) -> str:
         return str(path)
     if path.exists():
         raise ModelLoadError(f"{spec} is a file, not a model directory")
-    if not _is_hub_id(spec):
+    if not is_hub_id(spec):
         raise ModelLoadError(f"no such model directory or offline name: {spec} (offline names: "
                              f"{', '.join(OFFLINE_MODELS)})")
     return spec
 
 
-def _is_hub_id(spec: str) -> bool:
+def is_hub_id(spec: str) -> bool:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 

@@ -41,9 +41,12 @@ import functools
 import re
 import unicodedata
 from collections import Counter
+from typing import TYPE_CHECKING
 
-from clo.data.config import ChecksConfig
-from clo.data.segment import _split_code_blocks
+from clo.data.segment import split_code_blocks
+
+if TYPE_CHECKING:
+    from clo.data.config import ChecksConfig
 
 # Characters of target text per character of English text, for a faithful translation (rough
 # medians over parallel corpora); the length-ratio bounds are multiples of it. Latin, Cyrillic
@@ -90,7 +93,7 @@ def segment_failure(source: str, target: str, *, echo: bool = True) -> str | Non
 
 def prose(text: str) -> str:
     """The text without fenced code blocks and inline code: what language ID should look at."""
-    kept = "".join(chunk for chunk, is_code in _split_code_blocks(text) if not is_code)
+    kept = "".join(chunk for chunk, is_code in split_code_blocks(text) if not is_code)
     return _INLINE_CODE.sub(" ", kept)
 
 

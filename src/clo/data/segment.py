@@ -44,12 +44,12 @@ def _has_letters(text: str) -> bool:
     return any(unicodedata.category(ch).startswith("L") for ch in text)
 
 
-def _approx_tokens(text: str) -> int:
+def approx_tokens(text: str) -> int:
     # Without a tokenizer: about 4 characters a token for Latin script, 1 for CJK.
     return max(1, sum(1 if ord(ch) > 0x2E80 else 0.25 for ch in text).__ceil__())
 
 
-def _split_code_blocks(text: str) -> list[tuple[str, bool]]:
+def split_code_blocks(text: str) -> list[tuple[str, bool]]:
     """(chunk, is_code) for fenced code blocks; an unclosed fence runs to the end of the text."""
     out: list[tuple[str, bool]] = []
     pos = 0
@@ -176,9 +176,9 @@ def segment_text(
     """
     if max_tokens <= 0:
         raise ValueError(f"max_tokens must be positive, got {max_tokens}")
-    count = count_tokens or _approx_tokens
+    count = count_tokens or approx_tokens
     pieces: list[Piece] = []
-    for chunk, is_code in _split_code_blocks(text):
+    for chunk, is_code in split_code_blocks(text):
         if is_code:
             pieces.append(Piece(chunk, False))
             continue

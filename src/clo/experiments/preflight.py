@@ -202,7 +202,7 @@ def check_model_spec(spec: str, offline: bool) -> tuple[str, str] | None:
 
 
 def _check_spec(spec: str, offline: bool) -> tuple[str, str] | None:
-    from clo.models import OFFLINE_MODELS, _is_hub_id, cache_root
+    from clo.models import OFFLINE_MODELS, is_hub_id, cache_root
 
     if spec in OFFLINE_MODELS:
         if (cache_root() / "models" / spec / ".complete").exists():
@@ -224,7 +224,7 @@ def _check_spec(spec: str, offline: bool) -> tuple[str, str] | None:
             "error", f"{spec}: a directory without config.json, not a transformers checkpoint")
     if path.exists():
         return "error", f"{spec}: a file, not a model directory"
-    if not _is_hub_id(spec):
+    if not is_hub_id(spec):
         return "error", (f"{spec}: no such model directory, offline name ({', '.join(OFFLINE_MODELS)}) "
                          "or hub id")
     from huggingface_hub import try_to_load_from_cache

@@ -113,7 +113,7 @@ def base_model_id(spec: str | None) -> str | None:
     ``dpo`` stage of ``sft+dpo`` names the original model, not ``<out>/sft/best``; a snapshot in
     the hub cache (``.../models--org--name/snapshots/<commit>``) is ``org/name``; any other local
     directory is None (a local path is no base_model)."""
-    from clo.models import OFFLINE_MODELS, _is_hub_id, cache_root
+    from clo.models import OFFLINE_MODELS, is_hub_id, cache_root
 
     if not spec:
         return None
@@ -125,7 +125,7 @@ def base_model_id(spec: str | None) -> str | None:
         state = _read_json(path / STATE)
         if isinstance(state, dict) and isinstance(state.get("clo"), dict) and "base_model" in state["clo"]:
             base = state["clo"]["base_model"]
-            return base if isinstance(base, str) and _is_hub_id(base) else None
+            return base if isinstance(base, str) and is_hub_id(base) else None
         resolved = path.resolve()
         for part in (resolved, *resolved.parents):
             if part.name.startswith("models--") and part.name.count("--") >= 2:
@@ -134,7 +134,7 @@ def base_model_id(spec: str | None) -> str | None:
             if resolved == (cache_root() / "models" / name).resolve():
                 return entry.hub_id
         return None
-    return spec if not is_local_path(spec) and _is_hub_id(spec) else None
+    return spec if not is_local_path(spec) and is_hub_id(spec) else None
 
 
 def _settings(cfg, run: dict | None) -> dict:

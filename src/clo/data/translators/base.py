@@ -97,9 +97,9 @@ class Translator(ABC):
 
     def count_tokens(self, text: str) -> int:
         """Source tokens of a segment (segmentation limit and batch budget)."""
-        from clo.data.segment import _approx_tokens
+        from clo.data.segment import approx_tokens
 
-        return _approx_tokens(text)
+        return approx_tokens(text)
 
     def max_new_tokens(self, n_source_tokens: int) -> int:
         return math.ceil(self.cfg.max_new_tokens_ratio * n_source_tokens) + self.cfg.max_new_tokens_extra

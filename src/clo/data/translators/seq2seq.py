@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import clo.data.translators.ct2 as ct2
 from clo import languages
-from clo.data.translators import ct2
 from clo.data.translators.base import LocalModelTranslator, MemoryModel, TranslationError, activation_bytes
 
 if TYPE_CHECKING:
