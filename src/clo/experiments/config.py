@@ -239,6 +239,10 @@ class GridConfig(StrictModel):
     sizes: list[int | None] = Field(default_factory=lambda: [None], min_length=1)
     include_base: bool = Field(True, description="also evaluate each untrained model (variant 'base')")
     baseline: str = Field("sft", description="variant that pairwise win rates compare against")
+    baseline_size: Literal["same", "largest"] = Field(
+        "same", description="the baseline's size in pairwise comparisons: same (each size against the baseline "
+        "of that size) or largest (every size, the baseline's smaller sizes included, against the baseline at "
+        "the grid's largest size: the paper's Figures 3 and 5)")
     eval_jobs: list[EvalJob] | None = Field(
         None, description="None: every base.eval.tasks entry in the target language"
     )

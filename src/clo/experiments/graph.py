@@ -167,13 +167,23 @@ def _lang_applies(run: RunSpec, job: EvalJob) -> bool:
     return run.lang in job.only_langs
 
 
+def baseline_size(grid: GridConfig, size: int | None) -> int | None:
+    """The size of the baseline run a run of ``size`` is compared with: the same size, or with
+    ``baseline_size: largest`` the grid's largest (the whole split when the grid has it)."""
+    if grid.baseline_size == "same":
+        return size
+    return None if None in grid.sizes else max(grid.sizes)
+
+
 def _job_applies(grid: GridConfig, run: RunSpec, job: EvalJob) -> bool:
     if not _lang_applies(run, job):
         return False
-    # A pairwise task compares a trained run with the baseline of the same size; the untrained
-    # model has no size and the baseline is not compared with itself.
+    # A pairwise task compares a trained run with the baseline (of the same size, or of the
+    # largest: grid.baseline_size); the untrained model has no size and the baseline is not
+    # compared with itself.
     if job.task in PAIRWISE_TASKS:
-        return run.method is not None and run.variant != grid.baseline
+        return run.method is not None and not (
+            run.variant == grid.baseline and run.size == baseline_size(grid, run.size))
     return True
 
 
@@ -233,7 +243,8 @@ def plan(grid: GridConfig, runs: list[RunSpec] | None = None) -> dict:
         jobs = run_jobs(grid, r)
         out.append({**r.describe(), "evals": [j.key(r.lang) for j in jobs],
                     "tasks": {j.key(r.lang): {"task": j.task, "lang": j.resolve_lang(r.lang)} for j in jobs}})
-    return {"name": grid.name, "baseline": grid.baseline, "sizes": grid.sizes, "models": [m.name for m in grid.models],
+    return {"name": grid.name, "baseline": grid.baseline, "baseline_size": grid.baseline_size, "sizes": grid.sizes,
+            "models": [m.name for m in grid.models],
             "langs": grid.langs, "variants": ([BASE_VARIANT] if grid.include_base else []) + [m.name for m in grid.methods],
             "runs": out}
 
@@ -400,7 +411,8 @@ class _Builder:
         by_cell = {(r.model, r.lang, r.size, r.variant): r for r in self.runs}
         outputs: set[tuple[str, str]] = set()
         for run in self.runs:
-            base = by_cell[(run.model, run.lang, run.size, self.grid.baseline)] if run.method else None
+            base = by_cell[(run.model, run.lang, baseline_size(self.grid, run.size), self.grid.baseline)] \
+                if run.method else None
             for job in run_jobs(self.grid, run, self.pairwise):
                 if job.task == "alpacaeval" and (base.run_id, job.key(run.lang)) not in outputs:
                     outputs.add((base.run_id, job.key(run.lang)))

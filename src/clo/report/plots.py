@@ -32,7 +32,11 @@ def plot_winrate_vs_size(table: Table, res: GridResults, path: Path) -> Path:
             xs, ys, es = zip(*pts)
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=column)
             plotted += 1
-        ax.axhline(50.0, color="grey", lw=0.8, ls="--")
+        # 50 %: as good as the baseline; against the baseline at its largest size (the paper's
+        # "SFT assumed" line), that run itself.
+        ref = (f"{res.baseline.upper()} at {'all' if res.main_size is None else res.main_size}"
+               if res.plan.get("baseline_size") == "largest" else None)
+        ax.axhline(50.0, color="grey", lw=0.8, ls="--", label=ref)
         if numbered:
             ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(x_of.values()), [k for k, _ in sorted(x_of.items(), key=lambda kv: kv[1])])

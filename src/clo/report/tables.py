@@ -595,9 +595,16 @@ def samples_table(res: GridResults) -> Table:
 
 def winrate_vs_size(res: GridResults) -> Table:
     """Figure 3's data: win rate (target language) of every compared variant at every size."""
-    compared = [v["name"] for v in res.variants() if v["method"] is not None and v["name"] != res.baseline]
+    largest = res.plan.get("baseline_size") == "largest"
+    # Against the baseline at the largest size (the paper's Figures 3 and 5) the baseline's own
+    # smaller sizes are compared too: its curve, and 50 % at the size it is compared with.
+    compared = [v["name"] for v in res.variants() if v["method"] is not None and (largest or v["name"] != res.baseline)]
+    against = f"{_label(res.baseline)} at size {_size_label(res.main_size)}" if largest else \
+        f"{_label(res.baseline)} of the same size"
+    note = f"Every size is judged against {against}; the dashed line is 50 %."
     t = Table("figure3_winrate_vs_size", f"Figure 3: win rate (%) against {_label(res.baseline)} by data size",
-              ["model", "lang", "size"], [_label(v) for v in compared], note=judge_protocol(res))
+              ["model", "lang", "size"], [_label(v) for v in compared],
+              note=" ".join(x for x in (note, judge_protocol(res)) if x))
     for model, lang in res.cells():
         key = f"alpacaeval_{lang}"
         for size in res.sizes:
