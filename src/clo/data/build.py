@@ -194,7 +194,7 @@ def subset_sizes(requested: list[int], n_train: int) -> list[int]:
     return sizes
 
 
-def _failure_rows(ex: SourceExample, results: dict[str, Translated]) -> tuple[list[str], list[dict]]:
+def _failure_rows(results: dict[str, Translated]) -> tuple[list[str], list[dict]]:
     """Reasons (``segment_<kind>_<field>``, each once) and details of a record's failed segments."""
     reasons, rows = [], []
     for name, res in results.items():
@@ -216,7 +216,7 @@ def _records_from(examples: list[SourceExample], x_res: list[Translated], y_res:
     for ex, xr, yr, sim in zip(examples, x_res, y_res, sims):
         rec = CrossLingualRecord(id=ex.id, tgt_lang=cfg.lang, x_en=ex.x_en, y_en=ex.y_en, x_tgt=xr.text,
                                  y_tgt=yr.text, source=ex.source, meta={"translator": fingerprint})
-        reasons, failures = _failure_rows(ex, {"x_tgt": xr, "y_tgt": yr})
+        reasons, failures = _failure_rows({"x_tgt": xr, "y_tgt": yr})
         if failures:
             rec.meta["checks"] = {"passed": False, "reasons": reasons}
             rejects.append({"id": ex.id, "reasons": reasons, "failures": failures, "record": rec.to_dict()})
@@ -243,7 +243,7 @@ def _multilingual_records(examples: list[SourceExample], results: dict[str, tupl
         for lang in langs:
             xr, yr = results[lang][0][i], results[lang][1][i]
             tgt[lang] = {"x_tgt": xr.text, "y_tgt": yr.text}
-            why, rows = _failure_rows(ex, {"x_tgt": xr, "y_tgt": yr})
+            why, rows = _failure_rows({"x_tgt": xr, "y_tgt": yr})
             if rows:
                 checks[lang] = {"passed": False, "reasons": why}
                 failures += [{"lang": lang, **r} for r in rows]
