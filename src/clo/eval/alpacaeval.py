@@ -1,4 +1,4 @@
-"""Judged win rate on the AlpacaEval instructions, in the target language (DESIGN.md section 3).
+"""Judged win rate on the AlpacaEval instructions, in the target language (docs/eval.md).
 
 Instructions come from an alpaca_eval JSON file (list of ``{instruction, output, generator,
 dataset}``; ``<data_dir>/alpaca_eval/text_davinci_003.json`` by default) or the hub

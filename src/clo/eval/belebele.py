@@ -1,4 +1,4 @@
-"""BELEBELE: zero-shot multiple choice scored by log-likelihood (DESIGN.md section 3).
+"""BELEBELE: zero-shot multiple choice scored by log-likelihood (docs/eval.md).
 
 Two templates (:data:`TEMPLATES`): ``native`` (the paper's Table 7 labels of the evaluated
 language, from :mod:`clo.languages`) and ``harness`` (lm-evaluation-harness's English template,
