@@ -20,7 +20,7 @@ The models of the time per job:
 - vLLM (continuous batching): generated tokens / measured tokens/s, with the mean response length
   ``--mmmlu-tokens`` / ``--alpaca-tokens`` (the stop strings end MMMLU responses at the answer line).
 - judge: requests x latency / concurrency (``--judge-latency``: the per-request seconds of the real
-  endpoint; default 3.7 s, the middle of issue 12's 30-70 minutes per 805 sequential requests),
+  endpoint; default 3.7 s, the middle of 30-70 minutes reported per 805 sequential requests),
   bounded below by requests / rpm and tokens / tpm when given.
 
 The rates are those of the machine and model they were measured on (see each file's meta): run

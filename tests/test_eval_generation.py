@@ -175,7 +175,7 @@ def test_killed_and_resumed_sampled_evaluation_gives_the_same_outputs(mt, tmp_pa
 
 
 # ---------------------------------------------------------------------------------------------
-# Batches by token budget (issue 12): how many prompts share a batch changes no item's tokens.
+# Batches by token budget: how many prompts share a batch changes no item's tokens.
 
 
 def test_plan_batches_fits_the_budget_and_the_cap():

@@ -429,7 +429,7 @@ def test_a_refused_key_stops_the_run_with_a_config_error(judge_server, tmp_path,
 
 
 # ---------------------------------------------------------------------------------------------
-# Concurrency, rate limits and Retry-After (issue 12)
+# Concurrency, rate limits and Retry-After
 
 
 class LatencyJudge(BaseHTTPRequestHandler):

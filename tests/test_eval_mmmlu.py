@@ -161,7 +161,7 @@ def test_no_questions_gives_null_metrics_and_the_reason(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Generation budget and stop strings (issue 12)
+# Generation budget and stop strings
 
 
 def test_stop_strings_are_the_answer_line_asked_for():

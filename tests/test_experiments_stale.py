@@ -1,4 +1,4 @@
-"""Nothing stale (issue 11 §1): on a finished grid, a changed input reruns exactly the stages
+"""Nothing stale: on a finished grid, a changed input reruns exactly the stages
 that depend on it, from a clean output, and the new numbers reach the report.
 
 Real stages on a tiny random Llama: the data build (alpaca file -> identity translator), SFT,

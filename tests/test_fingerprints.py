@@ -1,4 +1,4 @@
-"""Stage outputs carry the fingerprint of what made them (issue 11 §1): `clo data build` and
+"""Stage outputs carry the fingerprint of what made them: `clo data build` and
 `clo eval` refuse an output made by other inputs, naming the differing keys, unless told to
 start over (`--overwrite`); the same inputs resume; the grid starts over on its own."""
 

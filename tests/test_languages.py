@@ -6,7 +6,7 @@ from clo import languages
 
 SEVEN = ["en", "zh", "de", "ko", "id", "sw", "yo"]
 
-# DESIGN.md section 3 / paper Table 7.
+# The paper's Table 7.
 TABLE7 = {
     "zh": ("文档", "问题", ("A", "B", "C", "D"), "答案"),
     "de": ("Dokument", "Frage", ("A", "B", "C", "D"), "Antwort"),

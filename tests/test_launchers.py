@@ -1,4 +1,4 @@
-"""Launchers (issue 12 §4): each stage a Slurm job through submitit, with the dependencies
+"""Launchers: each stage a Slurm job through submitit, with the dependencies
 data -> train -> eval / pairwise -> report and the same done-markers as the in-process run.
 
 No Slurm here: sbatch is mocked with submitit's own test double (the scripts it would submit are

@@ -1,4 +1,4 @@
-"""Checks before spending (issue 12 §3): keys, evaluation data per task and language, model specs,
+"""Checks before spending: keys, evaluation data per task and language, model specs,
 disk, then the plan with time, API tokens and cost. Everything a check finds is listed at once,
 naming the grid file and the key, and `clo run` stops with exit 2 before any stage runs."""
 

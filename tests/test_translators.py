@@ -1,4 +1,4 @@
-"""The translator package (issue 12 §2, §3): one module per kind behind the registry, the cache key
+"""The translator package: one module per kind behind the registry, the cache key
 ("fingerprint") made of what determines a translation, the CTranslate2 compute type and converted
 model directories, the device-aware batch budget (GPU memory detection monkeypatched: no GPU
 here), and translating only the AlpacaEval instructions a grid uses."""
