@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from clo.config_base import StrictModel
+from clo.registry import unknown_name_message
 
 
 class TrainConfig(StrictModel):
@@ -79,7 +80,7 @@ class TrainConfig(StrictModel):
         if isinstance(v, (list, tuple)):
             unknown = [x for x in v if x not in ("none", "tensorboard", "wandb")]
             if unknown:
-                raise ValueError(f"unknown tracker {unknown[0]!r}; known: none, tensorboard, wandb")
+                raise ValueError(unknown_name_message("tracker", unknown[0], ["none", "tensorboard", "wandb"]))
             v = list(dict.fromkeys(x for x in v if x != "none"))
             return v or "none"
         return v

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from clo.registry import unknown_name_message
+
 KEYS = ("en_en", "en_tgt", "tgt_tgt", "tgt_en")
 #: The two directions of L_CL: (name, chosen key, rejected key).
 DIRECTIONS = (("en", "en_en", "en_tgt"), ("tgt", "tgt_tgt", "tgt_en"))
@@ -211,7 +213,7 @@ def preference_term(cl_loss: str, chosen: torch.Tensor, rejected: torch.Tensor,
         return orpo_preference(chosen, rejected, chosen_counts, rejected_counts, beta)
     if cl_loss == "simpo":
         return simpo_preference(chosen, rejected, chosen_counts, rejected_counts, beta, simpo_gamma, label_smoothing)
-    raise ValueError(f"unknown cl_loss {cl_loss!r}; known: {', '.join(CL_LOSSES)}")
+    raise ValueError(unknown_name_message("cl_loss", cl_loss, CL_LOSSES))
 
 
 def _direction_terms(caller, directions, policy_logps, ref_logps, counts, cl_loss, beta, label_smoothing,
