@@ -135,9 +135,9 @@ def get(code: str) -> Language:
     try:
         return _REGISTRY[key]
     except (KeyError, TypeError):
-        raise KeyError(
-            f"unknown language code {code!r}; known ({len(_REGISTRY)}): {', '.join(known())}. Add one in a "
-            f"YAML file (clo languages --help: --languages FILE, or ${ENV_VAR})"
+        raise UnknownName(
+            f"{unknown_name_message('language code', code, known())}. Add one in a YAML file "
+            f"(clo languages --help: --languages FILE, or ${ENV_VAR})", str(code)
         ) from None
 
 
