@@ -65,8 +65,8 @@ def test_report_tables_from_stored_metrics_with_gaps(grid_dir):
         "table1_winrates.csv", "table2_belebele.csv", "table4_trainable.csv",
         "table5_nll_langs.csv", "fidelity.csv", "figure3_winrate_vs_size.csv", "runs.csv",
         "figure3_winrate_vs_size.png", "report.md", "report.json"])
-    assert [o["name"] for o in out["omitted"]] == ["table3_mmmlu", "preference", "samples", "beyond_cl_losses",
-                                                  "beyond_multilingual"]
+    assert [o["name"] for o in out["omitted"]] == ["table3_mmmlu", "preference", "samples", "significance",
+                                                  "beyond_cl_losses", "beyond_multilingual"]
     md = (rdir / "report.md").read_text(encoding="utf-8")
 
     # Table 1: CLO and SFT+DPO against SFT; Δ = CLO − SFT+DPO = 55 − 51 = 4.0 points in English,
@@ -171,7 +171,7 @@ def test_report_leaves_out_tables_of_gaps_and_lists_them_once(tmp_path):
     # BELEBELE is planned but has no result yet.
     assert set(omitted) == {"table1_winrates", "table2_belebele", "table3_mmmlu", "table4_trainable",
                             "table5_nll_langs", "preference", "figure3_winrate_vs_size", "samples",
-                            "beyond_cl_losses", "beyond_multilingual"}
+                            "significance", "beyond_cl_losses", "beyond_multilingual"}
     assert omitted["table2_belebele"] == "planned in this grid, no result yet (see Runs)"
     assert "configs/ablations.yaml" in omitted["table4_trainable"] and "configs/sizes.yaml" in omitted[
         "figure3_winrate_vs_size"]

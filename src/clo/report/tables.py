@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 GAP = "—"
+Z95 = 1.959963984540054  # the two-sided 95 % normal quantile
 
 
 @dataclass(frozen=True)
@@ -562,6 +563,95 @@ def preference_table(res: GridResults) -> Table:
     return t
 
 
+def sign_test_p(wins: int, losses: int) -> float | None:
+    """Exact two-sided sign test of ``wins`` against ``losses`` (ties already dropped): twice the
+    smaller tail of Binomial(wins + losses, 1/2), at most 1; None without a decided item. On the
+    discordant items of two classifiers it is the exact McNemar test."""
+    n = wins + losses
+    if n == 0:
+        return None
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2 ** n
+    return min(1.0, 2.0 * tail)
+
+
+def _p_text(p: float | None) -> str:
+    if p is None:
+        return GAP
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _interval(lo: float, hi: float) -> str:
+    return f"[{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def _paired_row(a: dict[str, float], b: dict[str, float]) -> list[Cell] | None:
+    """Difference (points), its paired normal 95 % interval and the exact sign test on the items
+    where ``a`` and ``b`` differ, over the items both hold."""
+    from clo.eval.paired import align, paired_difference
+
+    _, x, y = align(a, b)
+    if not x:
+        return None
+    d = paired_difference(x, y)
+    up, down = sum(1 for u, v in zip(x, y) if u > v), sum(1 for u, v in zip(x, y) if u < v)
+    return [Cell(d["mean"]), Cell(text=_interval(*d["ci95"])), Cell(text=f"{up} vs {down} of {len(x)}"),
+            Cell(text=_p_text(sign_test_p(up, down)))]
+
+
+def significance_table(res: GridResults) -> Table:
+    """Every method against the baseline and CLO against SFT+DPO, on the same items: win rates
+    (sign test of wins against losses) and accuracies (exact McNemar test), with 95 % intervals."""
+    t = Table("significance", "Significance of the differences (same items)", ["model", "lang", "task", "comparison"],
+              ["difference", "95 % interval", "items decided", "p"], numeric=False,
+              note="Win rates: a method against the baseline it was judged with: its win rate − 50 % (points), "
+                   "the normal 95 % interval of the win rate − 50, and the exact two-sided sign test of its wins "
+                   "against its losses (ties dropped). CLO − SFT+DPO and accuracy differences: paired over the "
+                   "items both runs scored: the mean difference of the item scores (points), its paired normal "
+                   "95 % interval, and the exact two-sided sign test on the items where the two differ (for "
+                   "accuracies the exact McNemar test).")
+    base = res.baseline
+    compared = [v for v in res.main_variants() if v not in (base, "base")]
+    by_method = {v["method"]: v["name"] for v in res.variants() if not v["ablation"]}
+    clo, dpo = by_method.get("clo"), by_method.get("sft+dpo")
+    for model, lang in res.cells():
+        for key in [k for k in res.eval_keys("alpacaeval") if k.rsplit("_", 1)[1] in (lang, "en")]:
+            scores = {}
+            for v in compared:
+                r = res.find(model, lang, v)
+                items = item_values(res, r, key)
+                if items is None:
+                    continue
+                scores[v] = {i: rec.get("score") for i, rec in items.items()}
+                vals = [x for x in scores[v].values() if x is not None]
+                wins, losses = sum(1 for x in vals if x == 1.0), sum(1 for x in vals if x == 0.0)
+                m = r.metrics.get(key, {})
+                wr, se = m.get("win_rate"), m.get("stderr")
+                if wr is None:
+                    continue
+                ci = Cell(text=_interval(wr - 0.5 - Z95 * se, wr - 0.5 + Z95 * se)) if se is not None else Cell()
+                t.rows.append(([model, lang, key, f"{_label(v)} vs {_label(base)}"],
+                               [Cell(wr - 0.5), ci, Cell(text=f"{wins} vs {losses} of {len(vals)}"),
+                                Cell(text=_p_text(sign_test_p(wins, losses)))]))
+            if clo in scores and dpo in scores:
+                row = _paired_row(scores[clo], scores[dpo])
+                if row:
+                    t.rows.append(([model, lang, key, f"{_label(clo)} − {_label(dpo)}"], row))
+        for task in ("belebele", "mmmlu"):
+            for key in [k for k in res.eval_keys(task) if k.rsplit("_", 1)[1] in (lang, "en")]:
+                base_items = item_values(res, res.find(model, lang, base), key)
+                if base_items is None:
+                    continue
+                b = {i: float(rec["correct"]) for i, rec in base_items.items() if "correct" in rec}
+                for v in compared:
+                    items = item_values(res, res.find(model, lang, v), key)
+                    if items is None:
+                        continue
+                    row = _paired_row({i: float(rec["correct"]) for i, rec in items.items() if "correct" in rec}, b)
+                    if row:
+                        t.rows.append(([model, lang, key, f"{_label(v)} − {_label(base)}"], row))
+    return t
+
+
 def runs_table(res: GridResults) -> Table:
     warn = [f"{lang}: {w}" for lang, ws in res.data_warnings.items() for w in ws]
     t = Table("runs", "Runs", ["run"], ["status", "trained on", "evaluations", "error"], numeric=False,
@@ -632,6 +722,7 @@ PAPER_TABLES: dict[str, Callable[[GridResults], Table]] = {
     "preference": preference_table,
     "figure3_winrate_vs_size": winrate_vs_size,
     "samples": samples_table,
+    "significance": significance_table,
     "runs": runs_table,
 }
 
@@ -649,6 +740,7 @@ RUNS_IT: dict[str, tuple[tuple[str, ...], str]] = {
     "figure3_winrate_vs_size": (("alpacaeval",), ("win rates at several training sizes, with a judge: "
                                 "`clo run configs/sizes.yaml`")),
     "samples": ((), "grid key `samples: [prompt, ...]`"),
+    "significance": ((), "per-item results of AlpacaEval, BELEBELE or MMMLU for a method and the baseline"),
     "beyond_cl_losses": ((), "CLO variants with different `train.cl_loss`: `clo run configs/beyond.yaml`"),
     "beyond_multilingual": ((), ("a run with several target languages (`langs: [[sw, yo]]`): "
                             "`clo run configs/beyond.yaml`")),

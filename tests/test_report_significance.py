@@ -1,0 +1,76 @@
+"""Paired significance in the report: sign tests on judged items, exact McNemar on accuracies."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from clo.experiments.config import grid_from_dict
+from clo.experiments.graph import plan
+from clo.experiments.stages import write_json_atomic
+from clo.report import write_report
+from clo.report.tables import sign_test_p
+
+
+def test_sign_test_by_hand():
+    # 7 wins, 1 loss: 2 * (C(8,0) + C(8,1)) / 2^8 = 18/256
+    assert sign_test_p(7, 1) == pytest.approx(18 / 256)
+    assert sign_test_p(1, 7) == pytest.approx(18 / 256)
+    assert sign_test_p(5, 0) == pytest.approx(2 / 32)  # McNemar with 5 discordant items, all one way
+    assert sign_test_p(3, 3) == 1.0 and sign_test_p(0, 0) is None
+    # against scipy's exact binomial test
+    from scipy.stats import binomtest
+
+    for w, l in ((12, 4), (30, 41), (0, 9)):
+        assert sign_test_p(w, l) == pytest.approx(binomtest(w, w + l, 0.5).pvalue)
+
+
+def _put(d: Path, run_id: str, key: str, metrics: dict, records: list[dict]) -> None:
+    write_json_atomic(d / "runs" / run_id / "eval" / f"{key}.done.json", {"fingerprint": "0" * 16, "result": metrics})
+    task, _, lang = key.rpartition("_")
+    p = d / "runs" / run_id / "eval" / key / f"{task}-{lang}.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps({"metrics": metrics, "records": records}), encoding="utf-8")
+
+
+def test_significance_table(tmp_path):
+    grid = grid_from_dict({"name": "g", "output_dir": str(tmp_path), "models": ["M"], "langs": ["de"],
+                           "methods": ["sft", "sft+dpo", "clo"], "sizes": [None],
+                           "eval_jobs": [{"task": "alpacaeval"}, {"task": "belebele"}]})
+    write_json_atomic(tmp_path / "plan.json", plan(grid))
+    # CLO against SFT: 7 wins, 1 loss, 2 ties on 10 items; SFT+DPO: 4 wins, 4 losses, 2 ties
+    clo = [1, 1, 1, 1, 1, 1, 1, 0, 0.5, 0.5]
+    dpo = [1, 0, 1, 0, 1, 0, 1, 0, 0.5, 0.5]
+    for run_id, sc in (("M/de/clo/nall", clo), ("M/de/sft+dpo/nall", dpo)):
+        wr = sum(sc) / len(sc)
+        se = math.sqrt(sum((x - wr) ** 2 for x in sc) / (len(sc) - 1) / len(sc))
+        _put(tmp_path, run_id, "alpacaeval_de", {"win_rate": wr, "stderr": se, "n": 10},
+             [{"id": str(i), "score": x} for i, x in enumerate(sc)])
+    # BELEBELE: CLO right where SFT is wrong on 5 items, never the reverse
+    sft_c = [1, 1, 0, 0, 0, 0, 0, 1]
+    clo_c = [1, 1, 1, 1, 1, 1, 1, 1]
+    for run_id, cs in (("M/de/sft/nall", sft_c), ("M/de/clo/nall", clo_c)):
+        _put(tmp_path, run_id, "belebele_de", {"accuracy": sum(cs) / 8, "stderr": 0.1, "n": 8},
+             [{"id": str(i), "correct": bool(c)} for i, c in enumerate(cs)])
+    write_report(tmp_path)
+    md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    block = md.split("### Significance of the differences (same items)", 1)[1].split("\n### ", 1)[0]
+    assert "exact two-sided sign test" in block and "exact McNemar test" in block
+    rows = [line for line in block.splitlines() if line.startswith("| M |")]
+    wr_clo, se_clo = 0.8, math.sqrt(sum((x - 0.8) ** 2 for x in clo) / 9 / 10)
+    lo, hi = 100 * (0.3 - 1.959963984540054 * se_clo), 100 * (0.3 + 1.959963984540054 * se_clo)
+    assert f"| M | de | alpacaeval_de | CLO vs SFT | 30.0 | [{lo:.1f}, {hi:.1f}] | 7 vs 1 of 10 | 0.070 |" in rows
+    assert any(r.startswith("| M | de | alpacaeval_de | SFT+DPO vs SFT | 0.0 |") and r.endswith("| 4 vs 4 of 10 | 1.000 |")
+               for r in rows)
+    # CLO − SFT+DPO item by item: +1 on items 1, 3, 5 (0 elsewhere): mean 0.3, differs on 3 items
+    d = [c - p for c, p in zip(clo, dpo)]
+    m = sum(d) / 10
+    se = math.sqrt(sum((x - m) ** 2 for x in d) / 9 / 10)
+    assert (f"| M | de | alpacaeval_de | CLO − SFT+DPO | 30.0 | [{100 * (m - 1.959963984540054 * se):.1f}, "
+            f"{100 * (m + 1.959963984540054 * se):.1f}] | 3 vs 0 of 10 | 0.250 |") in rows
+    # accuracy: 5 discordant items, all for CLO: McNemar p = 2/32
+    assert any(r.startswith("| M | de | belebele_de | CLO − SFT | 62.5 |") and r.endswith("| 5 vs 0 of 8 | 0.062 |")
+               for r in rows)
