@@ -476,18 +476,14 @@ def main(args) -> int:
     except KeyError as e:
         print(f"clo languages: {e.args[0]}", file=sys.stderr)
         return 2
-    if args.task:
-        tasks = task_data(get("en"))
-        if args.task not in tasks:
-            print(f"clo languages: {unknown_name_message('task', args.task, tasks)}", file=sys.stderr)
+    # --task / --translator: only the languages that have it (English has every name of either).
+    for what, name, has in (("task", args.task, task_data), ("translator", args.translator, translators)):
+        if not name:
+            continue
+        if name not in has(get("en")):
+            print(f"clo languages: {unknown_name_message(what, name, has(get('en')))}", file=sys.stderr)
             return 2
-        langs = [lang for lang in langs if task_data(lang)[args.task]]
-    if args.translator:
-        names = translators(get("en"))
-        if args.translator not in names:
-            print(f"clo languages: {unknown_name_message('translator', args.translator, names)}", file=sys.stderr)
-            return 2
-        langs = [lang for lang in langs if translators(lang)[args.translator]]
+        langs = [lang for lang in langs if has(lang)[name]]
     if args.json:
         print(json.dumps([_as_json(lang) for lang in langs], ensure_ascii=False, indent=1))
     elif args.codes:
