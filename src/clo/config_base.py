@@ -144,7 +144,10 @@ def read_yaml(path, what: str = "config", mapping: str = "a mapping") -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: invalid YAML: {e}") from None
+        # PyYAML's message runs over several lines (context, marks); the problem is one of them.
+        problem = getattr(e, "problem", None) or " ".join(str(e).split())
+        column = f" (column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: invalid YAML: {problem}{column}") from None
     if tree is None:
         return {}
     if not isinstance(tree, dict):
