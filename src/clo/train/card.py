@@ -113,7 +113,7 @@ def base_model_id(spec: str | None) -> str | None:
     ``dpo`` stage of ``sft+dpo`` names the original model, not ``<out>/sft/best``; a snapshot in
     the hub cache (``.../models--org--name/snapshots/<commit>``) is ``org/name``; any other local
     directory is None (a local path is no base_model)."""
-    from clo.models import OFFLINE_MODELS, is_hub_id, cache_root
+    from clo.models import OFFLINE_MODELS, cache_root, is_hub_id
 
     if not spec:
         return None
