@@ -678,8 +678,12 @@ def test_dry_run_json_lists_every_planned_stage(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    tree = _grid(tmp_path, eval_jobs=[{"task": "belebele", "opts": {"template": "harness"}},
-                                      {"task": "alpacaeval", "opts": {"limit": 3}}])
+    model = tmp_path / "Tiny-1"  # a local checkpoint (offline, a hub id cannot be resolved)
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 2,
+                                                   "num_attention_heads": 4, "intermediate_size": 128}))
+    tree = _grid(tmp_path, models=[str(model)], eval_jobs=[{"task": "belebele", "opts": {"template": "harness"}},
+                                                           {"task": "alpacaeval", "opts": {"limit": 3}}])
     (tmp_path / "g.yaml").write_text(yaml.safe_dump(tree), encoding="utf-8")
     assert main(["run", str(tmp_path / "g.yaml"), "--dry-run", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -704,6 +708,12 @@ def test_dry_run_json_lists_every_planned_stage(tmp_path, capsys, monkeypatch):
     assert judged[0]["estimate"]["api_model"] == "gpt-4o" and judged[0]["estimate"]["api_tokens_in"] > 0
     assert doc["estimate"]["to_run"] == len(doc["stages"]) and doc["estimate"]["done"] == 0
     assert all(set(c) == {"check", "level", "where", "message"} for c in doc["checks"])
+    # A problem found: still one JSON object, with the problem, and exit 2 as without --json.
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert main(["run", str(tmp_path / "g.yaml"), "--dry-run", "--json"]) == 2
+    problems = [c for c in json.loads(capsys.readouterr().out)["checks"] if c["level"] == "error"]
+    assert [(c["check"], c["where"]) for c in problems] == [
+        ("api-keys", f"{tmp_path / 'g.yaml'}: base.eval.judge.api_key_env")]
     # Once run, the stages are done.
     run_grid(grid, FakeStages().functions(), progress=False)
     assert main(["run", str(tmp_path / "g.yaml"), "--dry-run", "--json"]) == 0
