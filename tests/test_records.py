@@ -57,3 +57,11 @@ def test_json_list_of_records_and_hints_for_other_files(tmp_path):
     f.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"}]}) + "\n")
     with pytest.raises(RecordError, match=r"an English chat row, not a cross-lingual record .* clo data build"):
         read_records(f)
+
+
+def test_a_json_list_of_records_names_the_line_of_a_bad_byte(tmp_path):
+    f = tmp_path / "r.json"
+    # Line 3, column 15: two spaces, "x_en":, a space, a quote, c, a, f, then the Latin-1 byte.
+    f.write_bytes(b'[\n {"id": "r0", "tgt_lang": "de",\n  "x_en": "caf\xe9"}\n]\n')
+    with pytest.raises(RecordError, match=rf"^{f}:3: not valid UTF-8 \(byte 0xe9 at column 15\)"):
+        read_records(f)

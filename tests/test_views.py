@@ -111,3 +111,14 @@ def test_cli_view_formats(tmp_path, capsys):
     assert main(["data", "view", str(data), "--view", "clo", "--format", "llama-factory",
                  "--out", str(tmp_path / "c.json")]) == 2
     assert "LLaMA-Factory has no CLO loss" in capsys.readouterr().err
+
+
+def test_a_malformed_dataset_info_is_named_by_line_and_kept(tmp_path):
+    from clo.data.views import write_dataset_info
+    from clo.errors import InputError
+
+    info = tmp_path / "dataset_info.json"
+    info.write_text('{\n  "a": {"file_name": "a.json"},\n  "b": \n}\n')
+    with pytest.raises(InputError, match=r"dataset_info\.json:4: malformed JSON: Expecting value \(column 1\)"):
+        write_dataset_info(tmp_path / "sft.json", "sft")
+    assert info.read_text() == '{\n  "a": {"file_name": "a.json"},\n  "b": \n}\n'

@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from clo.data.recordio import RecordError, iter_jsonl
-from clo.io import atomic_path, write_jsonl
+from clo.data.recordio import RecordError, iter_jsonl, record_error
+from clo.io import atomic_path, read_json, write_jsonl
 
 TEXT_FIELDS = ("x_en", "y_en", "x_tgt", "y_tgt")
 REQUIRED_FIELDS = ("id", "tgt_lang", *TEXT_FIELDS)
@@ -238,10 +238,7 @@ def _with_hint(e: RecordError, obj) -> RecordError:
 
 def _records_of_list(path: Path) -> list[CrossLingualRecord]:
     """Records written as one JSON list (``.json``); a bad item is named by its position."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise RecordError(path, e.lineno, None, f"malformed JSON: {e.msg} (column {e.colno})") from None
+    data = read_json(path, error=record_error)
     out = []
     for k, obj in enumerate(data):
         try:

@@ -25,13 +25,13 @@ Styles (:data:`STYLES`) of the sft and dpo rows:
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from pathlib import Path
 
 from clo.data.records import CrossLingualRecord, write_rows
-from clo.io import write_json
+from clo.errors import InputError
+from clo.io import read_json, write_json
 from clo.registry import Registry, UnknownName, unknown_name_message
 
 STYLES = ("conversational", "standard", "llama-factory")
@@ -155,11 +155,8 @@ def write_dataset_info(view_file: str | Path, view: str, name: str | None = None
     info_path = view_file.parent / "dataset_info.json"
     info = {}
     if info_path.is_file():
-        try:
-            info = json.loads(info_path.read_text(encoding="utf-8"))
-        except ValueError as e:
-            raise ValueError(f"{info_path}: not valid JSON ({e}); fix or remove it") from None
+        info = read_json(info_path)  # malformed: an InputError naming the line
         if not isinstance(info, dict):
-            raise ValueError(f"{info_path}: expected a JSON object of datasets, got {type(info).__name__}")
+            raise InputError(info_path, None, f"expected a JSON object of datasets, got {type(info).__name__}")
     info[name or view_file.name.split(".")[0]] = dataset_info(view, view_file.name)
     return write_json(info_path, info, indent=2)
