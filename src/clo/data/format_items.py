@@ -7,7 +7,7 @@ answer line (``Answer: C``) and the same question in the target language with th
 line (``답변: C``), so ``k`` English and ``k`` target-language items, as in Appendix D. MMMLU's
 files are translations of MMLU's test set, row for row; a target file whose subject or answer at a
 chosen position differs from the English one is refused. The MMMLU task leaves out exactly these
-positions in every language it evaluates (:func:`left_out`).
+positions in every language it evaluates (:func:`clo.eval.mmmlu.format_items_left_out`).
 
 The responses are the answer line alone: the paper does not print its format items' responses,
 and the answer line is what the MMMLU prompt asks for and what the extractor reads.
@@ -15,7 +15,6 @@ and the answer line is what the MMMLU prompt asks for and what the extractor rea
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 from clo.config_base import ConfigError
@@ -25,13 +24,11 @@ SOURCE = "mmmlu-format"
 
 
 def item_ids(n_rows: int, k: int, seed: int) -> list[str]:
-    """The row ids (positions, as MMMLU's loader numbers them) of the ``k`` format items among
-    ``n_rows`` questions: a seeded sample, the same for every language of the same size."""
-    if k <= 0:
-        return []
-    if k > n_rows:
-        raise ConfigError(f"data.mmmlu_format_items: {k} items asked for, MMMLU has {n_rows} questions")
-    return [str(i) for i in sorted(random.Random(f"mmmlu-format:{seed}").sample(range(n_rows), k))]
+    """The row ids of the ``k`` format items among ``n_rows`` questions (the MMMLU task's
+    :func:`clo.eval.mmmlu.format_item_ids`, which its evaluation leaves out)."""
+    from clo.eval.mmmlu import format_item_ids
+
+    return format_item_ids(n_rows, k, seed)
 
 
 def _data_dir(cfg) -> Path | None:
@@ -73,10 +70,3 @@ def records(cfg) -> list[CrossLingualRecord]:
             x_tgt=_prompt(t, tgt), y_tgt=f"{tgt.answer_word}: {t['Answer']}", source=SOURCE,
             meta={"mmmlu_row": int(rid), "subject": e["Subject"]}))
     return out
-
-
-def left_out(cfg, n_rows: int) -> set[str]:
-    """The MMMLU row ids an evaluation under ``cfg`` leaves out: those trained on as format items."""
-    data = getattr(cfg, "data", None)
-    k = getattr(data, "mmmlu_format_items", 0) if data is not None else 0
-    return set(item_ids(n_rows, k, data.seed)) if k else set()

@@ -102,6 +102,11 @@ def _generate_cached(ctx: TaskContext, generator, prompts: list[str], prefix: st
     return out
 
 
+def eval_translator(cfg):
+    """The translator of the evaluation sets: ``eval.translator``, else ``data.translator``."""
+    return cfg.eval.translator or cfg.data.translator
+
+
 def _instructions(ctx: TaskContext, limit: int | None, instructions_file: str | None,
                   translated_file: str | None) -> tuple[list[dict], list[str], list[str]]:
     """(rows, English instructions, instructions in the context's language)."""
@@ -114,7 +119,7 @@ def _instructions(ctx: TaskContext, limit: int | None, instructions_file: str | 
         return rows, english, _texts_from(Path(translated_file), len(rows), "instruction", "translated instruction")
     from clo.data.translators import translate_texts
 
-    return rows, english, translate_texts(english, "en", ctx.lang.code, ctx.cfg.data.translator,
+    return rows, english, translate_texts(english, "en", ctx.lang.code, eval_translator(ctx.cfg),
                                           ctx.output_dir / f"alpacaeval-instructions-{ctx.lang.code}.sqlite")
 
 

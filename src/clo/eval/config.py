@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from clo.config_base import StrictModel, registered
+from clo.data.config import TranslatorConfig
 
 SYSTEM_PROMPTS = ("none", "answer-in-language")
 
@@ -76,6 +77,9 @@ class EvalConfig(StrictModel):
                          "machine, else transformers), transformers or vllm")
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
     mmmlu_retries: int = Field(3, ge=0, description="MMMLU regenerations when no answer can be extracted")
+    translator: TranslatorConfig | None = Field(
+        None, description="the translator of the evaluation sets (AlpacaEval instructions); null: data.translator. "
+        "The paper translated them with GPT-4o: kind openai, model gpt-4o")
     system_prompt: str = Field("none", description="AlpacaEval answers: none, or answer-in-language (the "
                                "language's answer_in_language text as the system message, as in the paper's "
                                "Table 8)")

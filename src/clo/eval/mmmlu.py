@@ -259,6 +259,27 @@ def load_rows(lang: Language, data_dir: Path | None) -> list[dict]:
             for i, r in enumerate(ds)]
 
 
+def format_item_ids(n_rows: int, k: int, seed: int) -> list[str]:
+    """The row ids (positions, as :func:`load_rows` numbers them) of the ``k`` MMMLU format items
+    (the paper's Appendix D, ``data.mmmlu_format_items``) among ``n_rows`` questions: a seeded
+    sample, the same for every language of the same size (:mod:`clo.data.format_items` adds them
+    to training)."""
+    if k <= 0:
+        return []
+    if k > n_rows:
+        from clo.config_base import ConfigError
+
+        raise ConfigError(f"data.mmmlu_format_items: {k} items asked for, MMMLU has {n_rows} questions")
+    return [str(i) for i in sorted(random.Random(f"mmmlu-format:{seed}").sample(range(n_rows), k))]
+
+
+def format_items_left_out(cfg, n_rows: int) -> set[str]:
+    """The row ids an evaluation under ``cfg`` leaves out: those trained on as format items."""
+    data = getattr(cfg, "data", None)
+    k = getattr(data, "mmmlu_format_items", 0) if data is not None else 0
+    return set(format_item_ids(n_rows, k, data.seed)) if k else set()
+
+
 def stratified_sample(rows: list[dict], limit: int | None, seed: int = 0) -> list[dict]:
     """``limit`` rows spread over subjects in proportion to their size (largest remainders),
     each subject's rows chosen at random with ``seed``; the result keeps file order."""
@@ -317,9 +338,7 @@ def run(ctx: TaskContext, *, limit: int | None = None, max_new_tokens: int | Non
     limit = limit if limit is not None else ev.limit
     all_rows = load_rows(ctx.lang, ctx.data_dir)
     # Appendix D: the questions trained on as format items (data.mmmlu_format_items) are left out.
-    from clo.data.format_items import left_out
-
-    skip = left_out(ctx.cfg, len(all_rows))
+    skip = format_items_left_out(ctx.cfg, len(all_rows))
     rows = stratified_sample([r for r in all_rows if r["id"] not in skip], limit, ev.seed)
     prompts = [render_prompt(r, ctx.lang) for r in rows]
     max_new_tokens = max_new_tokens or ev.mmmlu_max_new_tokens or ev.max_new_tokens

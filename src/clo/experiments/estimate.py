@@ -373,9 +373,10 @@ def estimate_grid(grid: GridConfig, assumptions: dict, *, done: set[str] | froze
         elif ref.kind == "instructions":
             cfg = next(r.config for r in runs if ref.job.resolve_lang(r.lang) == ref.lang)
             n, chars = _instructions(cfg, ref.job, a)
-            secs, tin, tout = _translation(a, cfg.data.translator, chars, n, ref.lang)
+            tr = cfg.eval.translator or cfg.data.translator  # the evaluation sets' translator
+            secs, tin, tout = _translation(a, tr, chars, n, ref.lang)
             est.stages.append(StageEstimate(ref.name, ref.kind, ref.phase, secs, 1, tin, tout,
-                                            *_translator_cost(a, cfg.data.translator, tin, tout),
+                                            *_translator_cost(a, tr, tin, tout),
                                             f"{n} AlpacaEval instructions"))
         elif ref.kind == "train":
             cfg = run.config

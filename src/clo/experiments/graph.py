@@ -272,9 +272,11 @@ def model_inputs(spec: str) -> dict:
 
 
 def _translator_inputs(cfg: Config) -> dict:
-    """The translator's settings, and the translation model's identity when it is a directory."""
-    inputs: dict = {"translator": cfg.data.translator.model_dump(mode="json")}
-    ident = model_identity(cfg.data.translator.model)
+    """The evaluation sets' translator's settings (``eval.translator``, else ``data.translator``),
+    and the translation model's identity when it is a directory."""
+    translator = cfg.eval.translator or cfg.data.translator
+    inputs: dict = {"translator": translator.model_dump(mode="json")}
+    ident = model_identity(translator.model)
     if ident is not None:
         inputs["translator_model"] = ident
     return inputs

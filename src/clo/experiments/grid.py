@@ -182,7 +182,8 @@ def _samples(model: str, cfg: Config, prompts: list[str]) -> list[str]:
 
 
 def translate_instructions(cfg: Config, lang: str, out_path: Path, instructions_file: str | None = None) -> dict:
-    """The AlpacaEval instructions in ``lang``, translated once per grid with ``data.translator``.
+    """The AlpacaEval instructions in ``lang``, translated once per grid with ``eval.translator`` (else
+    ``data.translator``).
 
     Every run of a language is then judged on the same prompts, and the translation is not
     repeated per run. Only the first ``cfg.eval.limit`` instructions (all when None), the ones an
@@ -190,12 +191,12 @@ def translate_instructions(cfg: Config, lang: str, out_path: Path, instructions_
     ``[{"instruction": translated, "instruction_en": original}, ...]``.
     """
     from clo.data.translators import translate_texts
-    from clo.eval.alpacaeval import load_instructions
+    from clo.eval.alpacaeval import eval_translator, load_instructions
 
     rows = load_instructions(Path(instructions_file) if instructions_file else None,
                              Path(cfg.eval.data_dir) if cfg.eval.data_dir else None)[:cfg.eval.limit]
     english = [r["instruction"] for r in rows]
-    out = translate_texts(english, "en", lang, cfg.data.translator, out_path.with_suffix(".sqlite"))
+    out = translate_texts(english, "en", lang, eval_translator(cfg), out_path.with_suffix(".sqlite"))
     write_json_atomic(out_path, [{"instruction": t, "instruction_en": e} for t, e in zip(out, english)])
     return {"n": len(out), "path": str(out_path)}
 
