@@ -65,7 +65,13 @@ def test_heldout_pool_leaves_out_the_training_prompts(shared_data):
     rows = json.loads((shared_data / "sft_en" / "alpaca_en_demo.json").read_text(encoding="utf-8"))
     full = demo.heldout_pool(shared_data, [])
     text = lambda r: r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
-    assert full == [r for r in rows if len(text(r)) + len(r["output"]) <= demo.HELDOUT_MAX_CHARS]
+    # Distinct pairs (the file repeats some: the first of each), short enough, in file order.
+    seen, expected = set(), []
+    for r in rows:
+        if (text(r), r["output"]) not in seen and len(text(r)) + len(r["output"]) <= demo.HELDOUT_MAX_CHARS:
+            expected.append(r)
+        seen.add((text(r), r["output"]))
+    assert full == expected
     train = [text(r) for r in full[:10]]
     assert demo.heldout_pool(shared_data, train) == full[10:]
 
@@ -144,15 +150,17 @@ def test_summary_prints_headline_numbers_and_answers_side_by_side(tmp_path, shar
     row = lambda name, start=0: next(l for l in lines[start:] if l.strip().startswith(name)).split()
     # sqrt(.25 * .75 / 24) = 0.0884 -> 8.8; echoes 25.0 ± 8.8; none of the 18 others German: 0.0 ± 0.0;
     # prefers de: 1 of 4 (SE of 0/1 values, ddof 1: 25.0); en always; NLL 2 and 1 nats per token.
-    assert row("base") == ["base", "25.0", "±", "8.8", "25.0", "±", "8.8", "0.0", "±", "0.0", "25.0", "±", "25.0",
-                           "100.0", "±", "0.0", "2.000", "±", "0.000", "1.000", "±", "0.000"]
+    # Each ± with the count it rests on: 0.0 ± 0.0 of 18 answers is not 0.0 ± 0.0 of 4.
+    assert row("base") == ["base", "25.0", "±", "8.8", "(n=24)", "25.0", "±", "8.8", "(n=24)", "0.0", "±", "0.0",
+                           "(n=18)", "25.0", "±", "25.0", "(n=4)", "100.0", "±", "0.0", "(n=4)", "2.000", "±", "0.000",
+                           "(n=4)", "1.000", "±", "0.000", "(n=4)"]
     # The CLO run has no echo counts (an older result): gaps, not zeros.
-    assert row("clo")[:7] == ["clo", "75.0", "±", "8.8", "—", "—", "75.0"]
+    assert row("clo")[:8] == ["clo", "75.0", "±", "8.8", "(n=24)", "—", "—", "75.0"]
     i = next(k for k, l in enumerate(lines) if l.startswith("Paired differences on the same 4 held-out"))
     # CLO − SFT: d = (0, 1, 0, 0): 25 ± 25 points; SFT − base: the same; CLO − base: d = (1, 1, 0, 0): 50 ± 28.9
-    assert row("CLO − SFT", i) == ["CLO", "−", "SFT", "25.0", "±", "25.0", "0.0", "±", "0.0", "0.000", "±", "0.000",
-                                   "0.000", "±", "0.000"]
-    assert row("CLO − Base", i)[3:6] == ["50.0", "±", "28.9"]
+    assert row("CLO − SFT", i) == ["CLO", "−", "SFT", "25.0", "±", "25.0", "(n=4)", "0.0", "±", "0.0", "(n=4)",
+                                   "0.000", "±", "0.000", "(n=4)", "0.000", "±", "0.000", "(n=4)"]
+    assert row("CLO − Base", i)[3:7] == ["50.0", "±", "28.9", "(n=4)"]
     i = lines.index(f"Prompt: {demo.SAMPLE_PROMPTS[0]}")
     # three columns of (80 - 2 * 3) // 3 = 24 characters
     assert lines[i + 1] == "BASE".ljust(24) + " | " + "SFT".ljust(24) + " | CLO"

@@ -65,19 +65,20 @@ def test_report_tables_from_stored_metrics_with_gaps(grid_dir):
         "table1_winrates.csv", "table2_belebele.csv", "table4_trainable.csv",
         "table5_nll_langs.csv", "fidelity.csv", "figure3_winrate_vs_size.csv", "runs.csv",
         "figure3_winrate_vs_size.png", "report.md", "report.json"])
-    assert [o["name"] for o in out["omitted"]] == ["table3_mmmlu", "preference", "samples", "significance",
+    assert [o["name"] for o in out["omitted"]] == ["table3_mmmlu", "figure4_mmmlu_categories", "preference",
+                                                  "samples", "significance",
                                                   "beyond_cl_losses", "beyond_multilingual"]
     md = (rdir / "report.md").read_text(encoding="utf-8")
 
     # Table 1: CLO and SFT+DPO against SFT; Δ = CLO − SFT+DPO = 55 − 51 = 4.0 points in English,
     # a gap in German where SFT+DPO has no result.
     assert "| model | lang | SFT+DPO tgt | CLO tgt | Δ tgt | SFT+DPO en | CLO en | Δ en |" in md
-    assert _table(md, "Table 1") == [f"| M | de | {GAP} | 62.0 ± 1.7 | {GAP} | 51.0 ± 2.0 | 55.0 ± 2.0 | 4.0 |"]
+    assert _table(md, "Table 1") == [f"| M | de | {GAP} | 62.0 ± 1.7 (n=805) | {GAP} | 51.0 ± 2.0 (n=805) | 55.0 ± 2.0 (n=805) | 4.0 |"]
     # Table 2: main variants only (no ablations), target and English rows.
     assert "| model | lang | eval lang | Base | SFT | SFT+DPO | CLO |" in md
     assert _table(md, "Table 2") == [
-        f"| M | de | de | 30.0 ± 1.5 | 35.0 ± 1.6 | {GAP} | 40.0 ± 1.6 |",
-        f"| M | de | en | {GAP} | {GAP} | {GAP} | 45.0 ± 1.7 |",
+        f"| M | de | de | 30.0 ± 1.5 (n=900) | 35.0 ± 1.6 (n=900) | {GAP} | 40.0 ± 1.6 (n=900) |",
+        f"| M | de | en | {GAP} | {GAP} | {GAP} | 45.0 ± 1.7 (n=900) |",
     ]
     # Listed once, with the command that runs it; never a table of gaps.
     assert "### Table 3" not in md
@@ -86,15 +87,15 @@ def test_report_tables_from_stored_metrics_with_gaps(grid_dir):
             "(eval job `{task: mmmlu}`).") in md.split("## Not in this report", 1)[1]
     # Table 4 at the main size (all): clo-full never ran.
     assert "| model | lang | metric | attention (clo) | full (clo-full) |" in md
-    assert f"| M | de | BELEBELE (de) | 40.0 ± 1.6 | {GAP} |" in _table(md, "Table 4")
+    assert f"| M | de | BELEBELE (de) | 40.0 ± 1.6 (n=900) | {GAP} |" in _table(md, "Table 4")
     assert "| model | lang | metric | NLL tgt (clo) | NLL tgt+en (clo-both) |" in md
-    assert "| M | de | BELEBELE (de) | 40.0 ± 1.6 | 41.0 ± 1.6 |" in _table(md, "Table 5")
+    assert "| M | de | BELEBELE (de) | 40.0 ± 1.6 (n=900) | 41.0 ± 1.6 (n=900) |" in _table(md, "Table 5")
     # Fidelity: the standard error is the binomial one, sqrt(p(1-p)/n): 0.2 -> 4.0, 0.5 -> 5.0, 0.9 -> 3.0.
-    assert _table(md, "Language fidelity") == [f"| M | de | response rate (de) | 20.0 ± 4.0 | 50.0 ± 5.0 | {GAP} | 90.0 ± 3.0 |"]
+    assert _table(md, "Language fidelity") == [f"| M | de | response rate (de) | 20.0 ± 4.0 (n=100) | 50.0 ± 5.0 (n=100) | {GAP} | 90.0 ± 3.0 (n=100) |"]
     # Figure 3 data: one row per size, every compared variant.
     assert _table(md, "Figure 3") == [
-        f"| M | de | 200 | {GAP} | 52.0 ± 3.0 | {GAP} | {GAP} |",
-        f"| M | de | all | {GAP} | 62.0 ± 1.7 | {GAP} | {GAP} |",
+        f"| M | de | 200 | {GAP} | 52.0 ± 3.0 (n=805) | {GAP} | {GAP} |",
+        f"| M | de | all | {GAP} | 62.0 ± 1.7 (n=805) | {GAP} | {GAP} |",
     ]
     runs = {line.split(" | ")[0][2:]: line for line in _table(md, "Runs")}
     assert runs["M/de/sft/n200"] == f"| M/de/sft/n200 | failed | {GAP} | 0/3 | RuntimeError: out of memory |"
@@ -121,7 +122,7 @@ def test_report_reads_evaluation_files_written_outside_a_grid(grid_dir):
     d.mkdir(parents=True)
     (d / "belebele-de.json").write_text(json.dumps({"task": "belebele", "metrics": {"accuracy": 0.375, "stderr": 0.01}}))
     md = (Path(write_report(grid_dir)["dir"]) / "report.md").read_text(encoding="utf-8")
-    assert _table(md, "Table 2")[0] == "| M | de | de | 30.0 ± 1.5 | 35.0 ± 1.6 | 37.5 ± 1.0 | 40.0 ± 1.6 |"
+    assert _table(md, "Table 2")[0] == "| M | de | de | 30.0 ± 1.5 (n=900) | 35.0 ± 1.6 (n=900) | 37.5 ± 1.0 | 40.0 ± 1.6 (n=900) |"
 
 
 def test_report_errors_name_the_file(tmp_path):
@@ -169,7 +170,8 @@ def test_report_leaves_out_tables_of_gaps_and_lists_them_once(tmp_path):
     omitted = {o["name"]: o["why"] for o in out["omitted"]}
     # No judge, one size, one CLO variant: Table 1, Figure 3 and both ablations are not run here;
     # BELEBELE is planned but has no result yet.
-    assert set(omitted) == {"table1_winrates", "table2_belebele", "table3_mmmlu", "table4_trainable",
+    assert set(omitted) == {"table1_winrates", "table2_belebele", "table3_mmmlu", "figure4_mmmlu_categories",
+                            "table4_trainable",
                             "table5_nll_langs", "preference", "figure3_winrate_vs_size", "samples",
                             "significance", "beyond_cl_losses", "beyond_multilingual"}
     assert omitted["table2_belebele"] == "planned in this grid, no result yet (see Runs)"
@@ -184,9 +186,9 @@ def test_report_leaves_out_tables_of_gaps_and_lists_them_once(tmp_path):
     assert tail.count("\n- ") == len(omitted)
     # The echo rows of the fidelity table: binomial SEs, the second on the 3 answers that are no echo.
     assert _table(md, "Language fidelity") == [
-        f"| M | de | response rate (de) | {GAP} | {GAP} | 50.0 ± 25.0 |",
-        f"| M | de | echoes (de) | {GAP} | {GAP} | 25.0 ± 21.7 |",
-        f"| M | de | response rate, echoes excluded (de) | {GAP} | {GAP} | 33.3 ± 27.2 |",
+        f"| M | de | response rate (de) | {GAP} | {GAP} | 50.0 ± 25.0 (n=4) |",
+        f"| M | de | echoes (de) | {GAP} | {GAP} | 25.0 ± 21.7 (n=4) |",
+        f"| M | de | response rate, echoes excluded (de) | {GAP} | {GAP} | 33.3 ± 27.2 (n=3) |",
     ]
     doc = json.loads((grid / "report" / "report.json").read_text(encoding="utf-8"))
     assert [o["name"] for o in doc["omitted"]] == [o["name"] for o in out["omitted"]]
@@ -217,15 +219,15 @@ def test_preference_table_with_paired_differences(tmp_path):
     # mean 25 points, SE sqrt(0.25 / 4) = 25; SFT − base: d = (1, 0, 0, 0): the same; CLO − base:
     # d = (1, 1, 0, 0): 50 ± sqrt(1/3) / 2 = 28.9.
     assert rows["de answer preferred, de prompt (%)"] == (
-        "| M | de | de answer preferred, de prompt (%) | 25.0 ± 25.0 | 50.0 ± 28.9 | 75.0 ± 25.0 | 25.0 ± 25.0 "
-        "| 25.0 ± 25.0 | 50.0 ± 28.9 |")
+        "| M | de | de answer preferred, de prompt (%) | 25.0 ± 25.0 (n=4) | 50.0 ± 28.9 (n=4) | 75.0 ± 25.0 (n=4) "
+        "| 25.0 ± 25.0 (n=4) | 25.0 ± 25.0 (n=4) | 50.0 ± 28.9 (n=4) |")
     # NLL, nats per token, not scaled: CLO − SFT d = (0.5, -1, 0, 0.5): mean 0, SE sqrt(1.5 / 3 / 4) = 0.354;
     # SFT − base d = (-1, 0, -1, -1): -0.75 ± sqrt(0.75 / 3 / 4) = 0.25; CLO − base d = (-0.5, -1, -1, -0.5):
     # -0.75 ± sqrt(0.25 / 3 / 4) = 0.144.
     assert rows["NLL of the de answer to the de prompt (nats/token)"].endswith(
-        "| 0.000 ± 0.354 | -0.750 ± 0.250 | -0.750 ± 0.144 |")
+        "| 0.000 ± 0.354 (n=4) | -0.750 ± 0.250 (n=4) | -0.750 ± 0.144 (n=4) |")
     assert rows["NLL of the en answer to the en prompt (nats/token)"].endswith(
-        "| 1.000 ± 0.000 | 0.000 ± 0.000 | 0.000 ± 0.000 | 0.000 ± 0.000 |")
+        "| 1.000 ± 0.000 (n=4) | 0.000 ± 0.000 (n=4) | 0.000 ± 0.000 (n=4) | 0.000 ± 0.000 (n=4) |")
     csv_rows = list(csv.reader((tmp_path / "report" / "preference.csv").open(encoding="utf-8")))
     nll = next(r for r in csv_rows if r[2].startswith("NLL of the de"))
     assert nll[3:5] == ["3.0000", "0.4082"]  # base: mean 3, SE sqrt(2/3 / 4); plain numbers, never in %

@@ -51,7 +51,23 @@ def test_training_logs_drift_at_every_validation_and_the_report_plots_it(tmp_pat
     assert len(val) == 2
     for r in val:
         assert 0.0 <= r["drift/tgt_echo_share"] <= 1.0 and 0.0 <= r["drift/en_echo_share"] <= 1.0
+    # The untrained model's point at step 0 (measured before the first step), then every validation.
+    assert [r["step"] for r in rows if "drift/tgt_echo_share" in r] == [0, 1, 2]
     curves = drift_curves(tmp_path / "run" / "train")
-    assert [s for s, _ in curves["tgt_echo_share"]] == [1, 2]
+    assert [s for s, _ in curves["tgt_echo_share"]] == [0, 1, 2]
     png = plot_drift(curves, "tiny", tmp_path / "drift.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_drift_figure_has_integer_steps_from_zero_and_distinguishable_lines():
+    from clo.report.plots import DRIFT_SERIES, drift_figure
+
+    # Two steps only, and every series on the same values: the case that hid lines and gave 0.5 ticks.
+    curves = {key: [(0, 0.0), (1, 0.0), (2, 0.0)] for key, _ in DRIFT_SERIES}
+    fig = drift_figure(curves, "t")
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+    assert ticks and all(float(t).is_integer() for t in ticks) and 0 in ticks
+    styles = {(ln.get_marker(), ln.get_linestyle(), ln.get_markerfacecolor() == "none") for ln in ax.get_lines()}
+    assert len(ax.get_lines()) == len(DRIFT_SERIES) == len(styles)

@@ -46,7 +46,8 @@ USAGE_EXIT = 2
 _OS_USER_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, UnicodeDecodeError)
 
 #: Libraries that log a line per HTTP request or file lock at INFO: WARNING and above only, unless -v.
-NOISY_LOGGERS = ("httpx", "httpcore", "urllib3", "openai", "filelock", "fsspec", "asyncio", "huggingface_hub")
+NOISY_LOGGERS = ("httpx", "httpx2", "httpcore", "urllib3", "openai", "filelock", "fsspec", "asyncio",
+                 "huggingface_hub")
 #: Where library warnings meant for developers come from (FutureWarning, DeprecationWarning, and
 #: these modules' UserWarnings): hidden unless -v.
 NOISY_WARNING_MODULES = r"(torch|transformers|accelerate|peft|datasets|huggingface_hub|trl|vllm)(\.|$)"

@@ -28,6 +28,7 @@ docs/experiments.md for the measured timings); ``--pairs`` and ``--set`` change 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -113,12 +114,26 @@ def heldout_pool(shared: Path, training: list[str], max_chars: int = HELDOUT_MAX
 
     path = shared / "sft_en" / "alpaca_en_demo.json"
     rows = json.loads(path.read_text(encoding="utf-8"))
-    examples = load_source("alpaca", str(path), None)
-    if len(examples) != len(rows):
-        raise ValueError(f"{path}: {len(examples)} examples of {len(rows)} rows")
+    # Repeated pairs are read once; the rows have no ids, so each example's id is its row's
+    # position (alpaca-<i>), which finds the row back. Silent: the data stage reads the same file
+    # and says what it read (the same line, else printed twice).
+    with _quiet("clo.data.sources"):
+        examples = load_source("alpaca", str(path), None)
     seen = set(training)
-    return [row for row, ex in zip(rows, examples)
+    return [rows[int(ex.id.rpartition("-")[2])] for ex in examples
             if len(ex.x_en) + len(ex.y_en) <= max_chars and ex.x_en not in seen]
+
+
+@contextlib.contextmanager
+def _quiet(logger: str):
+    """The INFO lines of ``logger`` left out for the duration (warnings still pass)."""
+    lg = logging.getLogger(logger)
+    old = lg.level
+    lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        lg.setLevel(old)
 
 
 def build_heldout(grid, shared: Path, *, progress: bool = True) -> dict:
@@ -135,7 +150,10 @@ def build_heldout(grid, shared: Path, *, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     out = Path(grid.output_dir)
     cfg = expand(grid)[-1].config  # a trained run's: the grid's data section and translator
-    training = [ex.x_en for ex in load_examples(cfg.data, cfg.lang)] if cfg.data.path else []
+    # The grid's data stage reads the same examples and logs what it read: this read says nothing,
+    # or its line would be printed twice.
+    with _quiet("clo.data.sources"):
+        training = [ex.x_en for ex in load_examples(cfg.data, cfg.lang)] if cfg.data.path else []
     pool = heldout_pool(shared, training)
     bdir = out / "heldout" / LANG
     done = bdir / "summary.json"
@@ -267,7 +285,7 @@ def summary(grid_dir: Path, width: int = 120) -> str:
     from clo.report.tables import PREFERENCE_ROWS, preference_table
 
     res = collect(grid_dir)
-    w = 16
+    w = 22  # "62.5 ± 4.1 (n=140)" and a gap
     lines = ["", "Headline numbers (% ± SE; NLL in nats per token ± SE; — = not finished):",
              f"  German answers: of the answers to {FIDELITY_LIMIT} held-out German prompts, the share in German;",
              "  echoes: answers that repeat the prompt; German, no echo: the share in German of the others.",

@@ -6,6 +6,18 @@ from pathlib import Path
 
 from clo.report.tables import GridResults, Table
 
+# Lines of one panel often coincide (two methods at the same win rate, a language share and an
+# echo share both at 0 %): each gets its own marker and line style, so a line hidden under
+# another still shows its markers, and the figure reads in greyscale.
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_LINESTYLES = ("-", "--", "-.", ":")
+
+
+def line_style(i: int) -> dict:
+    """The ``i``-th line's marker, line style and marker fill (hollow every other one)."""
+    return {"marker": _MARKERS[i % len(_MARKERS)], "ls": _LINESTYLES[i % len(_LINESTYLES)],
+            "mfc": "none" if i % 2 else None}
+
 
 def plot_winrate_vs_size(table: Table, res: GridResults, path: Path) -> Path:
     """Write the PNG of :func:`clo.report.tables.winrate_vs_size`'s table; missing points are left out."""
@@ -30,7 +42,7 @@ def plot_winrate_vs_size(table: Table, res: GridResults, path: Path) -> Path:
                 continue
             pts.sort()
             xs, ys, es = zip(*pts)
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=column)
+            ax.errorbar(xs, ys, yerr=es, capsize=3, label=column, **line_style(j))
             plotted += 1
         # 50 %: as good as the baseline; against the baseline at its largest size (the paper's
         # "SFT assumed" line), that run itself.
@@ -78,25 +90,40 @@ def drift_curves(train_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return curves
 
 
-def plot_drift(curves: dict[str, list[tuple[int, float]]], title: str, path: Path) -> Path:
-    """One run's language and echo shares against the training step (PNG)."""
+def drift_figure(curves: dict[str, list[tuple[int, float]]], title: str):
+    """The matplotlib figure of :func:`plot_drift`: steps on an integer axis from 0 (the untrained
+    model's point, which the trainer measures before its first step), one marker and line style
+    per series."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
-    for key, label in DRIFT_SERIES:
+    last = 0
+    for i, (key, label) in enumerate(DRIFT_SERIES):
         pts = curves.get(key)
         if pts:
             xs, ys = zip(*sorted(pts))
-            ax.plot(xs, [y * 100 for y in ys], marker="o", ms=3, ls="-" if "lang" in key else ":", label=label)
+            last = max(last, xs[-1])
+            ax.plot(xs, [y * 100 for y in ys], ms=5, label=label, **line_style(i))
     ax.set_ylim(-3, 103)
+    ax.set_xlim(-0.02 * max(last, 1), max(last, 1) * 1.02)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_xlabel("training step")
     ax.set_ylabel("share of greedy answers (%)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
+    return fig
+
+
+def plot_drift(curves: dict[str, list[tuple[int, float]]], title: str, path: Path) -> Path:
+    """One run's language and echo shares against the training step (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = drift_figure(curves, title)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -462,6 +462,11 @@ class _Stage:
                                            for i in mb for k in self.units[i].keys) for mb, _ in first_micro))
         log.info("planned memory per process (GiB): %s", ", ".join(f"{k}={v}" for k, v in self.memory.items()))
         trackers = Trackers(self.out, step, enabled=self.acc.is_main_process, report_to=tc.report_to)
+        if step == 0 and self.drift is not None and self.val_ds is not None:
+            # The untrained model's answers: drift curves start where the model started.
+            d0 = self._drift()
+            if d0:
+                trackers.log(d0, 0)
         save_every = tc.eval_every
         bar = tqdm(total=len(self.plan), initial=step, desc=f"train {tc.method}", unit="step",
                    disable=not self.acc.is_main_process)
