@@ -69,7 +69,12 @@ def test_expand_crosses_axes_and_applies_variant_overrides(tmp_path):
     ({"dataset": {"sw": "a.jsonl"}}, "dataset: no prebuilt file for ['de']"),
     ({"methods": ["clo", "clo"]}, "methods: duplicate entries ['clo']"),
     ({"eval_jobs": [{"task": "alpacaeval"}], "methods": ["clo"]}, "baseline: 'sft' is not one of the methods"),
-    # A baseline named explicitly must exist even when no pairwise task reads it yet.
+    # Every cross-reference: tasks are registered ones, ...
+    ({"eval_jobs": [{"task": "belebel"}]},
+     "g.yaml: eval_jobs.0.task: Value error, unknown evaluation task 'belebel'; did you mean 'belebele'?"),
+    ({"base": {"data": {"subsets": [4, 8]}, "eval": {"tasks": ["belebele", "mmlu"]}}},
+     "g.yaml: base.eval.tasks.1: unknown evaluation task 'mmlu'; did you mean 'mmmlu'?"),
+    # ... and a baseline named explicitly must exist even when no pairwise task reads it yet.
     ({"baseline": "dpo"}, "g.yaml: baseline: 'dpo' is not one of the methods (sft, clo)"),
     ({"epochs": 3}, "g.yaml: epochs: unknown key"),
     ({"base": {"model": "gpt2"}}, "g.yaml: base.model: set by the grid (models), not in base; remove it"),

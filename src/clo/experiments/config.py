@@ -80,6 +80,18 @@ class MethodVariant(StrictModel):
         return v
 
 
+def known_task(name: str) -> str:
+    """``name`` when it is a registered evaluation task (:mod:`clo.eval.task`), else a ValueError
+    naming the closest one."""
+    from clo.eval.task import get_task
+
+    try:
+        get_task(name)
+    except KeyError as e:
+        raise ValueError(str(e)) from None
+    return name
+
+
 class EvalJob(StrictModel):
     """One evaluation of every run: a task in one language (``tgt``: the run's target language)."""
 
@@ -113,6 +125,11 @@ class EvalJob(StrictModel):
 
             safe_name(v["name"], "opts.name")
         return v
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        return known_task(v)
 
     @field_validator("only_langs")
     @classmethod
@@ -316,6 +333,12 @@ class GridConfig(StrictModel):
                     f"sizes: {s} is not one of base.data.subsets {self.base.data.subsets} "
                     "(runs train on the nested subsets the data stage writes)"
                 )
+        if self.eval_jobs is None:  # the jobs are base.eval.tasks: each a registered task
+            for i, task in enumerate(self.base.eval.tasks):
+                try:
+                    known_task(task)
+                except ValueError as e:
+                    raise ValueError(f"base.eval.tasks.{i}: {e}") from None
         # The baseline is a method of the grid: checked whenever it is set (a typo would otherwise
         # surface only as missing win rates), and when pairwise tasks compare against it.
         needs_pairwise = any(j.task in PAIRWISE_TASKS for j in self.jobs())
