@@ -629,8 +629,8 @@ def run_inputs(cfg, train_path: Path, val_path: Path | None) -> dict:
 
 
 def _read_record(record: Path) -> dict | None:
-    """``run.json``, or None where there is none. A torn or edited one (hand-edited, or
-    truncated by a full disk) is a :class:`StateFileError`."""
+    """``run.json``, or None where there is none. One that is not what clo writes (edited by hand,
+    copied in part, another program's) is a :class:`StateFileError`."""
     if not record.is_file():
         return None
     try:
