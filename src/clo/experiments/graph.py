@@ -67,23 +67,24 @@ class Stage:
     A failure is recorded under ``key``: the run id for a run's own stages, else the stage name.
     """
 
-    name: str
+    name: str  # train/<run id>, eval/<run id>/<key>, ...: in logs, status.json and the Slurm jobs
     kind: str
-    phase: str
-    group: str
-    marker: Path
+    phase: str  # one of PHASES: the launcher.stages entry of its resources, its row in the estimate
+    group: str  # the Slurm job that runs it
+    marker: Path  # its done-marker
     inputs: Callable[[GridResult], dict] = field(repr=False)
     call: Callable[[StageFunctions, GridResult], Any] = field(repr=False)
     key: str = ""
     deps: tuple[str, ...] = ()
-    lang: str | None = None
+    lang: str | None = None  # an evaluation's language; else the run's or the data's
     run: RunSpec | None = None
     job: EvalJob | None = None
     eval_key: str | None = None  # the job's key (``belebele_de``) of an evaluation
     baseline: RunSpec | None = None  # the run a pairwise evaluation is compared with
-    clear: tuple[Path, ...] = ()
+    clear: tuple[Path, ...] = ()  # its outputs, removed when its inputs changed (but for ``keep`` globs)
     keep: tuple[str, ...] = ()
-    after: Callable[[GridResult, Any], None] | None = field(default=None, repr=False)  # with the result, run or not
+    # Called with its result once it ran or was found done (not when looked up for another job).
+    after: Callable[[GridResult, Any], None] | None = field(default=None, repr=False)
 
     def ignore(self) -> tuple[str, ...]:
         """Input keys that change how the stage computes, not what (see :func:`clo.experiments.stages.run_stage`)."""
