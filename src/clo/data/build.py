@@ -429,7 +429,7 @@ def _build(cfg, out_dir: Path, fp: str, *, progress: bool, rebuild_cache: bool) 
         summary["tgt_langs"] = langs
         summary["passed_per_lang"] = {lang: sum(1 for row in rejected if not any(
             r.startswith(f"{lang}:") for r in row["reasons"])) + len(accepted) for lang in langs}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(out_dir / "summary.json", summary)
     (out_dir / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
     log.info("built %d records (%d train, %d validation), %d rejects %s, %d cache hits, %d failed segments, "
              "%d requests (%d retries), %.1fs", len(accepted), len(train), len(val), len(reject_rows), dict(by_reason),

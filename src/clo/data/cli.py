@@ -161,6 +161,7 @@ def _check(args) -> int:
     from clo.data.checks import check_records
     from clo.data.records import CrossLingualRecord, write_records
     from clo.data.sources import SourceOptions, load_source
+    from clo.io import write_json, write_jsonl
 
     ov = ([f"lang={json.dumps(args.lang)}"] if args.lang else []) + list(args.overrides)
     given = bool(args.lang) or any(o.split("=", 1)[0].strip() == "lang" for o in args.overrides)
@@ -185,11 +186,9 @@ def _check(args) -> int:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
         write_records(accepted, out / "checked.jsonl")
-        (out / "rejects.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects),
-                                           encoding="utf-8")
+        write_jsonl(out / "rejects.jsonl", rejects)
         summary["files"] = {"checked": str(out / "checked.jsonl"), "rejects": str(out / "rejects.jsonl")}
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n",
-                                          encoding="utf-8")
+        write_json(out / "summary.json", summary)
         lines.append(f"passing records -> {out / 'checked.jsonl'}, rejects -> {out / 'rejects.jsonl'}")
     print("\n".join(lines))
     if not accepted:
