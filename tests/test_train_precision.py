@@ -19,7 +19,8 @@ def workdir(tiny_workdir, quadruples):
 def _run(workdir, out, *, dtype, master, lr):
     cfg = config_from_dict({"model": str(workdir / "model"), "lang": "de", "train": {
         "dtype": dtype, "master_weights": master, "lr": lr, "min_lr": lr, "batch_size": 1, "max_length": 64,
-        "eval_every": STEPS, "max_grad_norm": None, "reference_cache": str(out / "ref")}})
+        "eval_every": STEPS, "max_grad_norm": None, "reference_cache": str(out / "ref"),
+        "keep_state": True}})
     res = train(cfg, workdir / "train.jsonl", None, out)
     losses = [json.loads(ln)["train/loss"] for ln in (out / "log.jsonl").read_text().splitlines()]
     return res, losses
@@ -83,7 +84,8 @@ def test_bf16_with_fp32_masters_trains_every_kind_of_parameter(workdir, tmp_path
     in forward (autocast) and in backward (the chunked head recomputes outside autocast)."""
     cfg = config_from_dict({"model": str(workdir / "model"), "lang": "de", "train": {
         "dtype": "bfloat16", "trainable": trainable, "method": method, "lr": 1e-3, "min_lr": 1e-3,
-        "batch_size": 4, "epochs": 0.2, "max_length": 64, "reference_cache": str(tmp_path / "ref")}})
+        "batch_size": 4, "epochs": 0.2, "max_length": 64, "reference_cache": str(tmp_path / "ref"),
+        "keep_state": True}})
     res = train(cfg, workdir / "train.jsonl", None, tmp_path / "run")
     assert res.metrics["steps"] >= 1 and res.metrics["compute_dtype"] == "bfloat16"
     state = torch.load(tmp_path / "run" / "last" / "state.pt", weights_only=False)["trainable"]

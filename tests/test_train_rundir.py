@@ -85,7 +85,7 @@ def test_best_is_written_once_with_the_best_tensors(workdir, tmp_path, monkeypat
     writes = []
     real = trainer._Stage.save_model
     monkeypatch.setattr(trainer._Stage, "save_model", lambda self, name, t: (writes.append(name), real(self, name, t)))
-    res = _run(workdir, tmp_path / "run", lr=5e-2, min_lr=5e-2)
+    res = _run(workdir, tmp_path / "run", lr=5e-2, min_lr=5e-2, keep_state=True)
     assert writes == ["best"]
     card = (res.best_checkpoint / "README.md").read_text()
     assert "- clo" in card and "- de" in card  # the model card: tags and languages

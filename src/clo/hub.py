@@ -75,8 +75,10 @@ def resolve_directory(directory: str | Path) -> Path:
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: no such directory")
     if not any((d / f).is_file() for f in _MODEL_MARKERS) and (d / "best").is_dir():
-        return d / "best"
-    return d
+        d = d / "best"
+    from clo.train.saved import is_trained_only, materialise
+
+    return materialise(d) if is_trained_only(d) else d  # train.save: trained: push the full model
 
 
 def detect_kind(d: Path) -> str:

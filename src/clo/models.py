@@ -133,6 +133,10 @@ def resolve(spec: str) -> str:
         return str(offline_model_dir(spec))
     path = Path(spec).expanduser()
     if path.is_dir():
+        from clo.train.saved import is_trained_only, materialise
+
+        if is_trained_only(path):  # train.save: trained: the full model is built once, when needed
+            return str(materialise(path))
         return str(path)
     if path.exists():
         raise ModelLoadError(f"{spec} is a file, not a model directory")

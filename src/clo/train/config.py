@@ -51,6 +51,13 @@ class TrainConfig(StrictModel):
     sharding: Literal["auto", "none", "fsdp2"] = Field(
         "auto", description="auto: FSDP2 when `accelerate launch` was given an FSDP config, else none (DDP "
         "over several processes); fsdp2 forces it (e.g. on CPU processes, where accelerate cannot)")
+    keep_state: bool = Field(False, description="keep last/state.pt (trainable tensors, AdamW moments, RNG) "
+                             "after the run finishes; by default a finished run keeps best/ only, since the "
+                             "state serves resumption alone and is larger than the trained weights")
+    save: Literal["full", "trained"] = Field(
+        "full", description="what best/ holds: full (a complete transformers checkpoint) or trained (the trained "
+        "tensors and the base model's identity; a full model is materialised once, in $CLO_CACHE, when an "
+        "evaluation or a later stage loads it). Not with trainable: lora (its adapter is already small)")
     lora_r: int = Field(16, gt=0)
     lora_alpha: int = Field(32, gt=0)
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="gradient clipping; null disables")
@@ -84,6 +91,13 @@ class TrainConfig(StrictModel):
             v = list(dict.fromkeys(x for x in v if x != "none"))
             return v or "none"
         return v
+
+    @model_validator(mode="after")
+    def _trained_only_needs_named_tensors(self):
+        if self.save == "trained" and self.trainable == "lora":
+            raise ValueError("train.save=trained with train.trainable=lora: LoRA's best/adapter/ is already the "
+                             "small form; use save: full")
+        return self
 
     @model_validator(mode="after")
     def _smoothing_has_a_use(self):

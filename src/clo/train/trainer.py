@@ -3,7 +3,8 @@
 Layout of ``output_dir`` (one stage; ``sft+dpo`` has ``sft/`` and ``dpo/`` stage directories):
 
 - ``last/state.pt``: the resumable state (trainable tensors, optimiser, scheduler, RNG, step,
-  best validation loss); written every ``save_every`` (= ``eval_every``) steps, atomically.
+  best validation loss); written every ``save_every`` (= ``eval_every``) steps, atomically, and
+  removed when the run finishes unless ``train.keep_state``.
 - ``best/``: the model with the lowest validation loss (without validation data: the final one),
   a full transformers checkpoint with its tokenizer (LoRA merged; the adapter itself in
   ``best/adapter/``), loadable by ``clo.models.load_model(str(path))``. The best trainable
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 # (e.g. a smaller micro-batch after running out of memory).
 OPERATIONAL_KEYS = ("micro_batch_size", "max_tokens_per_micro_batch", "gradient_checkpointing", "logit_chunk",
                     "pack_length", "attn_implementation", "reference_cache", "log_every", "sharding",
-                    "drift_prompts", "drift_max_new_tokens", "report_to")
+                    "drift_prompts", "drift_max_new_tokens", "report_to", "keep_state", "save")
 GPU_TOKENS_PER_MICRO_BATCH = 16384
 
 
@@ -430,6 +431,8 @@ class _Stage:
         """A full loadable checkpoint (LoRA: merged, and the adapter in ``adapter/``) with the
         tokenizer, written once and atomically; ``trainable`` (full tensors) replaces the current
         trainable weights. Weights are written in the dtype the model was loaded in."""
+        if self.tc.save == "trained":
+            return self._save_trained(name, trainable)
         full = dist.full_model_state(self.model)  # collective under FSDP2
         if not self.acc.is_main_process:
             return
@@ -445,6 +448,18 @@ class _Stage:
             else:
                 base_model(self.model).save_pretrained(tmp, state_dict=full, safe_serialization=True)
             self.tok.save_pretrained(tmp)
+
+    def _save_trained(self, name: str, trainable: dict | None):
+        """``train.save: trained``: the trained tensors and the base model's identity (:mod:`clo.train.saved`)."""
+        from clo.train.saved import write_trained_only
+
+        current = dist.trainable_state(self.model)  # collective under FSDP2: every process calls
+        if not self.acc.is_main_process:
+            return
+        tensors = {k: v.to(self.compute_dtype) if v.is_floating_point() else v
+                   for k, v in (trainable or current).items()}
+        with atomic_dir(self.out / name) as tmp:
+            write_trained_only(tmp, tensors, self.cfg.model, self.dtype_name, self.tok)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -561,6 +576,8 @@ class _Stage:
             from clo.train.card import write_model_card
 
             write_model_card(self.out / "best", metrics, self.cfg)
+            if not tc.keep_state:  # the run is over: its resumable state has no further use
+                shutil.rmtree(self.out / "last", ignore_errors=True)
         self.acc.wait_for_everyone()
         return TrainResult(self.out / "best", metrics, self.out)
 
