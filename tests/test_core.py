@@ -162,3 +162,60 @@ def test_shared_data_is_looked_for_beside_the_repository_only(monkeypatch):
     assert paths.shared_data_candidates() == [p / "shared" / "data" for p in (root, *root.parents)]
     monkeypatch.setenv("CLO_SHARED_DATA", "/elsewhere/data")
     assert [str(p) for p in paths.shared_data_candidates()] == ["/elsewhere/data"]
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the clo modules it imports, every import counted (inside functions too), but not
+    those under ``if TYPE_CHECKING:`` (never executed)."""
+    import ast
+    from pathlib import Path
+
+    import clo
+
+    root = Path(clo.__file__).parent.parent
+    mods = {}
+    for p in root.joinpath("clo").rglob("*.py"):
+        parts = p.relative_to(root).with_suffix("").parts
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, p in mods.items():
+        todo = [ast.parse(p.read_text(encoding="utf-8"))]
+        while todo:
+            node = todo.pop()
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                todo += node.orelse
+                continue
+            todo += ast.iter_child_nodes(node)
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            graph[m] |= {n for n in names if n in mods and n != m}
+    return graph
+
+
+def _cycle_through(graph: dict[str, set[str]], start: str) -> list[str] | None:
+    """A path start -> ... -> start, if there is one (depth-first)."""
+    stack, seen = [(start, [start])], set()
+    while stack:
+        node, path = stack.pop()
+        for nxt in sorted(graph[node]):
+            if nxt == start:
+                return [*path, start]
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append((nxt, [*path, nxt]))
+    return None
+
+
+def test_the_shared_core_data_and_report_modules_are_in_no_import_cycle():
+    graph = _import_graph()
+    assert _cycle_through({"a": {"b"}, "b": {"c"}, "c": {"a"}}, "a") == ["a", "b", "c", "a"]
+    core = [m for m in graph if m.startswith(("clo.data", "clo.report")) or m in (
+        "clo.io", "clo.errors", "clo.registry", "clo.fingerprints", "clo.paths", "clo.config",
+        "clo.config_base", "clo.languages", "clo.formatting", "clo.cli")]
+    assert len(core) > 30
+    cycles = {m: c for m in core if (c := _cycle_through(graph, m))}
+    assert cycles == {}
