@@ -710,6 +710,8 @@ def test_dry_run_json_lists_every_planned_stage(tmp_path, capsys, monkeypatch):
     assert judged[0]["deps"] == ["train/Tiny-1/de/clo/n4", "train/Tiny-1/de/sft/n4",
                                  "baseline-outputs/Tiny-1/de/sft/n4/alpacaeval_de", "instructions/instructions_de"]
     assert judged[0]["prompt_variant"] is None  # AlpacaEval has no prompt variants
+    assert judged[0]["resources"] == {"gpus_per_node": 1, "nodes": 1, "cpus_per_task": 8, "timeout_min": 480}
+    assert by["report"]["resources"]["gpus_per_node"] == 0  # launcher.stages.report
     assert judged[0]["estimate"]["api_model"] == "gpt-4o" and judged[0]["estimate"]["api_tokens_in"] > 0
     assert doc["estimate"]["to_run"] == len(doc["stages"]) and doc["estimate"]["done"] == 0
     assert all(set(c) == {"check", "level", "where", "message"} for c in doc["checks"])

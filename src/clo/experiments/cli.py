@@ -96,7 +96,10 @@ def dry_run_json(grid, checked) -> dict:
     stages = []
     for st in grid_stages(grid):
         e = est.get(st.name)
-        stages.append({**st.describe(), "done": st.name in checked.done, "estimate": None if e is None else {
+        res = st.resources(grid)
+        stages.append({**st.describe(), "done": st.name in checked.done, "resources": {
+            "gpus_per_node": res.gpus_per_node, "nodes": res.nodes, "cpus_per_task": res.cpus_per_task,
+            "timeout_min": res.timeout_min}, "estimate": None if e is None else {
             "seconds": round(e.seconds, 1), "gpus": e.gpus, "api_tokens_in": round(e.api_in),
             "api_tokens_out": round(e.api_out), "cost_usd": e.cost, "api_model": e.api_model, "note": e.note}})
     return {
