@@ -232,6 +232,8 @@ def test_paper_presets_name_the_judge_snapshot_and_prompt(preset):
     assert (judge.model, judge.prompt, judge.function_calling) == ("gpt-4o-2024-08-06", "alpaca_eval", True)
     assert (grid.base.train.nll_reduction, grid.base.train.batch_unit) == ("token", "unit")
     assert grid.base.data.mmmlu_format_items == 10
+    if preset == "configs/paper.yaml":  # Table 3: target language and English
+        assert {(j.task, j.lang) for j in grid.eval_jobs if j.task == "mmmlu"} == {("mmmlu", "tgt"), ("mmmlu", "en")}
     single = load_config(str(root / "configs/train/paper.yaml"), [])
     assert (single.eval.judge.model, single.eval.judge.prompt) == ("gpt-4o-2024-08-06", "alpaca_eval")
     assert single.data.mmmlu_format_items == 10

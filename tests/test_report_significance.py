@@ -74,3 +74,24 @@ def test_significance_table(tmp_path):
     # accuracy: 5 discordant items, all for CLO: McNemar p = 2/32
     assert any(r.startswith("| M | de | belebele_de | CLO − SFT | 62.5 |") and r.endswith("| 5 vs 0 of 8 | 0.062 |")
                for r in rows)
+
+
+def test_figure4_mmmlu_by_category(tmp_path):
+    grid = grid_from_dict({"name": "g", "output_dir": str(tmp_path), "models": ["M"], "langs": ["ko"],
+                           "methods": ["sft", "clo"], "sizes": [None], "include_base": False,
+                           "eval_jobs": [{"task": "mmmlu"}]})
+    write_json_atomic(tmp_path / "plan.json", plan(grid))
+    per = {"sft": {"STEM": (0.30, 0.02), "humanities": (0.41, 0.03)},
+           "clo": {"STEM": (0.35, 0.02), "humanities": (0.44, 0.03), "other": (0.5, 0.04)}}
+    for v, cats in per.items():
+        write_json_atomic(tmp_path / "runs" / f"M/ko/{v}/nall" / "eval" / "mmmlu_ko.done.json", {
+            "fingerprint": "0" * 16, "result": {"accuracy": 0.4, "stderr": 0.01, "n": 100, "per_category": {
+                c: {"accuracy": a, "stderr": s, "n": 20} for c, (a, s) in cats.items()}}})
+    write_report(tmp_path)
+    md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    block = md.split("### Figure 4: MMMLU accuracy (%) by subject category", 1)[1].split("\n### ", 1)[0]
+    rows = [line for line in block.splitlines() if line.startswith("| M |")]
+    assert [r.split(" | ")[2] for r in rows] == ["STEM", "humanities", "other"]
+    assert rows[0].startswith("| M | ko | STEM | 30.0 ± 2.0") and "35.0 ± 2.0" in rows[0]
+    assert rows[2].startswith("| M | ko | other | — |") and "50.0 ± 4.0" in rows[2]
+    assert "MMLU's four (Hendrycks et al., 2021)" in block
