@@ -113,3 +113,20 @@ def test_the_translator_prompts_with_the_users_examples(tiny_causal, tmp_path):
     same = causal.CausalTranslator(TranslatorConfig(**base, few_shot=causal.load_few_shot(str(y))))
     assert len({plain.fingerprint(), tr.fingerprint(), other.fingerprint()}) == 3
     assert same.fingerprint() == tr.fingerprint()
+
+
+def test_clo_run_dry_run_checks_the_few_shot_examples(tmp_path, shared_data):
+    from clo.experiments import preflight as pf
+    from clo.experiments.config import grid_from_dict
+
+    tree = {"name": "g", "output_dir": str(tmp_path / "g"), "models": ["smollm2-135m-instruct"], "langs": ["fr"],
+            "methods": ["sft"], "sizes": [None], "eval_jobs": [],
+            "base": {"data": {"source": "alpaca", "path": str(shared_data / "sft_en" / "alpaca_en_demo.json"),
+                              "n": 8, "subsets": []}}}
+    res = pf.preflight(grid_from_dict(tree, "g.yaml"), "g.yaml", checks=["translator"])
+    assert [str(f) for f in res.errors] == [
+        "g.yaml: base.data.translator.few_shot: the causal translator has no few-shot examples for 'fr': give "
+        "parallel sentences with data.translator.few_shot: FILE.yaml ({en: [...], fr: [...]}) or FILE.jsonl "
+        '({"en": ..., "fr": ...} per line); built in: de, en, id, ko, sw, yo, zh']
+    tree["base"]["data"]["translator"] = {"few_shot": {"en": ["Hi."], "fr": ["Salut."]}}
+    assert not pf.preflight(grid_from_dict(tree, "g.yaml"), "g.yaml", checks=["translator"]).errors

@@ -124,6 +124,30 @@ def check_api_keys(ctx: Context) -> list[Finding]:
     return out
 
 
+@register_check("translator")
+def check_translator(ctx: Context) -> list[Finding]:
+    """What the translator of the remaining data builds can be checked for without a model: the
+    causal translator's few-shot examples for every language (``base.data.translator.few_shot``)."""
+    from clo.data.translators import TRANSLATORS
+
+    t = ctx.grid.base.data.translator
+    check = getattr(TRANSLATORS.get(t.kind), "check_languages", None)
+    if check is None or ctx.grid.dataset or ctx.grid.base.data.source == "parallel":
+        return []
+    out, seen = [], set()
+    for ref in ctx.refs("data"):
+        langs = ref.run.config.langs if ref.run is not None else str(ref.lang or "").split("+")
+        for lang in filter(None, langs):
+            if lang in seen:
+                continue
+            seen.add(lang)
+            try:
+                check(t, "en", lang)
+            except Exception as e:  # noqa: BLE001 - the translator's own one-line reason
+                out.append(Finding("translator", "error", ctx.at("base.data.translator.few_shot"), str(e)))
+    return out
+
+
 @register_check("training-data")
 def check_training_data(ctx: Context) -> list[Finding]:
     out = []
@@ -202,7 +226,7 @@ def check_model_spec(spec: str, offline: bool) -> tuple[str, str] | None:
 
 
 def _check_spec(spec: str, offline: bool) -> tuple[str, str] | None:
-    from clo.models import OFFLINE_MODELS, is_hub_id, cache_root
+    from clo.models import OFFLINE_MODELS, cache_root, is_hub_id
 
     if spec in OFFLINE_MODELS:
         if (cache_root() / "models" / spec / ".complete").exists():
