@@ -56,6 +56,7 @@ def _counting(stages: StageFunctions, calls: Counter, fail_eval_of: str | None =
     return replace(stages, train=train, evaluate=evaluate, prebuilt=prebuilt, samples=samples)
 
 
+@pytest.mark.slow
 def test_tiny_grid_end_to_end_resumes_after_a_failure(tmp_path, tiny_model_dir, shared_data):
     overrides = [f"output_dir={tmp_path / 'grid'}", f"models=[{{name: tiny-llama, spec: {tiny_model_dir}}}]",
                  f"base.eval.data_dir={shared_data}"]

@@ -261,6 +261,7 @@ def test_data_build_with_two_languages_through_one_cache(tmp_path):
 # -- the study's tiny grid -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_beyond_tiny_grid_runs_and_reports_the_beyond_tables(tmp_path, workdir, shared_data):
     from clo.experiments.config import load_grid
     from clo.experiments.grid import run_grid
