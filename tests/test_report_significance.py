@@ -95,3 +95,28 @@ def test_figure4_mmmlu_by_category(tmp_path):
     assert rows[0].startswith("| M | ko | STEM | 30.0 ± 2.0") and "35.0 ± 2.0" in rows[0]
     assert rows[2].startswith("| M | ko | other | — |") and "50.0 ± 4.0" in rows[2]
     assert "MMLU's four (Hendrycks et al., 2021)" in block
+
+
+def test_table4_head_to_head(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    from clo.experiments.config import load_grid
+
+    preset = load_grid(root / "configs" / "table4.yaml")
+    assert (preset.baseline, [m.name for m in preset.methods], preset.langs) == ("clo", ["clo", "clo-full"],
+                                                                                ["zh", "ko", "sw"])
+    grid = grid_from_dict({"name": "g", "output_dir": str(tmp_path), "models": ["M"], "langs": ["ko"],
+                           "methods": ["clo", {"name": "clo-full", "method": "clo", "set": {"train.trainable": "full"}}],
+                           "sizes": [None], "include_base": False, "baseline": "clo",
+                           "eval_jobs": [{"task": "alpacaeval"}, {"task": "alpacaeval", "lang": "en"}]})
+    p = plan(grid)
+    write_json_atomic(tmp_path / "plan.json", p)
+    # the grid judges clo-full against clo (and not clo against itself)
+    assert [r["evals"] for r in p["runs"] if r["variant"] == "clo"] == [[]]
+    write_json_atomic(tmp_path / "runs" / "M/ko/clo-full/nall" / "eval" / "alpacaeval_ko.done.json", {
+        "fingerprint": "0" * 16, "result": {"win_rate": 0.4, "stderr": 0.05, "n": 80, "wins": 28, "losses": 44,
+                                            "ties": 8, "failures": 0}})
+    write_report(tmp_path)
+    md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    block = md.split("### Table 4 (head to head): CLO variants against clo", 1)[1].split("\n### ", 1)[0]
+    assert "| model | lang | clo-full win tgt | clo-full lose tgt | clo-full win en | clo-full lose en |" in block
+    assert "| M | ko | 35.0 | 55.0 | — | — |" in block  # 28/80 and 44/80

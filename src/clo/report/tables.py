@@ -492,6 +492,33 @@ def table4_trainable(res: GridResults) -> Table:
     )
 
 
+def table4_head_to_head(res: GridResults) -> Table:
+    """Table 4 as the paper gives it: CLO variants judged against another CLO variant (the grid's
+    baseline, e.g. ``configs/table4.yaml``), the share of items each wins and loses."""
+    info = {v["name"]: v for v in res.variants()}
+    base = res.baseline
+    others = [n for n, v in info.items() if info.get(base, {}).get("method") == "clo" and v["method"] == "clo"
+              and n != base]
+    cols = [f"{_label(v)} {what} {where}" for where in ("tgt", "en") for v in others for what in ("win", "lose")]
+    t = Table("table4_head_to_head", f"Table 4 (head to head): CLO variants against {base}", ["model", "lang"], cols,
+              note=f"Share (%) of the judged items each variant's answer wins and loses against {base}'s answer "
+                   "to the same instruction (the rest are ties; failed judgments are not counted). "
+                   + res.size_note())
+    for model, lang in res.cells():
+        cells: list[Cell] = []
+        for where in ("tgt", "en"):
+            key = f"alpacaeval_{lang if where == 'tgt' else 'en'}"
+            for v in others:
+                r = res.find(model, lang, v)
+                m = (r.metrics.get(key) if r else None) or {}
+                n = m.get("n")
+                for what in ("wins", "losses"):
+                    ok = isinstance(n, int) and n > 0 and isinstance(m.get(what), int)
+                    cells.append(Cell(m[what] / n) if ok else Cell())
+        t.rows.append(([model, lang], cells))
+    return t
+
+
 def table5_nll_langs(res: GridResults) -> Table:
     return _ablation_table(
         res, "table5_nll_langs", "Table 5: ablation, languages of the NLL term (target vs target + English)",
@@ -748,6 +775,7 @@ PAPER_TABLES: dict[str, Callable[[GridResults], Table]] = {
     "table3_mmmlu": table3_mmmlu,
     "figure4_mmmlu_categories": figure4_mmmlu_categories,
     "table4_trainable": table4_trainable,
+    "table4_head_to_head": table4_head_to_head,
     "table5_nll_langs": table5_nll_langs,
     "fidelity": fidelity_table,
     "preference": preference_table,
@@ -766,6 +794,7 @@ RUNS_IT: dict[str, tuple[tuple[str, ...], str]] = {
     "table3_mmmlu": (("mmmlu",), "`clo run configs/paper.yaml` (eval job `{task: mmmlu}`)"),
     "figure4_mmmlu_categories": (("mmmlu",), "`clo run configs/paper.yaml` (eval job `{task: mmmlu}`)"),
     "table4_trainable": ((), "two CLO variants that differ in trained parameters: `clo run configs/ablations.yaml`"),
+    "table4_head_to_head": ((), "CLO variants judged against a CLO baseline: `clo run configs/table4.yaml`"),
     "table5_nll_langs": ((), "two CLO variants that differ in NLL languages: `clo run configs/ablations.yaml`"),
     "fidelity": (("fidelity", "confusion"), "eval job `{task: fidelity}` or `{task: confusion}`"),
     "preference": (("preference",), "eval job `{task: preference}` (held-out records: the grid's validation split)"),
