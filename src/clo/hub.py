@@ -131,8 +131,8 @@ def _model_state(d: Path) -> tuple[dict | None, bool]:
         with tempfile.TemporaryDirectory() as tmp:
             best = Path(tmp) / d.name
             metrics = ((_read_json(d.parent / "result.json") or {}).get("metrics")) or {}
-            settings = card._settings(None, _read_json(d.parent / "run.json"))
-            return card.trainer_state(best, metrics, settings, card._log_history(d.parent / "log.jsonl")), False
+            settings = card.run_settings(None, _read_json(d.parent / "run.json"))
+            return card.trainer_state(best, metrics, settings, card.log_history(d.parent / "log.jsonl")), False
     return None, False
 
 

@@ -64,7 +64,7 @@ def _read_json(path: Path):
         return None
 
 
-def _log_history(log_path: Path) -> list[dict]:
+def log_history(log_path: Path) -> list[dict]:
     """``log.jsonl`` in transformers' ``log_history`` names; unreadable lines are skipped."""
     if not log_path.is_file():
         return []
@@ -137,7 +137,7 @@ def base_model_id(spec: str | None) -> str | None:
     return spec if not is_local_path(spec) and is_hub_id(spec) else None
 
 
-def _settings(cfg, run: dict | None) -> dict:
+def run_settings(cfg, run: dict | None) -> dict:
     """(model spec, language, training settings) from the config, else from ``run.json``."""
     if cfg is not None:
         return {"model": cfg.model, "lang": cfg.lang, "train": cfg.train.model_dump(mode="json"),
@@ -251,10 +251,10 @@ def write_model_card(best_dir: str | Path, metrics: dict | None = None, cfg=None
     run_dir = best_dir.parent
     if metrics is None:
         metrics = ((_read_json(run_dir / "result.json") or {}).get("metrics")) or {}
-    settings = _settings(cfg, _read_json(run_dir / "run.json"))
+    settings = run_settings(cfg, _read_json(run_dir / "run.json"))
     if settings["data"] is None:
         settings["data"] = ((_read_json(run_dir / "run.json") or {}).get("inputs") or {}).get("data")
-    state = trainer_state(best_dir, metrics, settings, _log_history(run_dir / "log.jsonl"))
+    state = trainer_state(best_dir, metrics, settings, log_history(run_dir / "log.jsonl"))
     if eval_results is None:
         eval_results = _read_json(best_dir / EVAL_RESULTS)
     best_dir.mkdir(parents=True, exist_ok=True)
