@@ -61,3 +61,12 @@ def test_figures_3_and_5_every_size_against_sft_at_6400():
                 assert {f"alpacaeval_{lang}", "alpacaeval_en"} <= sizes[("llama-3-8b", lang, v, n)], (lang, n, v)
     refs = {(s.baseline.variant, s.baseline.size) for s in grid_stages(grid) if s.kind == "pairwise"}
     assert refs == {("sft", 6400)}
+
+
+def test_table_8_answers_after_the_answer_in_language_system_prompt():
+    grid = load_grid(ROOT / "configs" / "table8.yaml")
+    assert grid.base.eval.system_prompt == "answer-in-language"
+    t8 = _evals("table8.yaml")
+    for lang in LANGS:
+        for v in ("sft+dpo", "clo"):
+            assert f"alpacaeval_{lang}" in t8[("llama-3-8b", lang, v, None)]
