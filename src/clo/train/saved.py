@@ -18,7 +18,6 @@ are removed beyond ``$CLO_MATERIALISED_KEEP`` (default 4).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -57,13 +56,14 @@ def materialise(path: str | Path) -> Path:
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from clo.fingerprints import fingerprint
     from clo.identity import directory_identity, model_identity
     from clo.io import atomic_dir
     from clo.models import ModelLoadError, cache_root, resolve
 
     path = Path(path)
     meta = json.loads((path / MARKER).read_text(encoding="utf-8"))
-    key = hashlib.sha256(json.dumps(directory_identity(path), sort_keys=True).encode()).hexdigest()[:16]
+    key = fingerprint(directory_identity(path))
     target = cache_root() / "materialised" / key
     if (target / ".complete").is_file():
         (target / ".complete").touch()  # recently used: kept by the eviction below
