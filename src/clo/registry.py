@@ -76,6 +76,9 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return list(self._entries)
 
+    def keys(self) -> list[str]:
+        return self.names()
+
     def items(self) -> Iterator[tuple[str, T]]:
         return iter(list(self._entries.items()))
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from clo.errors import CloError
 from clo.io import atomic_write
-from clo.registry import unknown_name_message
+from clo.registry import Registry, unknown_name_message
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +95,13 @@ class WandbLog:
         self.run.finish()
 
 
-BACKENDS: dict[str, Callable] = {"json": JsonLog, "tensorboard": TensorBoardLog, "wandb": WandbLog}
+BACKENDS: Registry[Callable] = Registry("log backend", {"json": JsonLog, "tensorboard": TensorBoardLog,
+                                                         "wandb": WandbLog})
 #: The trackers of ``train.report_to``: the package each needs, and how to install it.
-TRACKERS: dict[str, tuple[str, str]] = {
+TRACKERS: Registry[tuple[str, str]] = Registry("tracker", {
     "tensorboard": ("tensorboard", "pip install 'clo[tensorboard]'"),
     "wandb": ("wandb", "pip install wandb"),
-}
+})
 
 
 def requested(report_to: str | Iterable[str] | None) -> list[str]:
