@@ -75,7 +75,7 @@ from pathlib import Path
 
 from clo.data.recordio import RecordError, iter_jsonl, record_error
 from clo.io import decode_utf8
-from clo.registry import unknown_name_message
+from clo.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -771,7 +771,7 @@ def load_parallel(path: str | None, n: int | None,
     return _read("parallel", path, n, options)
 
 
-SOURCES: dict[str, Callable[..., list[SourceExample]]] = {
+SOURCES: Registry[Callable[..., list[SourceExample]]] = Registry("data source", {
     "oasst1": load_oasst1,
     "alpaca": load_alpaca,
     "chat": load_chat,
@@ -779,7 +779,7 @@ SOURCES: dict[str, Callable[..., list[SourceExample]]] = {
     "trl": load_trl,
     "auto": load_auto,
     "parallel": load_parallel,
-}
+})
 
 
 def load_source(name: str, path: str | None, n: int | None, max_chars: int | None = None,
@@ -788,9 +788,7 @@ def load_source(name: str, path: str | None, n: int | None, max_chars: int | Non
     ``len(x_en) + len(y_en) <= max_chars`` (short pairs for a quick CPU run). None at all is an
     error naming the file. Pre-translated rows (``parallel``) only where the caller takes their
     translations (``allow_parallel``): anything else would translate them again."""
-    if name not in SOURCES:
-        raise ValueError(unknown_name_message("data source", name, SOURCES))
-    loader = SOURCES[name]
+    loader = SOURCES.get(name)
     if name == "parallel" and not allow_parallel:
         raise ValueError(f"{path}: data.source=parallel holds translations already: check them with "
                          "`clo data check FILE --lang xx` (this build path would translate them again)")
