@@ -39,6 +39,7 @@ def _current_umask() -> int:
 # open() or mkdir() would have given it.
 _UMASK = _current_umask()
 
+
 def _temp_name(path: Path) -> Path:
     """A fresh, unique name beside ``path`` (created empty, so no other writer takes it). Hidden and
     ending in ``.tmp``, so uploads and listings leave a stray one out."""
