@@ -40,7 +40,7 @@ def ct2_device(device: str) -> str:
     return "cuda" if device.startswith("cuda") else "cpu"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cuda_problem() -> str | None:
     """Why CTranslate2 cannot run on this machine's GPU, or None when it can.
 

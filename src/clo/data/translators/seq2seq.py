@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING
 
 import clo.data.translators.ct2 as ct2
 from clo import languages
-from clo.data.translators.base import LocalModelTranslator, MemoryModel, TranslationError, activation_bytes
+from clo.data.translators.base import (
+    LocalModelTranslator,
+    MemoryModel,
+    TranslationError,
+    activation_bytes,
+    log,
+)
 
 if TYPE_CHECKING:
     from clo.data.config import TranslatorConfig
@@ -29,6 +35,7 @@ _FALLBACK_SHAPES = {"d_model": 2048, "encoder_layers": 24, "decoder_layers": 24,
 # A batch row's fixed cost (its output logits, the bound's extra tokens) is spread over this
 # many source tokens: short segments cost more per token than the estimate says otherwise.
 _ROW_TOKENS = 16
+_WARNED: set[str] = set()
 
 
 def _lang_token(tokenizer, code: str) -> str:
@@ -71,11 +78,20 @@ class Seq2SeqTranslator(LocalModelTranslator):
             return backend
         try:
             import ctranslate2  # noqa: F401
-        except ImportError:
+        except (ImportError, OSError):  # OSError: a shared library it links is missing
             if self.converted:
                 raise TranslationError(f"{self.cfg.model} is a CTranslate2 model directory: install "
                                        "ctranslate2 (pip install ctranslate2)") from None
             return "transformers"
+        if self.device.startswith("cuda"):
+            problem = ct2.cuda_problem()
+            if problem is not None:
+                if self.converted:
+                    raise TranslationError(f"{self.cfg.model} is a CTranslate2 model directory, but {problem}")
+                if problem not in _WARNED:  # once per process, not once per translator made
+                    _WARNED.add(problem)
+                    log.warning("data.translator.backend auto: %s; translating with transformers instead", problem)
+                return "transformers"
         return "ctranslate2"
 
     def _tokenizer_source(self) -> str:
