@@ -70,3 +70,21 @@ def test_table_8_answers_after_the_answer_in_language_system_prompt():
     for lang in LANGS:
         for v in ("sft+dpo", "clo"):
             assert f"alpacaeval_{lang}" in t8[("llama-3-8b", lang, v, None)]
+
+
+def test_table_9_the_same_answers_under_two_prompts():
+    t9 = _evals("table9.yaml")
+    for lang in LANGS:
+        for v in ("sft+dpo", "clo"):
+            assert f"alpacaeval_{lang}" in t9[("llama-3-8b", lang, v, None)]
+    grid = load_grid(ROOT / "configs" / "table9.yaml")
+    assert {j.opts.get("also_judge_with") for j in grid.eval_jobs} == {"clo"}
+
+
+def test_dry_run_stages_name_the_judge_and_system_prompts():
+    stages = [s.describe() for s in grid_stages(load_grid(ROOT / "configs" / "table9.yaml")) if s.kind == "pairwise"]
+    assert stages and {tuple(s["judge_prompts"]) for s in stages} == {("alpaca_eval", "clo")}
+    t8 = [s.describe() for s in grid_stages(load_grid(ROOT / "configs" / "table8.yaml")) if s.kind == "pairwise"]
+    assert {s["system_prompt"] for s in t8} == {"answer-in-language"}
+    ev = [s.describe() for s in grid_stages(load_grid(ROOT / "configs" / "paper.yaml")) if s.kind == "eval"]
+    assert {s["judge_prompts"] for s in ev if s["task"] == "belebele"} == {None}

@@ -239,7 +239,7 @@ def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | 
         translated_file: str | None = None, baseline=None, baseline_outputs: str | None = None,
         baseline_name: str | None = None, batch_size: int | None = None, max_new_tokens: int | None = None,
         judge=None, lc_length: str = "tokens", length_tokenizer: str | None = None,
-        instruction_difficulty: str | None = None) -> TaskResult:
+        instruction_difficulty: str | None = None, also_judge_with: str | None = None) -> TaskResult:
     ev = ctx.cfg.eval
     rows, english, instructions = _instructions(ctx, limit, instructions_file, translated_file)
     n = len(rows)
@@ -247,6 +247,15 @@ def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | 
     lc_name, length = length_counter(ctx, lc_length, length_tokenizer)
     difficulty = load_instruction_difficulty(instruction_difficulty, ctx.data_dir, n)
     prompt = resolve_judge_prompt(ev.judge, ctx.lang)
+    # The paper's Table 9: the same answers judged with a second prompt too.
+    also = None
+    if also_judge_with is not None:
+        from clo.eval.prompts import JUDGE_PROMPTS
+
+        if also_judge_with not in JUDGE_PROMPTS:
+            raise EvalDataError(f"alpacaeval: also_judge_with={also_judge_with!r}; expected one of "
+                                f"{', '.join(JUDGE_PROMPTS)}")
+        also = resolve_judge_prompt(ev.judge.model_copy(update={"prompt": also_judge_with}), ctx.lang)
     bs = batch_size or ev.batch_size
     mnt = max_new_tokens or ev.max_new_tokens
     outputs = _generate_cached(ctx, ctx.generator, instructions, "model", "alpacaeval: model", bs, mnt)
@@ -270,6 +279,34 @@ def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | 
     b_name = baseline_name or b_name
 
     judge = judge if judge is not None else make_judge(ev.judge)
+    verdicts = _judge_all(ctx, judge, prompt, instructions, outputs, base)
+    records = [{"id": str(i), "instruction": instructions[i], "instruction_en": english[i],
+                "output": outputs[i], "baseline_output": base[i], **verdicts[i]} for i in range(n)]
+    metrics = _verdict_metrics(verdicts, outputs, base, length, difficulty, lc_name)
+    if also_judge_with is not None:
+        second = _judge_all(ctx, judge, also, instructions, outputs, base)
+        extra_m = _verdict_metrics(second, outputs, base, length, difficulty, lc_name)
+        extra_m["judge_prompt"] = also_judge_with if also is None else f"{also.name}@{also.digest}"
+        metrics["also_judged"] = {also_judge_with: extra_m}
+        for r, v in zip(records, (second[i] for i in range(n))):
+            r["also_judged"] = {also_judge_with: {"score": v["score"], "failed": v["failed"]}}
+    extra = {
+        f"{ctx.name}.model_outputs.json": _outputs_file(rows, instructions, outputs, ctx.model_name),
+        f"{ctx.name}.baseline_outputs.json": _outputs_file(rows, instructions, base, b_name),
+    }
+    metrics["judge_prompt"] = ev.judge.prompt if prompt is None else f"{prompt.name}@{prompt.digest}"
+    metrics["system_prompt"] = ev.system_prompt
+    md = (f"baseline: `{b_name}`; judge: `{getattr(judge, 'name', type(judge).__name__)}`; judge prompt: "
+          f"`{metrics['judge_prompt']}`; system prompt: `{ev.system_prompt}`")
+    md += "\n\n" + win_rate_line(metrics, n)
+    return TaskResult(metrics, records, data_hash(instructions), md, extra)
+
+
+def _judge_all(ctx: TaskContext, judge, prompt, instructions: list[str], outputs: list[str],
+               base: list[str]) -> dict[int, dict]:
+    """Every item's verdict with ``prompt`` (None: the judge module's own), cached verdicts reused."""
+    ev = ctx.cfg.eval
+    n = len(instructions)
     # A failed judgment is never final (the judge or its endpoint may have been fixed since), so
     # it is not cached; caches written before that hold some, which are judged again too. A
     # verdict of another prompt text (a changed eval.judge.prompt_file) is not this prompt's.
@@ -278,7 +315,7 @@ def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | 
     pending = [i for i in range(n) if verdicts[i] is None or verdicts[i]["failed"]]
     bar = tqdm(total=n, initial=n - len(pending), desc="alpacaeval: judge", unit="pair")
     # Up to eval.judge.concurrency requests at once; each verdict is cached as it arrives (a killed
-    # run resumes with those), and the records below keep the items' order.
+    # run resumes with those), and the records keep the items' order.
     try:
         for k, v in judge_items(judge, [(str(i), instructions[i], outputs[i], base[i]) for i in pending],
                                 ctx.lang, seed=ev.seed, retries=ev.judge.retries,
@@ -290,10 +327,15 @@ def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | 
             bar.update(1)
     finally:
         bar.close()
-    records, scores, lm, lb, judged = [], [], [], [], []
+    return verdicts
+
+
+def _verdict_metrics(verdicts: dict[int, dict], outputs: list[str], base: list[str], length, difficulty,
+                     lc_name: str) -> dict:
+    scores, lm, lb, judged = [], [], [], []
     failures = 0
-    for i in range(n):
-        item_id, v = str(i), verdicts[i]
+    for i in range(len(outputs)):
+        v = verdicts[i]
         if v["failed"]:
             failures += 1
         else:
@@ -301,20 +343,8 @@ def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | 
             lm.append(length(outputs[i]))
             lb.append(length(base[i]))
             judged.append(i)
-        records.append({"id": item_id, "instruction": instructions[i], "instruction_en": english[i],
-                        "output": outputs[i], "baseline_output": base[i], **v})
-    metrics = _win_rate_metrics(scores, lm, lb, failures,
-                                None if difficulty is None else [difficulty[i] for i in judged], lc_name)
-    extra = {
-        f"{ctx.name}.model_outputs.json": _outputs_file(rows, instructions, outputs, ctx.model_name),
-        f"{ctx.name}.baseline_outputs.json": _outputs_file(rows, instructions, base, b_name),
-    }
-    metrics["judge_prompt"] = ev.judge.prompt if prompt is None else f"{prompt.name}@{prompt.digest}"
-    metrics["system_prompt"] = ev.system_prompt
-    md = (f"baseline: `{b_name}`; judge: `{getattr(judge, 'name', type(judge).__name__)}`; judge prompt: "
-          f"`{metrics['judge_prompt']}`; system prompt: `{ev.system_prompt}`")
-    md += "\n\n" + win_rate_line(metrics, n)
-    return TaskResult(metrics, records, data_hash(instructions), md, extra)
+    return _win_rate_metrics(scores, lm, lb, failures,
+                             None if difficulty is None else [difficulty[i] for i in judged], lc_name)
 
 
 def missing_data(lang, data_dir: Path | None, opts: dict) -> str | None:
@@ -370,6 +400,8 @@ TASK = register(Task(
     options=(Option("baseline", "the baseline model: offline name, local directory or hub id", metavar="MODEL"),
              Option("baseline_outputs", "the baseline's answers (alpaca_eval JSON)", metavar="FILE"),
              *_INSTRUCTIONS, MAX_NEW_TOKENS,
+             Option("also_judge_with", "judge the same answers with this judge prompt too (the paper's Table 9; "
+                    "the result's metrics also_judged)", choices=("clo", "alpaca_eval", "paper")),
              Option("allow_failed_judgments", "exit 0 even when some judgments failed (the win rate is then "
                     "over the judged items only; without it such a run exits 3)", bool, passed=False)),
     incomplete=failed_judgments,

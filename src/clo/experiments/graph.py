@@ -108,6 +108,11 @@ class Stage:
             "ablation": r.ablation if r else None,
             "task": j.task if j else None, "eval": self.eval_key, "eval_lang": self.lang if j else None,
             "prompt_variant": _prompt_variant(j),
+            # AlpacaEval's protocol variants (docs/paper.md): the judge's prompts and the answers' system prompt
+            "judge_prompts": ([r.config.eval.judge.prompt, *([j.opts["also_judge_with"]]
+                                                              if j.opts.get("also_judge_with") else [])]
+                              if r and j and j.task == "alpacaeval" else None),
+            "system_prompt": r.config.eval.system_prompt if r and j and j.task == "alpacaeval" else None,
             "opts": dict(j.opts) if j else None,
             "baseline": self.baseline.run_id if self.baseline else None,
         }

@@ -519,6 +519,30 @@ def table4_head_to_head(res: GridResults) -> Table:
     return t
 
 
+def table9_judge_prompts(res: GridResults) -> Table:
+    """Table 9: the same answers judged with two judge prompts (the AlpacaEval task's
+    ``also_judge_with``), the win rate against the baseline under each."""
+    t = Table("table9_judge_prompts", f"Table 9: win rate (%) against {_label(res.baseline)} under two judge prompts",
+              ["model", "lang", "eval lang", "method"], ["prompt 1", "win rate 1", "prompt 2", "win rate 2"],
+              numeric=False,
+              note="The same answers of each run and of the baseline, judged once with eval.judge.prompt (1) and "
+                   "once with the job's also_judge_with (2); ± one standard error. " + res.size_note())
+    for model, lang in res.cells():
+        for key in res.eval_keys("alpacaeval"):
+            if key.rsplit("_", 1)[1] not in (lang, "en"):
+                continue
+            for v in res.main_variants():
+                r = res.find(model, lang, v)
+                m = (r.metrics.get(key) if r else None) or {}
+                for name, other in (m.get("also_judged") or {}).items():
+                    first = str(m.get("judge_prompt", "")).split("@")[0] or GAP
+                    t.rows.append(([model, lang, key.rsplit("_", 1)[1], _label(v)], [
+                        Cell(text=first), r.cell(key, "win_rate"), Cell(text=name),
+                        Cell(float(other["win_rate"]), None if other.get("stderr") is None else float(other["stderr"]))
+                        if other.get("win_rate") is not None else Cell()]))
+    return t
+
+
 def table5_nll_langs(res: GridResults) -> Table:
     return _ablation_table(
         res, "table5_nll_langs", "Table 5: ablation, languages of the NLL term (target vs target + English)",
@@ -777,6 +801,7 @@ PAPER_TABLES: dict[str, Callable[[GridResults], Table]] = {
     "table4_trainable": table4_trainable,
     "table4_head_to_head": table4_head_to_head,
     "table5_nll_langs": table5_nll_langs,
+    "table9_judge_prompts": table9_judge_prompts,
     "fidelity": fidelity_table,
     "preference": preference_table,
     "figure3_winrate_vs_size": winrate_vs_size,
@@ -795,6 +820,7 @@ RUNS_IT: dict[str, tuple[tuple[str, ...], str]] = {
     "figure4_mmmlu_categories": (("mmmlu",), "`clo run configs/paper.yaml` (eval job `{task: mmmlu}`)"),
     "table4_trainable": ((), "two CLO variants that differ in trained parameters: `clo run configs/ablations.yaml`"),
     "table4_head_to_head": ((), "CLO variants judged against a CLO baseline: `clo run configs/table4.yaml`"),
+    "table9_judge_prompts": ((), "an AlpacaEval job with `opts: {also_judge_with: PROMPT}`: `clo run configs/table9.yaml`"),
     "table5_nll_langs": ((), "two CLO variants that differ in NLL languages: `clo run configs/ablations.yaml`"),
     "fidelity": (("fidelity", "confusion"), "eval job `{task: fidelity}` or `{task: confusion}`"),
     "preference": (("preference",), "eval job `{task: preference}` (held-out records: the grid's validation split)"),
