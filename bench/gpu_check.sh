@@ -17,6 +17,8 @@
 #   packing           packed = padded at Llama-3-8B layer shapes, bf16, sdpa and flash (if installed)
 #   train_throughput  clo's CLO step against TRL's (bench/trl_anchor.py) at Llama-3-8B shapes,
 #                     1,558 tokens per example: examples/s (reference pass counted), peak memory
+#   memory            the step's memory estimated on fake tensors (clo train --estimate-memory) beside
+#                     torch.cuda.max_memory_allocated of the same step, Llama-3-8B, 16,384 tokens
 #   translate         CTranslate2 against generate at M2M100-1.2B shapes, batch 128
 # A rehearsal adds `wheels`: every distribution the steps imported is in the device image
 # (bench/device_image.txt) or among the fetched wheels (bench/gpu_requirements.txt).

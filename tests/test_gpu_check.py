@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import gpu_check  # noqa: E402
 import trl_anchor  # noqa: E402
 
-STEPS = ["imports", "trainer_tests", "fsdp_accelerate", "packing", "train_throughput", "translate"]
+STEPS = ["imports", "trainer_tests", "fsdp_accelerate", "packing", "train_throughput", "memory", "translate"]
 
 
 def _norm(n):
@@ -60,6 +60,8 @@ def test_rehearsal_runs_every_step_and_passes(rehearsal):
     assert thr["ratio_vs_trl_clo"] == pytest.approx(thr["ours_examples_per_s"] / thr["trl_clo_examples_per_s"],
                                                     rel=0.02)
     assert any(k.startswith("ours") for k in steps["translate"]["figures"]["gen_tokens_per_s"])
+    mem = steps["memory"]["figures"]
+    assert mem["estimate_gib"] == pytest.approx(mem["memtracker_real_gib"], rel=0.05)
     # The audit saw the packages the trainer tests pull in beyond the image: the drift probe's
     # language identifier and TRL.
     used = set(steps["wheels"]["distributions"])

@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                         "(config key model)")
     parser.add_argument("--lang", help="target language, a code of `clo languages` (config key lang)")
     parser.add_argument("--method", choices=method_choices(), help="overrides train.method")
-    parser.add_argument("--data", required=True, type=Path, help="training records (JSONL or Parquet)")
+    parser.add_argument("--data", type=Path, help="training records (JSONL or Parquet); required unless "
+                                                  "--estimate-memory")
     parser.add_argument("--val", type=Path, help="validation records; the best-validation checkpoint is kept")
     add_output_argument(parser, "run directory (default: output_dir of the config)")
     parser.add_argument("--nll-langs", help="languages of the CLO NLL term: tgt (default) or tgt,en")
@@ -39,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep a reference model in memory instead of precomputed log-probs")
     parser.add_argument("--overwrite", action="store_true",
                         help="start over in an output directory that holds a run of another configuration")
+    parser.add_argument("--estimate-memory", action="store_true",
+                        help="print the peak memory per GPU of one training step, from the model's config "
+                             "alone (the real step on fake tensors), and exit")
+    parser.add_argument("--gpus", type=int, default=1, help="with --estimate-memory: GPUs sharing the model (FSDP2)")
     add_progress_argument(parser)
 
 
@@ -60,6 +65,19 @@ def main(args: argparse.Namespace) -> int:
     if args.live_reference:
         overrides.append("train.live_reference=true")
     cfg = load_run_config(args.config, overrides, "train")
+    if args.estimate_memory:
+        from clo.train.memory import estimate_for_config
+
+        est = estimate_for_config(cfg, gpus=args.gpus)
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in est["parts_gib"].items() if v >= 0.005)
+        print(f"peak {est['peak_gib_per_gpu']:.2f} GiB per GPU ({parts}) for {est['model']}, "
+              f"{est['tokens_per_micro_batch']} tokens per micro-batch, {est['gpus']} GPU(s)", file=sys.stderr)
+        print(json.dumps(est, indent=1))
+        return 0
+    if args.data is None:
+        from clo.errors import CloError
+
+        raise CloError("--data is required (unless --estimate-memory)")
     check_trackers(cfg.train.report_to)  # a missing tracker package: an error now, not after the model loads
     for what, path in (("--data", args.data), ("--val", args.val)):
         if path is not None and not path.is_file():

@@ -48,6 +48,7 @@ from clo.train.logprobs import (
     packing_layout,
     score,
 )
+from clo.train.memory import adamw
 from clo.train.precision import compute_context, memory_plan, upcast_trainable
 from clo.train.reference import cached_reference, model_identity
 from clo.train.tracking import Trackers
@@ -249,7 +250,7 @@ class _Stage:
             self.wrapper = dist.shard_fsdp2(wrapper, self.model, self.compute_dtype, self.device, self.world)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.n_trainable = sum(p.numel() for p in params)
-        opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+        opt = adamw(params, tc.lr, tc.weight_decay, self.device)  # fused on CUDA: no foreach temporary
         self.units = _units(self.method, tc, self.train_ds)
         self.plan = plan_batches(len(self.units), tc.batch_size, tc.epochs, tc.seed)
         per_example = len(self.method.unit_keys(tc))
