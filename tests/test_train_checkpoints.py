@@ -96,3 +96,22 @@ def test_disk_plan_with_save_trained():
     size = estimate.ModelSize(8.0e9, 1.34e9, "test")
     run = SimpleNamespace(method="sft+dpo", config=SimpleNamespace(train=TrainConfig(dtype="bfloat16", save="trained")))
     assert estimate.checkpoint_bytes(run, size) == 2 * 2 * 1.34e9
+
+
+def test_process_group_timeout_is_a_config_key(workdir, tmp_path, monkeypatch):
+    import datetime
+
+    import accelerate
+
+    seen = []
+    real = accelerate.PartialState
+
+    def recording(*a, **kw):
+        seen.append(kw.get("timeout"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(accelerate, "PartialState", recording)
+    train(_cfg(workdir, process_group_timeout_s=2400), workdir / "train.jsonl", None, tmp_path / "run",
+          stop_after_steps=1)
+    assert seen and seen[0] == datetime.timedelta(seconds=2400)
+    assert TrainConfig().process_group_timeout_s == 1800  # longer than NCCL's 600 s default

@@ -54,6 +54,9 @@ class TrainConfig(StrictModel):
     keep_state: bool = Field(False, description="keep last/state.pt (trainable tensors, AdamW moments, RNG) "
                              "after the run finishes; by default a finished run keeps best/ only, since the "
                              "state serves resumption alone and is larger than the trained weights")
+    process_group_timeout_s: int = Field(
+        1800, gt=0, description="seconds a collective may wait for the slowest process before the run fails "
+        "(torch.distributed's timeout; NCCL's default of 600 s is short for writing an 8B model's state)")
     save: Literal["full", "trained"] = Field(
         "full", description="what best/ holds: full (a complete transformers checkpoint) or trained (the trained "
         "tensors and the base model's identity; a full model is materialised once, in $CLO_CACHE, when an "

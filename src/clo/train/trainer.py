@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 # (e.g. a smaller micro-batch after running out of memory).
 OPERATIONAL_KEYS = ("micro_batch_size", "max_tokens_per_micro_batch", "gradient_checkpointing", "logit_chunk",
                     "pack_length", "attn_implementation", "reference_cache", "log_every", "sharding",
-                    "drift_prompts", "drift_max_new_tokens", "report_to", "keep_state", "save")
+                    "drift_prompts", "drift_max_new_tokens", "report_to", "keep_state", "save", "process_group_timeout_s")
 GPU_TOKENS_PER_MICRO_BATCH = 16384
 
 
@@ -662,15 +662,19 @@ def _read_record(record: Path) -> dict | None:
     return obj
 
 
-def _claim_directory(output_dir: Path, inputs: dict, overwrite: bool) -> None:
+def _claim_directory(output_dir: Path, inputs: dict, overwrite: bool, timeout_s: int | None = None) -> None:
     """Make ``output_dir`` this configuration's: refuse another's unless ``overwrite`` (then clear it).
 
     Every process reads the directory before process 0 changes it, and all take the same path
     through the barriers: one that returned early would desynchronise every later collective.
+    The process group starts here (``timeout_s``: ``train.process_group_timeout_s``).
     """
+    import datetime
+
     from accelerate import PartialState
 
-    state = PartialState(cpu=not torch.cuda.is_available())
+    group = {"timeout": datetime.timedelta(seconds=timeout_s)} if timeout_s else {}
+    state = PartialState(cpu=not torch.cuda.is_available(), **group)
     record = output_dir / "run.json"
     inputs = json.loads(json.dumps(inputs, default=str))  # as stored: tuples become lists
     fp = fingerprint(inputs)
@@ -704,7 +708,8 @@ def _claim_directory(output_dir: Path, inputs: dict, overwrite: bool) -> None:
 def _train_stage(cfg, train_path: Path, val_path, output_dir: Path, stop_after_steps, overwrite=False) -> TrainResult:
     val_path = Path(val_path) if val_path else None
     before = {p.name for p in output_dir.iterdir()} if output_dir.is_dir() else None
-    _claim_directory(output_dir, run_inputs(cfg, train_path, val_path), overwrite)
+    _claim_directory(output_dir, run_inputs(cfg, train_path, val_path), overwrite,
+                     timeout_s=getattr(cfg.train, "process_group_timeout_s", None))
     done = output_dir / "result.json"
     if done.is_file():
         obj = json.loads(done.read_text())
