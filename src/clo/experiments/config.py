@@ -256,6 +256,9 @@ class GridConfig(StrictModel):
     sizes: list[int | None] = Field(default_factory=lambda: [None], min_length=1)
     include_base: bool = Field(True, description="also evaluate each untrained model (variant 'base')")
     baseline: str = Field("sft", description="variant that pairwise win rates compare against")
+    seeds: list[int] | None = Field(
+        None, description="training seeds: each trained run once per seed (train.seed), run ids ending in /s<seed>; "
+        "reports show mean ± SD over the seeds; null: one run with train.seed")
     baseline_size: Literal["same", "largest"] = Field(
         "same", description="the baseline's size in pairwise comparisons: same (each size against the baseline "
         "of that size) or largest (every size, the baseline's smaller sizes included, against the baseline at "
@@ -304,6 +307,13 @@ class GridConfig(StrictModel):
                 raise ValueError(f"{entry}: a multilingual entry names distinct target languages, not en")
             out.append("+".join(codes))
         return out
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or len(set(v)) != len(v)):
+            raise ValueError(f"seeds must be distinct and at least one, got {v}")
+        return v
 
     @field_validator("sizes")
     @classmethod
@@ -380,6 +390,7 @@ class RunSpec:
     size: int | None
     config: Config
     ablation: bool = False  # a variant with config overrides (Tables 4 and 5), not a main method
+    seed: int | None = None  # the training seed of a grid with a ``seeds`` axis (None: the config's)
 
     @property
     def langs(self) -> list[str]:
@@ -395,7 +406,7 @@ class RunSpec:
         size = "all" if self.size is None else str(self.size)
         if self.method is None:
             return f"{self.model}/{self.lang}/{BASE_VARIANT}"
-        return f"{self.model}/{self.lang}/{self.variant}/n{size}"
+        return f"{self.model}/{self.lang}/{self.variant}/n{size}" + ("" if self.seed is None else f"/s{self.seed}")
 
     def describe(self) -> dict:
         return {
@@ -405,6 +416,7 @@ class RunSpec:
             "nll_langs": list(self.config.train.nll_langs) if self.method else None,
             "ablation": self.ablation,
             **({"langs": self.langs} if self.multilingual else {}),
+            **({"seed": self.seed} if self.seed is not None else {}),
         }
 
 
@@ -425,9 +437,13 @@ def expand(grid: GridConfig, source: str = "<grid>") -> list[RunSpec]:
                 for key, value in variant.set.items():
                     set_dotted(vtree, key, value, f"{source}: methods.{i}.set")
                 cfg = config_from_dict(vtree, f"{source}: methods.{i} ({variant.name})")
+                # A seeds axis: one run per training seed (reports show mean ± SD over them).
+                seeded = {None: cfg} if not grid.seeds else {
+                    s: cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": s})}) for s in grid.seeds}
                 for size in grid.sizes:
-                    runs.append(RunSpec(model.name, model.spec, lang, variant.name, variant.method, size, cfg,
-                                        ablation=bool(variant.set)))
+                    for seed, scfg in seeded.items():
+                        runs.append(RunSpec(model.name, model.spec, lang, variant.name, variant.method, size, scfg,
+                                            ablation=bool(variant.set), seed=seed))
     return runs
 
 

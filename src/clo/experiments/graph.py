@@ -416,12 +416,13 @@ class _Builder:
             if self.grid.samples:
                 out.append(self.samples(run))
         out += self.translations()
-        by_cell = {(r.model, r.lang, r.size, r.variant): r for r in self.runs}
+        by_cell = {(r.model, r.lang, r.size, r.variant, r.seed): r for r in self.runs}
         outputs: set[tuple[str, str]] = set()
         for run in self.runs:
             for job in run_jobs(self.grid, run, self.pairwise):
                 # Only runs with pairwise jobs have a baseline: the config refuses those jobs without one.
-                base = by_cell[(run.model, run.lang, baseline_size(self.grid, run.size), self.grid.baseline)]
+                base = by_cell[(run.model, run.lang, baseline_size(self.grid, run.size), self.grid.baseline,
+                                run.seed)]
                 if job.task == "alpacaeval" and (base.run_id, job.key(run.lang)) not in outputs:
                     outputs.add((base.run_id, job.key(run.lang)))
                     out.append(self.baseline_outputs(base, job, run))

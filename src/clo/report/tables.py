@@ -191,13 +191,23 @@ class GridResults:
             return ""
         return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
 
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({s for r in self.runs.values() for s in (r.info.get("seeds") or [])})
+
+    def seeds_note(self) -> str:
+        """The caption's sentence for a grid with a seeds axis (empty without one)."""
+        seeds = self.seeds
+        return "" if not seeds else (f" Runs over seeds {', '.join(map(str, seeds))}: mean ± SD over the seeds "
+                                     "(not one standard error).")
+
     def size_note(self, size: int | None = "main") -> str:  # type: ignore[assignment]
         """``Training size: all (6080 quadruples trained on).``, plus the data builds' warnings."""
         size = self.main_size if size == "main" else size
         got = self.trained_on(size)
         note = f"Training size: {_size_label(size)}" + (f" ({got} quadruples trained on)." if got else ".")
         warn = [f"{lang}: {w}" for lang, ws in self.data_warnings.items() for w in ws]
-        return note + ("" if not warn else " Data: " + "; ".join(warn) + ".")
+        return note + ("" if not warn else " Data: " + "; ".join(warn) + ".") + self.seeds_note()
 
     @property
     def sizes(self) -> list[int | None]:
@@ -310,6 +320,7 @@ def collect(grid_dir: str | Path) -> GridResults:
         elif res.metrics:
             res.status = "partial"
         runs[info["run_id"]] = res
+    runs = {**_seed_aggregates(runs), **runs}
     warnings: dict[str, list[str]] = {}
     for marker in sorted((grid_dir / "data").glob("*/data.done.json")):
         m = _read_json(marker)
@@ -317,6 +328,63 @@ def collect(grid_dir: str | Path) -> GridResults:
         if isinstance(ws, list) and ws:
             warnings[marker.parent.name] = [str(w) for w in ws]
     return GridResults(grid_dir, plan, runs, warnings)
+
+
+# A grid with a seeds axis: the (value, standard error) fields of each task whose cells are
+# shown as mean ± SD over the seeds, and the counts that add up.
+SEED_FIELDS = {
+    "belebele": [("accuracy", "stderr")], "mmmlu": [("accuracy", "stderr"), ("failure_rate", None)],
+    "alpacaeval": [("win_rate", "stderr"), ("lc_win_rate", None)],
+    "fidelity": [("rate", "stderr"), ("echo_rate", "echo_rate_stderr")],
+    "preference": [("tgt_preferred", "tgt_preferred_stderr"), ("en_preferred", "en_preferred_stderr")],
+    "confusion": [("lpr", None), ("wpr", None), ("lcpr", None)],
+}
+SEED_COUNTS = ("wins", "losses", "ties", "failures")
+
+
+def _over_seeds(task: str, ms: list[dict]) -> dict:
+    """One metrics dict for the runs of several seeds: each headline value's mean over the seeds
+    and, as its ``±``, their standard deviation (n − 1); win/loss/tie counts summed."""
+    out = dict(ms[0])
+    out["seeds"] = len(ms)
+    for value, se in SEED_FIELDS.get(task, []):
+        xs = [m.get(value) for m in ms]
+        if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in xs):
+            out[value] = None
+            continue
+        mean = sum(xs) / len(xs)
+        out[value] = mean
+        if se is not None:
+            out[se] = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
+    for k in SEED_COUNTS:
+        if all(isinstance(m.get(k), int) for m in ms):
+            out[k] = sum(m[k] for m in ms)
+    if all(isinstance(m.get("n"), int) for m in ms) and any(k in out for k in SEED_COUNTS):
+        out["n"] = sum(m["n"] for m in ms)  # the counts' denominator
+    return out
+
+
+def _seed_aggregates(runs: dict[str, RunResult]) -> dict[str, RunResult]:
+    """For runs of a seeds axis (run ids ``.../s<seed>``), one run per cell whose metrics are the
+    seeds' mean ± SD (:func:`_over_seeds`); the tables find it before the single seeds."""
+    groups: dict[str, list[RunResult]] = {}
+    for r in runs.values():
+        if r.info.get("seed") is not None:
+            groups.setdefault(r.info["run_id"].rsplit("/s", 1)[0], []).append(r)
+    out = {}
+    for rid, rs in groups.items():
+        info = {k: v for k, v in rs[0].info.items() if k != "seed"}
+        info.update(run_id=rid, seeds=sorted(r.info["seed"] for r in rs))
+        agg = RunResult(info)
+        for key in rs[0].metrics:
+            if all(key in r.metrics for r in rs):
+                agg.metrics[key] = _over_seeds(key.rsplit("_", 1)[0], [r.metrics[key] for r in rs])
+        agg.status = "done" if all(r.status == "done" for r in rs) else (
+            "failed" if any(r.status == "failed" for r in rs) else "partial" if agg.metrics else "missing")
+        trained = [r.trained for r in rs if r.trained is not None]
+        agg.trained = trained[0] if trained and len(set(trained)) == 1 else None
+        out[rid] = agg
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,7 +465,7 @@ def table1_winrates(res: GridResults) -> Table:
 def _accuracy_table(res: GridResults, task: str, name: str, title: str) -> Table:
     variants = res.main_variants()
     t = Table(name, title, ["model", "lang", "eval lang"], [_label(v) for v in variants],
-              note=f"Accuracy (%) ± one standard error; training size {_size_label(res.main_size)}.")
+              note=f"Accuracy (%) ± one standard error; training size {_size_label(res.main_size)}." + res.seeds_note())
     for model, lang in res.cells():
         for key in res.eval_keys(task):
             eval_lang = key.rsplit("_", 1)[1]
@@ -775,7 +843,7 @@ def winrate_vs_size(res: GridResults) -> Table:
     note = f"Every size is judged against {against}; the dashed line is 50 %."
     t = Table("figure3_winrate_vs_size", f"Figure 3: win rate (%) against {_label(res.baseline)} by data size",
               ["model", "lang", "size"], [_label(v) for v in compared],
-              note=" ".join(x for x in (note, judge_protocol(res)) if x))
+              note=" ".join(x for x in (note, judge_protocol(res), res.seeds_note().strip()) if x))
     for model, lang in res.cells():
         key = f"alpacaeval_{lang}"
         for size in res.sizes:
