@@ -60,6 +60,7 @@ def run_ours(a) -> dict:
     sys.path.insert(0, str(REPO / "src"))
     from clo.train.logprobs import pack_sequences, packed_sequence_logps, packing_layout
     from clo.train.losses import KEYS, REFERENCE_FREE, clo_loss
+    from clo.train.memory import adamw
     from clo.train.precision import compute_context, upcast_trainable
 
     anchor = _load_anchor(Path(a.anchor))
@@ -125,7 +126,7 @@ def run_ours(a) -> dict:
         sync()
         ref_s = time.perf_counter() - t0
     model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5)
+    opt = adamw([p for p in model.parameters() if p.requires_grad], 5e-5, 0.0, device)  # the trainer's: fused on CUDA
     times, tokens = [], []
     for step in range(a.steps + a.warmup):
         batch = quads[step * a.pairs_per_step : (step + 1) * a.pairs_per_step]
