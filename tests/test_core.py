@@ -189,7 +189,9 @@ def _import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                # `from pkg import submodule` imports the submodule; any other name, the module itself.
+                subs = [f"{node.module}.{a.name}" for a in node.names]
+                names = subs + ([node.module] if any(n not in mods for n in subs) else [])
             else:
                 continue
             graph[m] |= {n for n in names if n in mods and n != m}
