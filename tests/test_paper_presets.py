@@ -88,3 +88,12 @@ def test_dry_run_stages_name_the_judge_and_system_prompts():
     assert {s["system_prompt"] for s in t8} == {"answer-in-language"}
     ev = [s.describe() for s in grid_stages(load_grid(ROOT / "configs" / "paper.yaml")) if s.kind == "eval"]
     assert {s["judge_prompts"] for s in ev if s["task"] == "belebele"} == {None}
+
+
+def test_table_3_rows_sft_eng_and_sft_tgt(paper):
+    for m in MODELS:
+        for lang in ("zh", "ko", "sw"):
+            for v in ("sft-eng", "sft-tgt"):
+                assert paper[(m, lang, v, None)] == {f"mmmlu_{lang}", "mmmlu_en"}, (m, lang, v)
+        for lang in ("de", "id", "yo"):
+            assert (m, lang, "sft-eng", None) not in paper  # not trained where Table 3 has no row

@@ -120,3 +120,25 @@ def test_table4_head_to_head(tmp_path):
     block = md.split("### Table 4 (head to head): CLO variants against clo", 1)[1].split("\n### ", 1)[0]
     assert "| model | lang | clo-full win tgt | clo-full lose tgt | clo-full win en | clo-full lose en |" in block
     assert "| M | ko | 35.0 | 55.0 | — | — |" in block  # 28/80 and 44/80
+
+
+def test_table3_rows_of_variants_evaluated_on_mmmlu_only(tmp_path):
+    grid = grid_from_dict({"name": "g", "output_dir": str(tmp_path), "models": ["M"], "langs": ["ko", "de"],
+                           "methods": ["sft", "clo", {"name": "sft-eng", "method": "sft-eng", "tasks": ["mmmlu"],
+                                                      "only_langs": ["ko"]}],
+                           "sizes": [None], "include_base": False,
+                           "eval_jobs": [{"task": "mmmlu"}, {"task": "mmmlu", "lang": "en"}, {"task": "belebele"},
+                                         {"task": "alpacaeval"}]})
+    p = plan(grid)
+    assert [r["run_id"] for r in p["runs"] if r["variant"] == "sft-eng"] == ["M/ko/sft-eng/nall"]
+    assert next(r for r in p["runs"] if r["variant"] == "sft-eng")["evals"] == ["mmmlu_ko", "mmmlu_en"]
+    write_json_atomic(tmp_path / "plan.json", p)
+    for v, acc in (("sft", 0.30), ("clo", 0.36), ("sft-eng", 0.28)):
+        write_json_atomic(tmp_path / "runs" / f"M/ko/{v}/nall" / "eval" / "mmmlu_ko.done.json",
+                          {"fingerprint": "0" * 16, "result": {"accuracy": acc, "stderr": 0.01, "n": 100}})
+    write_json_atomic(tmp_path / "runs" / "M/ko/clo/nall" / "eval" / "belebele_ko.done.json",
+                      {"fingerprint": "0" * 16, "result": {"accuracy": 0.5, "stderr": 0.01, "n": 900}})
+    write_report(tmp_path)
+    md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "| model | lang | eval lang | SFT | CLO | SFT-eng |" in md.split("### Table 3", 1)[1]
+    assert "| model | lang | eval lang | SFT | CLO |\n" in md.split("### Table 2", 1)[1]

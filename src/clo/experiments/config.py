@@ -51,6 +51,10 @@ class MethodVariant(StrictModel):
     name: str = Field(description="run-directory and report name, e.g. clo-full")
     method: str = Field(description="train.method of this variant")
     set: dict[str, Any] = Field(default_factory=dict, description="dotted overrides, e.g. train.trainable: full")
+    tasks: list[str] | None = Field(None, description="evaluate this variant only on these tasks (e.g. [mmmlu]: "
+                                    "the paper's Table 3 rows SFT-eng and SFT-tgt); null: every eval job")
+    only_langs: list[str] | None = Field(None, description="train this variant only for these target languages "
+                                         "(e.g. [zh, ko, sw]); null: every language of the grid")
 
     @field_validator("name")
     @classmethod
@@ -432,6 +436,8 @@ def expand(grid: GridConfig, source: str = "<grid>") -> list[RunSpec]:
                 runs.append(RunSpec(model.name, model.spec, lang, BASE_VARIANT, None, None,
                                     config_from_dict(tree, source)))
             for i, variant in enumerate(grid.methods):
+                if variant.only_langs is not None and lang not in variant.only_langs:
+                    continue
                 vtree = copy.deepcopy(tree)
                 vtree["train"]["method"] = variant.method
                 for key, value in variant.set.items():

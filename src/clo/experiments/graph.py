@@ -184,6 +184,9 @@ def baseline_size(grid: GridConfig, size: int | None) -> int | None:
 def _job_applies(grid: GridConfig, run: RunSpec, job: EvalJob) -> bool:
     if not _lang_applies(run, job):
         return False
+    entry = next((m for m in grid.methods if m.name == run.variant), None) if run.method else None
+    if entry is not None and entry.tasks is not None and job.task not in entry.tasks:
+        return False  # a variant evaluated on some tasks only (Table 3's SFT-eng / SFT-tgt)
     # A pairwise task compares a trained run with the baseline (of the same size, or of the
     # largest: grid.baseline_size); the untrained model has no size and the baseline is not
     # compared with itself.

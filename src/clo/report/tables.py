@@ -433,7 +433,7 @@ def judge_protocol(res: GridResults) -> str:
 def table1_winrates(res: GridResults) -> Table:
     """Win rates of each method against the baseline (SFT), in the target language and English."""
     base = res.baseline
-    compared = [v for v in res.main_variants() if v not in (base, "base")]
+    compared = [v for v in res.main_variants() if v not in (base, "base") and _has_task(res, v, "alpacaeval")]
     by_method = {v["method"]: v["name"] for v in res.variants() if not v["ablation"]}
     delta = by_method.get("clo"), by_method.get("sft+dpo")
     cols: list[str] = []
@@ -462,8 +462,15 @@ def table1_winrates(res: GridResults) -> Table:
     return t
 
 
+def _has_task(res: GridResults, variant: str, task: str) -> bool:
+    """Whether any run of ``variant`` plans or holds an evaluation of ``task`` (a variant evaluated
+    on some tasks only gets no column of gaps in the others' tables)."""
+    return any(k.rsplit("_", 1)[0] == task for r in res.runs.values() if r.info["variant"] == variant
+               for k in [*(r.info.get("evals") or []), *r.metrics])
+
+
 def _accuracy_table(res: GridResults, task: str, name: str, title: str) -> Table:
-    variants = res.main_variants()
+    variants = [v for v in res.main_variants() if _has_task(res, v, task)]
     t = Table(name, title, ["model", "lang", "eval lang"], [_label(v) for v in variants],
               note=f"Accuracy (%) ± one standard error; training size {_size_label(res.main_size)}." + res.seeds_note())
     for model, lang in res.cells():
@@ -619,7 +626,7 @@ def table5_nll_langs(res: GridResults) -> Table:
 
 
 def fidelity_table(res: GridResults) -> Table:
-    variants = res.main_variants()
+    variants = [v for v in res.main_variants() if _has_task(res, v, "fidelity") or _has_task(res, v, "confusion")]
     t = Table("fidelity", "Language fidelity (%)", ["model", "lang", "metric"], [_label(v) for v in variants],
               note="Response rate: responses whose detected language is the prompt's. Echoes: responses that "
                    "repeat the prompt (in its language without answering it); echoes excluded: the response rate "
