@@ -80,3 +80,18 @@ def test_train_without_data_names_the_flag(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "clo.cli", "train", "--set", "model=x"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode != 0 and "--data is required" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_gpu_memory_picks_the_largest_token_budget_that_fits(tmp_path):
+    from clo.config import config_from_dict
+
+    _config().save_pretrained(tmp_path / "model")
+    cfg = config_from_dict({"model": str(tmp_path / "model"), "lang": "de"})
+    fit = memory.estimate_for_config(cfg, gpu_memory_gib=0.25)
+    tokens = fit["suggested"]["train.max_tokens_per_micro_batch"]
+    assert fit["fits"] and tokens % 512 == 0 and fit["peak_gib_per_gpu"] <= 0.25
+    # Near the largest: 10 % more tokens no longer fit.
+    over = memory.estimate_for_config(cfg, tokens=int(tokens * 1.1))
+    assert over["peak_gib_per_gpu"] > 0.25 * 0.97
+    tiny = memory.estimate_for_config(cfg, gpu_memory_gib=0.001)
+    assert not tiny["fits"] and "before any activation" in tiny["note"]

@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print the peak memory per GPU of one training step, from the model's config "
                              "alone (the real step on fake tensors), and exit")
     parser.add_argument("--gpus", type=int, default=1, help="with --estimate-memory: GPUs sharing the model (FSDP2)")
+    parser.add_argument("--gpu-memory", type=float, help="with --estimate-memory: GiB per GPU; also print the "
+                                                        "largest train.max_tokens_per_micro_batch that fits")
     add_progress_argument(parser)
 
 
@@ -68,10 +70,14 @@ def main(args: argparse.Namespace) -> int:
     if args.estimate_memory:
         from clo.train.memory import estimate_for_config
 
-        est = estimate_for_config(cfg, gpus=args.gpus)
+        est = estimate_for_config(cfg, gpus=args.gpus, gpu_memory_gib=args.gpu_memory)
         parts = ", ".join(f"{k} {v:.2f}" for k, v in est["parts_gib"].items() if v >= 0.005)
         print(f"peak {est['peak_gib_per_gpu']:.2f} GiB per GPU ({parts}) for {est['model']}, "
               f"{est['tokens_per_micro_batch']} tokens per micro-batch, {est['gpus']} GPU(s)", file=sys.stderr)
+        if "fits" in est:
+            print(f"fits in {args.gpu_memory} GiB: --set train.max_tokens_per_micro_batch="
+                  f"{est['tokens_per_micro_batch']}" if est["fits"] else f"does not fit in {args.gpu_memory} GiB: "
+                  f"{est['note']}", file=sys.stderr)
         print(json.dumps(est, indent=1))
         return 0
     if args.data is None:

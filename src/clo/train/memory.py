@@ -221,10 +221,16 @@ def estimate(config, *, trainable: str = "attention", dtype: torch.dtype = torch
                                 device=device)
 
 
-def estimate_for_config(cfg, *, gpus: int = 1, tokens: int | None = None) -> dict:
+def estimate_for_config(cfg, *, gpus: int = 1, tokens: int | None = None, gpu_memory_gib: float | None = None) -> dict:
     """``clo train --estimate-memory``: the peak per GPU of the run ``cfg`` describes, from the
     model's config alone. FSDP2 over ``gpus`` divides parameters, gradients and optimiser state by
-    ``gpus`` (sharded evenly); activations stay per GPU."""
+    ``gpus`` (sharded evenly); activations stay per GPU.
+
+    ``gpu_memory_gib``: also the largest ``max_tokens_per_micro_batch`` (a multiple of 512) whose
+    step fits, from two estimates (memory grows linearly with the tokens of a micro-batch: the
+    activations) and checked by a third at the answer."""
+    if gpu_memory_gib is not None:
+        return _fit(cfg, gpus, gpu_memory_gib)
     from transformers import AutoConfig
 
     from clo.models import resolve
@@ -251,3 +257,22 @@ def estimate_for_config(cfg, *, gpus: int = 1, tokens: int | None = None) -> dic
             "dtype": str(dtype).removeprefix("torch."), "master_weights": tc.master_weights,
             "gradient_checkpointing": checkpointing, "trainable": tc.trainable,
             "peak_gib_per_gpu": round(sum(parts.values()), 2), "parts_gib": {k: round(v, 2) for k, v in parts.items()}}
+
+
+def _fit(cfg, gpus: int, gpu_memory_gib: float) -> dict:
+    lo, hi = 2048, 8192
+    a, b = (estimate_for_config(cfg, gpus=gpus, tokens=t) for t in (lo, hi))
+    slope = (b["peak_gib_per_gpu"] - a["peak_gib_per_gpu"]) / (hi - lo)
+    static = a["peak_gib_per_gpu"] - slope * lo
+    if slope <= 0 or static >= gpu_memory_gib:
+        return {**a, "gpu_memory_gib": gpu_memory_gib, "fits": False,
+                "note": f"the step needs {static:.1f} GiB before any activation: more GPUs (FSDP2) or fewer trained "
+                        f"parameters"}
+    tokens = int((gpu_memory_gib - static) / slope) // 512 * 512
+    while tokens >= 512:
+        got = estimate_for_config(cfg, gpus=gpus, tokens=tokens)
+        if got["peak_gib_per_gpu"] <= gpu_memory_gib:
+            return {**got, "gpu_memory_gib": gpu_memory_gib, "fits": True,
+                    "suggested": {"train.max_tokens_per_micro_batch": tokens, "train.micro_batch_size": None}}
+        tokens = int(tokens * 0.9) // 512 * 512
+    return {**a, "gpu_memory_gib": gpu_memory_gib, "fits": False, "note": "not even 512 tokens fit"}
