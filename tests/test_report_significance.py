@@ -142,3 +142,25 @@ def test_table3_rows_of_variants_evaluated_on_mmmlu_only(tmp_path):
     md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     assert "| model | lang | eval lang | SFT | CLO | SFT-eng |" in md.split("### Table 3", 1)[1]
     assert "| model | lang | eval lang | SFT | CLO |\n" in md.split("### Table 2", 1)[1]
+
+
+def test_ablations_are_tested_against_the_main_clo(tmp_path):
+    grid = grid_from_dict({"name": "g", "output_dir": str(tmp_path), "models": ["M"], "langs": ["de"],
+                           "methods": ["sft", "clo", {"name": "clo-full", "method": "clo",
+                                                      "set": {"train.trainable": "full"}}],
+                           "sizes": [None], "include_base": False, "eval_jobs": [{"task": "belebele"}]})
+    write_json_atomic(tmp_path / "plan.json", plan(grid))
+    for run_id, cs in (("M/de/sft/nall", [0, 0, 0, 0, 1, 1]), ("M/de/clo/nall", [1, 1, 0, 0, 1, 1]),
+                       ("M/de/clo-full/nall", [1, 1, 1, 1, 1, 0])):
+        _put(tmp_path, run_id, "belebele_de", {"accuracy": sum(cs) / 6, "stderr": 0.1, "n": 6},
+             [{"id": str(i), "correct": bool(c)} for i, c in enumerate(cs)])
+    write_report(tmp_path)
+    md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    rows = [line for line in md.split("### Significance", 1)[1].split("\n### ", 1)[0].splitlines()
+            if line.startswith("| M |")]
+    # clo-full − clo: +1 on items 2, 3, −1 on item 5: mean 1/6, 2 vs 1 discordant, p = 1.0
+    assert any(r.startswith("| M | de | belebele_de | clo-full − CLO | 16.7 |") and r.endswith("| 2 vs 1 of 6 | 1.000 |")
+               for r in rows)
+    # clo-full − SFT: 4 vs 1 discordant (items 0-3 for, item 5 against): 2 * (1 + 5) / 32
+    assert any(r.startswith("| M | de | belebele_de | clo-full − SFT |") and r.endswith("| 4 vs 1 of 6 | 0.375 |")
+               for r in rows)

@@ -764,11 +764,16 @@ def significance_table(res: GridResults) -> Table:
                    "against its losses (ties dropped). CLO − SFT+DPO and accuracy differences: paired over the "
                    "items both runs scored: the mean difference of the item scores (points), its paired normal "
                    "95 % interval, and the exact two-sided sign test on the items where the two differ (for "
-                   "accuracies the exact McNemar test).")
+                   "accuracies the exact McNemar test). An ablation (Tables 4 and 5) is also compared, the same "
+                   "way, with the main CLO run.")
     base = res.baseline
-    compared = [v for v in res.main_variants() if v not in (base, "base")]
+    # every trained variant, the ablations included
+    compared = [v["name"] for v in res.variants() if v["method"] is not None and v["name"] not in (base, "base")]
     by_method = {v["method"]: v["name"] for v in res.variants() if not v["ablation"]}
     clo, dpo = by_method.get("clo"), by_method.get("sft+dpo")
+    # (a, b) pairs compared item by item: CLO − SFT+DPO, and each ablation − the main CLO
+    pairs = [(clo, dpo)] + [(v["name"], clo) for v in res.variants() if v["ablation"] and v["method"] == "clo"
+                            and clo is not None]
     for model, lang in res.cells():
         for key in [k for k in res.eval_keys("alpacaeval") if k.rsplit("_", 1)[1] in (lang, "en")]:
             scores = {}
@@ -788,10 +793,11 @@ def significance_table(res: GridResults) -> Table:
                 t.rows.append(([model, lang, key, f"{_label(v)} vs {_label(base)}"],
                                [Cell(wr - 0.5), ci, Cell(text=f"{wins} vs {losses} of {len(vals)}"),
                                 Cell(text=_p_text(sign_test_p(wins, losses)))]))
-            if clo in scores and dpo in scores:
-                row = _paired_row(scores[clo], scores[dpo])
-                if row:
-                    t.rows.append(([model, lang, key, f"{_label(clo)} − {_label(dpo)}"], row))
+            for a, b in pairs:
+                if a in scores and b in scores:
+                    row = _paired_row(scores[a], scores[b])
+                    if row:
+                        t.rows.append(([model, lang, key, f"{_label(a)} − {_label(b)}"], row))
         for task in ("belebele", "mmmlu"):
             for key in [k for k in res.eval_keys(task) if k.rsplit("_", 1)[1] in (lang, "en")]:
                 base_items = item_values(res, res.find(model, lang, base), key)
@@ -805,6 +811,14 @@ def significance_table(res: GridResults) -> Table:
                     row = _paired_row({i: float(rec["correct"]) for i, rec in items.items() if "correct" in rec}, b)
                     if row:
                         t.rows.append(([model, lang, key, f"{_label(v)} − {_label(base)}"], row))
+                for a, ref in pairs[1:]:  # the ablations against the main CLO
+                    ia, ir = (item_values(res, res.find(model, lang, x), key) for x in (a, ref))
+                    if ia is None or ir is None:
+                        continue
+                    row = _paired_row({i: float(r["correct"]) for i, r in ia.items() if "correct" in r},
+                                      {i: float(r["correct"]) for i, r in ir.items() if "correct" in r})
+                    if row:
+                        t.rows.append(([model, lang, key, f"{_label(a)} − {_label(ref)}"], row))
     return t
 
 
