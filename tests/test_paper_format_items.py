@@ -64,10 +64,9 @@ def test_records_pair_each_question_in_english_and_the_target_language(tmp_path)
 
 
 def test_build_adds_the_items_to_every_training_set(tmp_path, monkeypatch):
-    from test_data_build import FAKE, _alpaca  # the data tests' German stand-in translator
-
     from clo.data.build import build_dataset
     from clo.data.records import read_records
+    from test_data_build import FAKE, _alpaca  # the data tests' German stand-in translator
 
     mods = tmp_path / "mods"
     mods.mkdir()

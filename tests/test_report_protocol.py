@@ -85,9 +85,8 @@ def test_build_warns_about_a_short_source_and_clipped_subsets():
 
 
 def test_a_short_source_is_a_warning_in_the_build_summary(tmp_path, monkeypatch):
-    from test_data_build import FAKE, _alpaca, _cfg  # the data tests' German stand-in translator
-
     from clo.data.build import build_dataset
+    from test_data_build import FAKE, _alpaca, _cfg  # the data tests' German stand-in translator
 
     mods = tmp_path / "mods"
     mods.mkdir()

@@ -60,7 +60,7 @@ def test_significance_table(tmp_path):
     block = md.split("### Significance of the differences (same items)", 1)[1].split("\n### ", 1)[0]
     assert "exact two-sided sign test" in block and "exact McNemar test" in block
     rows = [line for line in block.splitlines() if line.startswith("| M |")]
-    wr_clo, se_clo = 0.8, math.sqrt(sum((x - 0.8) ** 2 for x in clo) / 9 / 10)
+    se_clo = math.sqrt(sum((x - 0.8) ** 2 for x in clo) / 9 / 10)  # the win rate is 0.8
     lo, hi = 100 * (0.3 - 1.959963984540054 * se_clo), 100 * (0.3 + 1.959963984540054 * se_clo)
     assert f"| M | de | alpacaeval_de | CLO vs SFT | 30.0 | [{lo:.1f}, {hi:.1f}] | 7 vs 1 of 10 | 0.070 |" in rows
     assert any(r.startswith("| M | de | alpacaeval_de | SFT+DPO vs SFT | 0.0 |") and r.endswith("| 4 vs 4 of 10 | 1.000 |")
