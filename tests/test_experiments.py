@@ -756,3 +756,30 @@ def test_evaluation_data_enters_by_content(tmp_path):
     assert read_marker(tmp_path / "grid/runs/Tiny-1/de/base/eval/belebele_de.done.json")["inputs"]["data"] == {
         rel.as_posix(): {"sha256": hashlib.sha256(b'{"question": "2"}\n').hexdigest()}}
     assert res.ok
+
+
+def test_a_failed_baseline_fails_the_comparisons_not_the_rest(tmp_path):
+    tree = _grid(tmp_path, sizes=[None], eval_jobs=[{"task": "belebele"}, {"task": "alpacaeval"}])
+
+    class SftFails(FakeStages):
+        def train(self, cfg, train_path, val_path, out_dir):
+            if cfg.train.method == "sft":
+                raise RuntimeError("injected training failure")
+            return super().train(cfg, train_path, val_path, out_dir)
+
+    fake = SftFails()
+    res = run_grid(grid_from_dict(tree), fake.functions(), progress=False)
+    assert res.failures == {"Tiny-1/de/sft/nall": "RuntimeError: injected training failure",
+                            "Tiny-1/de/clo/nall": ("RuntimeError: alpacaeval: train/Tiny-1/de/sft/nall, "
+                                                   "baseline-outputs/Tiny-1/de/sft/nall/alpacaeval_de did not finish")}
+    # CLO trained and was evaluated on what needs no baseline; nothing was judged, nor answered by SFT.
+    assert "train/Tiny-1/de/clo/nall" in res.ran and "eval/Tiny-1/de/clo/nall/belebele_de" in res.ran
+    assert not any(o["task"].startswith("alpacaeval") for o in fake.seen_opts)
+    failed = json.loads((tmp_path / "grid/runs/Tiny-1/de/clo/nall/failed.json").read_text(encoding="utf-8"))
+    assert failed["error"] == res.failures["Tiny-1/de/clo/nall"]
+    # Fixed, the rerun trains SFT, judges CLO against it, and clears both records.
+    again = FakeStages()
+    assert run_grid(grid_from_dict(tree), again.functions(), progress=False).ok
+    assert again.calls["train"] == 1 and [o["task"] for o in again.seen_opts] == ["belebele", "alpacaeval-outputs",
+                                                                                  "alpacaeval"]
+    assert not list((tmp_path / "grid/runs").rglob("failed.json"))

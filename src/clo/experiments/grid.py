@@ -325,8 +325,10 @@ class _Execution:
     bar: Any
     missing: dict[str, str] = field(default_factory=dict)  # stage not done here -> "failed" or "pending"
     started_runs: set[str] = field(default_factory=set)
+    by_name: dict[str, Stage] = field(default_factory=dict)
 
     def run(self) -> None:
+        self.by_name = {s.name: s for s in self.result.stages}
         last = {s.run.run_id: i for i, s in enumerate(self.result.stages) if s.run and s.key == s.run.run_id}
         for i, st in enumerate(self.result.stages):
             self.bar.set_postfix_str(st.name, refresh=False)
@@ -342,9 +344,11 @@ class _Execution:
         failed = [d for d in st.deps if self.missing.get(d) == "failed"]
         if st.key in res.failures or failed or any(d in self.missing for d in st.deps):
             self.missing[st.name] = "failed" if st.key in res.failures or failed else "pending"
-            if failed and st.kind == "pairwise" and st.key not in res.failures:
-                # A comparison without its baseline's training, answers or instructions says so.
-                self.fail(st, RuntimeError(f"{st.job.task}: {', '.join(failed)} did not finish"))
+            # A comparison without its baseline's training, answers or instructions says so (a
+            # run's own failures and its language's data are recorded where they happened).
+            other = [d for d in failed if self.by_name[d].key != st.key and self.by_name[d].kind != "data"]
+            if other and st.kind == "pairwise" and st.key not in res.failures:
+                self.fail(st, RuntimeError(f"{st.job.task}: {', '.join(other)} did not finish"))
             return
         rdir = res.grid_dir / "runs" / st.run.run_id if st.run and st.key == st.run.run_id else None
         if rdir is not None and not self.lookup_only and st.run.run_id not in self.started_runs:
