@@ -474,6 +474,7 @@ class VLLMGenerator:
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
         kwargs.update(engine_args or {})
+        kwargs["gpu_memory_utilization"] = vllm_memory_utilization(kwargs["gpu_memory_utilization"])
         self._vllm = vllm
         self.llm = vllm.LLM(**kwargs)
 
@@ -531,6 +532,27 @@ class VLLMGenerator:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def vllm_memory_utilization(requested: float, margin: float = 0.02) -> float:
+    """``gpu_memory_utilization`` for a vLLM engine starting now: at most what is free on the GPU.
+
+    vLLM reserves ``requested`` x the card's memory and refuses to start when less is free (a
+    transformers model of an earlier task, another process); the fraction then shrinks to what is
+    free, less ``margin``, with a warning, and the engine starts with a smaller KV cache.
+    """
+    if not torch.cuda.is_available():
+        return requested
+    free, total = torch.cuda.mem_get_info()
+    fits = free / total - margin
+    if requested <= fits:
+        return requested
+    if fits < 0.1:
+        raise RuntimeError(f"vLLM needs GPU memory but only {free / 2**30:.1f} of {total / 2**30:.1f} GiB are free; "
+                           "free the GPU (another model or process holds it) or set eval.backend=transformers")
+    log.warning("eval.vllm.gpu_memory_utilization %.2f asks for %.1f GiB but %.1f GiB are free: starting vLLM at %.2f",
+                requested, requested * total / 2**30, free / 2**30, fits)
+    return round(fits, 3)
 
 
 def _generation_eos(path: str):
