@@ -237,3 +237,28 @@ def test_paper_presets_name_the_judge_snapshot_and_prompt(preset):
     single = load_config(str(root / "configs/train/paper.yaml"), [])
     assert (single.eval.judge.model, single.eval.judge.prompt) == ("gpt-4o-2024-08-06", "alpaca_eval")
     assert single.data.mmmlu_format_items == 10
+
+
+def test_a_changed_prompt_text_is_a_changed_evaluation(tmp_path, monkeypatch):
+    """An MMMLU instruction of another text (a language file's, e.g. the paper's Table 6) does not
+    reuse the answers given to the old one: the cache names the differing prompt text."""
+    from clo import languages
+    from clo.eval.core import CacheMismatch
+    from clo.testing import tiny_model, tiny_tokenizer
+
+    (tmp_path / "mmlu").mkdir()
+    (tmp_path / "mmlu" / "mmlu_DE-DE.csv").write_text(
+        ",Question,A,B,C,D,Answer,Subject\n0,Q0,a,b,c,d,A,anatomy\n", encoding="utf-8")
+    monkeypatch.setattr("clo.eval.generation.iter_generate",
+                        lambda model, tok, prompts, **kw: iter([(list(range(len(prompts))), ["Antwort: A"])]))
+    model = (tiny_model("llama", vocab_size=512), tiny_tokenizer())
+    cfg = load_config(None, [f"eval.data_dir={tmp_path}", "lang=de"])
+    evaluate("mmmlu", model, cfg, tmp_path / "out")
+    de = languages.get("de")
+    other = "Beantworte die Frage. Letzte Zeile: 'Antwort: $LETTER' mit LETTER aus ABCD."
+    from dataclasses import replace
+
+    monkeypatch.setattr("clo.languages.get", lambda code: replace(de, mmmlu_instruction=other) if code == "de"
+                        else languages._REGISTRY[code.lower()])
+    with pytest.raises(CacheMismatch, match="prompts.instruction"):
+        evaluate("mmmlu", model, cfg, tmp_path / "out")

@@ -377,6 +377,18 @@ def data_digests(task: str, lang: Language, data_dir: Path | None, options: dict
     return out
 
 
+def prompt_texts(task: str, lang: Language, cfg) -> dict | None:
+    """The language's prompt texts that ``task`` renders (None: it renders none of them)."""
+    if task == "mmmlu":
+        return {"instruction": lang.mmmlu_instruction, "answer_word": lang.answer_word}
+    if task == "belebele":
+        b = lang.belebele
+        return {"passage": b.passage, "question": b.question, "options": list(b.options), "answer": b.answer}
+    if task in ("alpacaeval", "alpacaeval-outputs") and getattr(cfg.eval, "system_prompt", "none") != "none":
+        return {"system": lang.answer_in_language}
+    return None
+
+
 def evaluate(task: str, model, cfg, output_dir: Path, *, overwrite: bool = False, **task_options) -> dict:
     """Run ``task`` on ``model`` (spec string or ``(model, tokenizer)``) and write its results.
 
@@ -415,9 +427,13 @@ def evaluate(task: str, model, cfg, output_dir: Path, *, overwrite: bool = False
     # Items are cached by id, and a different limit or batch size changes no item's result.
     keyed = {k: v for k, v in shown.items() if k not in ("limit", "batch_size")}
     data_dir = Path(cfg.eval.data_dir) if cfg.eval.data_dir else None
+    texts = prompt_texts(task, lang, cfg)
     inputs = json.loads(json.dumps(
         {"task": task, "lang": lang.code, "model": model_name, "opts": keyed,
          "eval": _fingerprinted_eval(task, cfg.eval),
+         # The language's prompt texts a task renders (a language file may override them, e.g.
+         # with the paper's Table 6 instructions): answers to another text are not these answers.
+         **({"prompts": texts} if texts else {}),
          "data": data_digests(task, lang, data_dir, options),
          # Samples are drawn per item (clo.eval.generation.request_seed); caches of the earlier
          # per-batch seeding hold other samples.
