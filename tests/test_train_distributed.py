@@ -231,7 +231,50 @@ def test_fsdp_yaml_trains_like_one_plain_process(two, tmp_path, procs):
     res = json.loads((out / name / "result.json").read_text())["metrics"]
     assert res["processes"] == procs and one["processes"] == 1
     assert res["sharding"] == ("fsdp2" if procs == 2 else "none")
-    (train_log, _), (plain_log, _) = _log(out / name), _log(tmp_path / name)
+    train_log, _ = _log(out / name)
     # Clipping saw the gradients and scaled them (every norm is above max_grad_norm).
     assert all(r["train/grad_norm"] > 0.05 for r in train_log) and len(train_log) == 3
     _assert_same_run(tmp_path / name, out / name)
+
+
+UNSHARED = """
+import os, sys
+from pathlib import Path
+from clo.config import config_from_dict
+from clo.train.trainer import train
+d = Path(sys.argv[1])
+cfg = config_from_dict({"model": str(d / "model"), "lang": "de",
+                        "train": {"batch_size": 2, "max_length": 64, "reference_cache": str(d / "ref")}})
+# Each process its own directory: what two nodes without a shared filesystem see.
+out = d / ("node" + os.environ["RANK"] if sys.argv[2] == "unshared" else "shared")
+try:
+    train(cfg, d / "train.jsonl", None, out)
+except Exception as e:
+    print(f"REFUSED {type(e).__name__}: {e}", flush=True)
+    sys.exit(0)
+print("TRAINED", flush=True)
+"""
+
+
+@pytest.mark.parametrize("layout", ["unshared", "shared"])
+def test_an_output_dir_not_shared_by_every_process_is_refused(tmp_path, layout):
+    from clo.testing import tiny_model, tiny_tokenizer
+
+    tiny_model("llama", vocab_size=512).save_pretrained(tmp_path / "model")
+    tiny_tokenizer().save_pretrained(tmp_path / "model")
+    _write(tmp_path / "train.jsonl", _records(2, 7))
+    (tmp_path / "run.py").write_text(UNSHARED)
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(tmp_path / "run.py"), str(tmp_path),
+                           layout], env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("REFUSED", "TRAINED"))]
+    if layout == "shared":
+        assert lines == ["TRAINED", "TRAINED"]
+        assert not list((tmp_path / "shared").glob(".clo-shared-check-*"))  # the probe is cleaned up
+    else:
+        # Both processes stop before training, naming the directory and the blind process.
+        assert len(lines) == 2 and all(ln.startswith("REFUSED UnsharedDirectory") for ln in lines)
+        assert all("is not shared by all processes: process 1 on" in ln for ln in lines)
+        assert not (tmp_path / "node0" / "last").exists() and not (tmp_path / "node1" / "last").exists()

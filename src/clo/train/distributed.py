@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from clo.errors import CloError
+
 log = logging.getLogger(__name__)
 
 SHARDINGS = ("auto", "none", "fsdp2")
@@ -141,6 +143,47 @@ def all_true(flag: bool, device, world: int) -> bool:
     """Whether ``flag`` holds on every process (e.g. every process found the cache)."""
     t = torch.tensor([0.0 if flag else 1.0], device=device)
     return float(all_reduce_sum(t, world)) == 0.0
+
+
+class UnsharedDirectory(CloError, ValueError):
+    """The output directory is not the same directory for every process (nodes without a shared filesystem)."""
+
+
+def check_shared_directory(path, rank: int, world: int, device) -> None:
+    """Refuse to start unless every process sees the files process 0 writes in ``path``.
+
+    Resumption, ``run.json`` and ``result.json`` are read by every process from the output
+    directory; on nodes without a shared filesystem the others would restart at step 0 or wait
+    forever for a state only node 0 has. Collective: every process calls it.
+    """
+    if world <= 1:
+        return
+    import socket
+    import uuid
+    from pathlib import Path
+
+    import torch.distributed as tdist
+
+    path = Path(path)
+    token = [uuid.uuid4().hex if rank == 0 else None]
+    tdist.broadcast_object_list(token, src=0)
+    probe = path / f".clo-shared-check-{token[0]}"
+    if rank == 0:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_text(token[0], encoding="utf-8")
+    tdist.barrier()
+    try:
+        seen = probe.read_text(encoding="utf-8") == token[0]
+    except OSError:
+        seen = False
+    hosts = [None] * world
+    tdist.all_gather_object(hosts, (socket.gethostname(), seen))
+    if rank == 0:
+        probe.unlink(missing_ok=True)
+    blind = [f"process {r} on {h}" for r, (h, ok) in enumerate(hosts) if not ok]
+    if blind:
+        raise UnsharedDirectory(f"output_dir {path} is not shared by all processes: {', '.join(blind)} cannot see "
+                                f"the files process 0 writes there; put output_dir on a filesystem every node mounts")
 
 
 def trained_parameters(model: torch.nn.Module, optimizer) -> list[torch.Tensor]:

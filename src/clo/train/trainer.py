@@ -675,6 +675,7 @@ def _claim_directory(output_dir: Path, inputs: dict, overwrite: bool, timeout_s:
 
     group = {"timeout": datetime.timedelta(seconds=timeout_s)} if timeout_s else {}
     state = PartialState(cpu=not torch.cuda.is_available(), **group)
+    dist.check_shared_directory(output_dir, state.process_index, state.num_processes, state.device)
     record = output_dir / "run.json"
     inputs = json.loads(json.dumps(inputs, default=str))  # as stored: tuples become lists
     fp = fingerprint(inputs)
