@@ -68,6 +68,6 @@ def test_bad_arguments_are_named(objects, quadruples, tmp_path):
         clo.train(model=model, tokenizer=tok, train_dataset={"x_en": "a"}, output_dir=tmp_path / "x")
     with pytest.raises(APIError, match="model: expected a transformers PreTrainedModel"):
         clo.train(model=42, tokenizer=tok, train_dataset=rows, output_dir=tmp_path / "x")
-    with pytest.raises(Exception, match=r"train\.betta: unknown key; did you mean train\.beta\?"):
+    with pytest.raises(APIError, match=r"^betta=0\.1: train\.betta: unknown key; did you mean train\.beta\?$"):
         clo.train(model=model, tokenizer=tok, train_dataset=rows, output_dir=tmp_path / "x", betta=0.1)
     assert not (tmp_path / "x").exists()

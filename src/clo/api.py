@@ -167,14 +167,22 @@ def train(model, train_dataset, *, tokenizer=None, eval_dataset=None, method: st
         tree, source = load_yaml(config), str(config)
     else:
         tree, source = {}, "<defaults>"
+    from clo.config_base import ConfigError
+
     ov = list(overrides)
-    ov.append(f"train.method={json.dumps(method)}")
+    named = {f"train.method={json.dumps(method)}": f"method={method!r}"}  # override -> the argument it came from
     for key, value in train_options.items():
-        ov.append(f"train.{key}={json.dumps(value)}")
+        named[f"train.{key}={json.dumps(value)}"] = f"{key}={value!r}"
     if lang or data_lang:
-        ov.append(f"lang={json.dumps(lang or data_lang)}")
-    ov.append(f"model={json.dumps(model_directory(model, tokenizer))}")
-    cfg = config_from_dict(tree, source, ov)
+        named[f"lang={json.dumps(lang or data_lang)}"] = f"lang={lang or data_lang!r}"
+    named[f"model={json.dumps(model_directory(model, tokenizer))}"] = "model"
+    try:
+        cfg = config_from_dict(tree, source, [*ov, *named])
+    except ConfigError as e:
+        msg = str(e)
+        for flag, arg in named.items():  # errors name the keyword argument, not a --set flag
+            msg = msg.replace(f"--set {flag}: ", f"{arg}: ")
+        raise APIError(msg) from None
     from clo.train.trainer import train as run
 
     return run(cfg, train_path, val_path, Path(output_dir), overwrite=overwrite)
