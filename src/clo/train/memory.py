@@ -6,7 +6,7 @@ storage), applies the trainer's precision plan (frozen weights in ``train.dtype`
 in fp32 masters), selects the trainable parameters as ``train.trainable`` does, and runs the
 trainer's step on packed sequences of ``tokens`` tokens - forward through
 :func:`clo.train.logprobs.packed_sequence_logps`, the CLO loss, backward, the gradient clip and
-AdamW's step, twice (the second step has the optimiser state) - under
+AdamW's step, after a first step has created the optimiser state - under
 ``torch.distributed._tools.mem_tracker.MemTracker`` (the approach of torchtitan's memory
 estimation). The peak and its parts (parameters, gradients, optimiser state, activations,
 temporaries) are what the allocator would hold on a GPU running the same kernels, without one.
@@ -78,7 +78,7 @@ class StepMemory:
 
 def measure_step(model: torch.nn.Module, seqs: list[tuple[list[int], list[int]]], *, compute_dtype: torch.dtype,
                  master: torch.dtype | None, checkpointing: bool, device: torch.device, logit_chunk: int = 1024,
-                 steps: int = 2) -> StepMemory:
+                 steps: int = 1) -> StepMemory:
     """Peak memory of the trainer's CLO step on ``seqs`` (4 per example, in the order of
     :data:`clo.train.losses.KEYS`), its parts at the peak; ``model`` has its trainable parameters
     selected. Works on real and on fake tensors."""
@@ -95,6 +95,12 @@ def measure_step(model: torch.nn.Module, seqs: list[tuple[list[int], list[int]]]
     params = [p for p in model.parameters() if p.requires_grad]
     # The optimiser of a GPU run (:func:`adamw`): fused, which CPUs (and fake tensors) have too.
     opt = torch.optim.AdamW(params, lr=5e-5, fused=True)
+    # AdamW's moments exist from the first step on: one step on zero gradients creates them, so
+    # that the measured step is a steady one (half the time of measuring a second step).
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
     tracker = _tracker_class()()
     tracker.track_external(model, opt)
     n = len(seqs) // 4
