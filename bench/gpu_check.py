@@ -221,8 +221,8 @@ def steps(gpu: bool, work: Path) -> list[Step]:
         Step("trainer_tests", 100, tests, judge_pytest),
         Step("fsdp_accelerate", 45, fsdp, judge_fsdp),
         Step("packing", 35, [*packing, "--out", str(work / "packing.json")], judge_packing),
-        Step("train_throughput", 135, [*thr, "--out", str(work / "train_throughput")], judge_throughput(gpu)),
-        Step("memory", 90, [*mem, "--out", str(work / "memory.json")], judge_memory),
+        Step("train_throughput", 165, [*thr, "--out", str(work / "train_throughput")], judge_throughput(gpu)),
+        Step("memory", 60, [*mem, "--out", str(work / "memory.json")], judge_memory),
         Step("translate", 35, mt, judge_translate),
     ]
 
