@@ -404,7 +404,7 @@ TASK = register(Task(
                     "the result's metrics also_judged)", choices=("clo", "alpaca_eval", "paper")),
              Option("allow_failed_judgments", "exit 0 even when some judgments failed (the win rate is then "
                     "over the judged items only; without it such a run exits 3)", bool, passed=False)),
-    incomplete=failed_judgments,
+    pairwise=True, incomplete=failed_judgments,
 ))
 OUTPUTS_TASK = register(Task(
     "alpacaeval-outputs", "the model's answers to the AlpacaEval instructions, unjudged", run_outputs,

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from clo.languages import Language
 
 __all__ = ["BUILTIN_MODULES", "MAX_NEW_TOKENS", "TASKS", "Option", "Task", "count_csv_rows", "count_lines",
-           "get_task", "register", "tasks"]
+           "get_task", "is_pairwise", "register", "tasks"]
 
 #: ``(lang, data_dir or None, options) -> message or None``: what a run lacks.
 MissingData = Callable[["Language", "Path | None", dict], "str | None"]
@@ -106,7 +106,10 @@ class Task:
       item-cache fingerprints, so that changing one reruns only this task.
     - ``reads_held_out(lang, data_dir, options)``: whether a run takes its prompts or items
       from held-out cross-lingual records (the ``held_out_file`` option), which a grid supplies
-      from its data stage; None for a task that never does.
+      from its data stage (the validation records of the run's language); None for a task that
+      never does.
+    - ``pairwise``: whether a run compares a model's answers with a baseline's (the ``baseline``
+      option): a grid runs it for trained runs only, against its ``baseline`` method.
     - ``incomplete(metrics, options)``: why a finished result is not one to accept silently (a
       one-line message: ``clo eval`` prints it and exits 3), or None; ``options`` are those given
       on the command line.
@@ -123,6 +126,7 @@ class Task:
     variant: str | None = None
     settings: tuple[str, ...] = ()
     reads_held_out: Callable[[Language, Path | None, dict], bool] | None = None
+    pairwise: bool = False
     incomplete: Callable[[dict, dict], str | None] | None = None
 
     def __post_init__(self) -> None:
@@ -198,6 +202,15 @@ def get_task(name: str) -> Task:
     (a ``KeyError``) naming the closest known one."""
     _load_builtin()
     return TASKS.get(name)
+
+
+def is_pairwise(name: str) -> bool:
+    """Whether the task ``name`` compares with a baseline (:attr:`Task.pairwise`); False for an
+    unknown name (the checks that know tasks say so)."""
+    try:
+        return get_task(name).pairwise
+    except KeyError:
+        return False
 
 
 def tasks() -> list[Task]:

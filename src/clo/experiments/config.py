@@ -355,7 +355,9 @@ class GridConfig(StrictModel):
                     raise ValueError(f"base.eval.tasks.{i}: {e}") from None
         # The baseline is a method of the grid: checked whenever it is set (a typo would otherwise
         # surface only as missing win rates), and when pairwise tasks compare against it.
-        needs_pairwise = any(j.task in PAIRWISE_TASKS for j in self.jobs())
+        from clo.eval.task import is_pairwise
+
+        needs_pairwise = any(is_pairwise(j.task) for j in self.jobs())
         names = [m.name for m in self.methods]
         if (needs_pairwise or "baseline" in self.model_fields_set) and self.baseline not in names:
             raise ValueError(f"baseline: {self.baseline!r} is not one of the methods ({', '.join(names)})"
@@ -376,10 +378,6 @@ class GridConfig(StrictModel):
             if m.name == name:
                 return m
         raise KeyError(name)
-
-
-#: Tasks that compare a run's outputs with the baseline run's (same model, language and size).
-PAIRWISE_TASKS = frozenset({"alpacaeval"})
 
 
 @dataclass(frozen=True)
@@ -505,6 +503,6 @@ def dump_grid(grid: GridConfig) -> str:
 
 
 __all__ = [
-    "BASE_VARIANT", "LAUNCHER_KINDS", "METHODS", "PAIRWISE_TASKS", "EvalJob", "GridConfig", "LauncherConfig", "MethodVariant",
+    "BASE_VARIANT", "LAUNCHER_KINDS", "METHODS", "EvalJob", "GridConfig", "LauncherConfig", "MethodVariant",
     "ModelEntry", "RunSpec", "StageResources", "dump_grid", "expand", "grid_from_dict", "load_grid", "model_slug",
 ]

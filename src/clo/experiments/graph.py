@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clo.experiments.config import BASE_VARIANT, PAIRWISE_TASKS, EvalJob, GridConfig, RunSpec, expand
+from clo.eval.task import is_pairwise
+from clo.experiments.config import BASE_VARIANT, EvalJob, GridConfig, RunSpec, expand
 from clo.experiments.stages import marker_path, write_json_atomic
 from clo.fingerprints import content_digest, fingerprint
 
@@ -44,9 +45,6 @@ PHASES = ("data", "train", "eval", "pairwise", "report")
 #: Content-addressed caches a cleared data directory keeps: rows are keyed by the translator's
 #: fingerprint and the source text, so they are never stale, and they are the expensive part.
 DATA_KEEP = ("translations.sqlite", "translations.sqlite-*")
-
-#: Where an evaluation data directory holds the AlpacaEval instructions (``clo.eval.alpacaeval``).
-ALPACA_EVAL_INSTRUCTIONS = Path("alpaca_eval") / "text_davinci_003.json"
 
 #: Settings of the data build that change no record: the translation cache's location (its rows
 #: are keyed by translator and text).
@@ -190,7 +188,7 @@ def _job_applies(grid: GridConfig, run: RunSpec, job: EvalJob) -> bool:
     # A pairwise task compares a trained run with the baseline (of the same size, or of the
     # largest: grid.baseline_size); the untrained model has no size and the baseline is not
     # compared with itself.
-    if job.task in PAIRWISE_TASKS:
+    if is_pairwise(job.task):
         return run.method is not None and not (
             run.variant == grid.baseline and run.size == baseline_size(grid, run.size))
     return True
@@ -219,19 +217,18 @@ def _instructions_limit(grid: GridConfig, jobs: list[EvalJob], runs: list[RunSpe
 
 
 def held_out_prompts(grid: GridConfig, run: RunSpec, job: EvalJob) -> Path | None:
-    """The held-out validation records of the run's language when ``job`` (a fidelity job) takes
-    its prompts from them (:func:`clo.eval.fidelity.uses_held_out`), or when it is a preference job
-    that names no ``held_out_file`` of its own; else None."""
-    if job.task == "preference":
-        if job.opts.get("held_out_file"):
-            return None
-        return data_dir(Path(grid.output_dir), run.lang) / "validation.jsonl"
-    if job.task != "fidelity":
-        return None
-    from clo.eval.fidelity import uses_held_out
+    """The held-out validation records of the job's language when its task reads them
+    (:attr:`clo.eval.task.Task.reads_held_out`: fidelity in a language the benchmark has no prompts
+    for, preference without a ``held_out_file`` of its own); else None."""
+    from clo import languages
+    from clo.eval.task import get_task
 
+    try:
+        task = get_task(job.task)
+    except KeyError:  # an unknown task: the checks say so
+        return None
     lang = job.resolve_lang(run.lang)
-    if not uses_held_out(lang, job_data_dir(run, job), job.opts):
+    if task.reads_held_out is None or not task.reads_held_out(languages.get(lang), job_data_dir(run, job), job.opts):
         return None
     if run.multilingual:  # one language's validation records (the data stage writes them)
         return data_dir(Path(grid.output_dir), run.lang) / f"validation_{lang if lang in run.langs else run.langs[0]}.jsonl"
@@ -262,22 +259,31 @@ def plan(grid: GridConfig, runs: list[RunSpec] | None = None) -> dict:
 # What enters the fingerprints
 
 
-def model_identity(spec: str) -> dict | None:
-    """What identifies a local model directory beyond its spec (:func:`clo.train.reference.model_identity`).
-    None for a hub id or an offline model name, which the spec names."""
+def model_inputs(spec: str) -> dict:
+    """The model as fingerprinted: what it is, not where it lies (:func:`clo.identity.model_identity`).
+    A local directory is the digest of its files (a moved copy is the same model, weights swapped
+    with the times preserved are another), a hub id the commit it resolves to. An offline name is
+    its pinned package: the directory it converts to is written on first load, which planning a
+    grid must not do."""
+    from clo.models import OFFLINE_MODELS
+
+    if spec in OFFLINE_MODELS:
+        return {"model": {"offline": spec, "package": OFFLINE_MODELS[spec].pip}}
+    from clo.identity import model_identity
+
+    return {"model": model_identity(spec)}
+
+
+def _local_model(spec: str) -> dict | None:
+    """The content identity of a translation model that is a local directory, else None (an API
+    model or a hub id, which the translator's settings name)."""
     from clo.models import OFFLINE_MODELS
 
     if spec in OFFLINE_MODELS or not Path(spec).expanduser().is_dir():
         return None
-    from clo.train.reference import model_identity as identity
+    from clo.identity import model_identity
 
-    return identity(spec)
-
-
-def model_inputs(spec: str) -> dict:
-    """``{"model": spec}``, plus ``model_identity`` for a local directory."""
-    ident = model_identity(spec)
-    return {"model": spec} if ident is None else {"model": spec, "model_identity": ident}
+    return model_identity(spec)
 
 
 def _translator_inputs(cfg: Config) -> dict:
@@ -285,7 +291,7 @@ def _translator_inputs(cfg: Config) -> dict:
     and the translation model's identity when it is a directory."""
     translator = cfg.eval.translator or cfg.data.translator
     inputs: dict = {"translator": translator.model_dump(mode="json")}
-    ident = model_identity(translator.model)
+    ident = _local_model(translator.model)
     if ident is not None:
         inputs["translator_model"] = ident
     return inputs
@@ -301,7 +307,7 @@ def data_build_inputs(lang: str, cfg: Config) -> dict:
     inputs: dict = {"lang": lang, "data": data}
     if local:
         inputs["source"] = content_digest(source)
-    ident = model_identity(cfg.data.translator.model)
+    ident = _local_model(cfg.data.translator.model)
     if ident is not None:
         inputs["translator_model"] = ident
     return inputs
@@ -318,8 +324,10 @@ def prebuilt_inputs(lang: str, cfg: Config, path: Path) -> dict:
 def instructions_inputs(lang: str, cfg: Config, instructions_file: str | None, limit: int | None) -> dict:
     """The translated AlpacaEval instructions' inputs: the content of the instructions read (the
     job's file, else the evaluation data directory's; the hub file by name), the translator, the limit."""
+    from clo.eval.alpacaeval import DATA_FILE
+
     path = Path(instructions_file) if instructions_file else (
-        Path(cfg.eval.data_dir) / ALPACA_EVAL_INSTRUCTIONS if cfg.eval.data_dir else None)
+        Path(cfg.eval.data_dir) / DATA_FILE if cfg.eval.data_dir else None)
     source = content_digest(path) if path is not None else {"hub": True}
     return {"lang": lang, "instructions": source, "limit": limit, **_translator_inputs(cfg)}
 
@@ -343,7 +351,7 @@ def _eval_settings(cfg: Config, task: str) -> dict:
     from clo.eval.task import tasks
 
     exclude = {"data_dir", *(s for t in tasks() if t.name != task for s in t.settings)}
-    if task not in PAIRWISE_TASKS:
+    if not is_pairwise(task):
         exclude.add("judge")
     return cfg.eval.model_dump(mode="json", exclude=exclude)
 
@@ -406,8 +414,8 @@ class _Builder:
         self.grid, self.runs = grid, runs
         self.gdir = Path(grid.output_dir)
         jobs = grid.jobs()
-        self.local = [j for j in jobs if j.task not in PAIRWISE_TASKS]
-        self.pairwise = [j for j in jobs if j.task in PAIRWISE_TASKS]
+        self.local = [j for j in jobs if not is_pairwise(j.task)]
+        self.pairwise = [j for j in jobs if is_pairwise(j.task)]
         self.instructions: dict[tuple[str, str | None], Stage] = {}
 
     def build(self) -> list[Stage]:
@@ -665,5 +673,5 @@ def _write_samples(rdir: Path, prompts: list[str], answers: list[str]) -> dict:
 
 
 __all__ = ["DATA_KEEP", "PHASES", "Stage", "bind_jobs", "data_build_inputs", "data_dir", "grid_stages",
-           "held_out_prompts", "instructions_inputs", "instructions_path", "job_data_dir", "model_identity",
+           "held_out_prompts", "instructions_inputs", "instructions_path", "job_data_dir",
            "model_inputs", "plan", "prebuilt_inputs", "run_dir", "run_jobs", "training_file", "with_file_digests"]

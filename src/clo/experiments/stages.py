@@ -50,8 +50,10 @@ STARTED_SUFFIX = ".started.json"
 #: The version of the stage fingerprints markers record. 2: data files by content, not path (a
 #: prebuilt dataset, ``data.path``, the AlpacaEval instructions, each evaluation's data files),
 #: and each stage's inputs only what it reads (a prebuilt dataset without the translator,
-#: evaluations without the judge's settings unless judged). Markers without one are format 1.
-MARKER_FORMAT = 2
+#: evaluations without the judge's settings unless judged). 3: models by identity, not spec
+#: (a local directory by its files' content, a hub id by its commit, an offline name by its
+#: package: :func:`clo.experiments.graph.model_inputs`). Markers without one are format 1.
+MARKER_FORMAT = 3
 
 
 def write_json_atomic(path: Path, obj: Any) -> Path:
