@@ -79,6 +79,10 @@ def test_save_trained_keeps_the_trained_tensors_and_loads_as_the_full_model(work
         torch.testing.assert_close(p, want[n], atol=0, rtol=0, msg=n)
     assert resolve(str(best)) == resolve(str(best)) != str(best)
     assert (Path(resolve(str(best))) / "README.md").is_file()  # the model card travels with it
+    from clo.hub import resolve_directory
+
+    pushed = resolve_directory(tmp_path / "small")  # `clo push` uploads the full model, not the tensors alone
+    assert (pushed / "config.json").is_file() and str(pushed) == resolve(str(best))
     # A base that changed since training is refused, not silently combined.
     (best / MARKER).write_text(json.dumps({**meta, "base_identity": {"sha256": "0" * 64, "files": 1}}))
     with pytest.raises(ModelLoadError, match="changed since training"):
