@@ -173,7 +173,11 @@ def test_eval_refuses_a_cache_of_other_settings_and_overwrite_starts_over(models
     doc = json.loads(result.read_text())
     fp = doc["fingerprint"]
     assert json.loads(cache.read_text().splitlines()[0]) == {"fingerprint": fp["key"], "inputs": fp["inputs"]}
-    assert fp["inputs"]["model"] == doc["model"] and fp["inputs"]["opts"] == {"template": "harness"}
+    from clo.identity import model_identity
+
+    # The cache knows the model by its content (no path: a moved checkpoint keeps its items).
+    assert fp["inputs"]["model"] == model_identity(str(models / "m0")) and fp["inputs"]["opts"] == {"template": "harness"}
+    assert doc["model"].startswith(f"{models / 'm0'}@")
     assert set(fp["inputs"]["data"]) == {"belebele/deu_Latn.jsonl"}
     capsys.readouterr()
 
@@ -185,7 +189,7 @@ def test_eval_refuses_a_cache_of_other_settings_and_overwrite_starts_over(models
     # Another model, another eval setting, other data: refused, naming the keys; nothing touched.
     before = cache.read_bytes()
     assert _belebele(models / "m1", tmp_path / "d", out) == 2
-    assert _one_error(capsys, "clo eval: error: ") == _refusal(cache, "model", "an evaluation")
+    assert _one_error(capsys, "clo eval: error: ") == _refusal(cache, "model.sha256", "an evaluation")
     assert _belebele(models / "m0", tmp_path / "d", out, "--set", "eval.seed=5") == 2
     assert _one_error(capsys, "clo eval: error: ") == _refusal(cache, "eval.seed", "an evaluation")
     rows = data_file.read_text(encoding="utf-8").splitlines()

@@ -114,7 +114,7 @@ def test_swapped_checkpoint_makes_clo_eval_rerun_not_reuse(shared_data, tmp_path
     # Not the earlier result: the cache of the old weights is refused, naming the model...
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "(differing: model)" in err and "Traceback" not in err
+    assert "(differing: model.sha256)" in err and "Traceback" not in err
     # ... and --overwrite evaluates the new weights.
     assert main([*argv, "--overwrite"]) == 0
     second = json.loads((tmp_path / "out" / "belebele-de.json").read_text())

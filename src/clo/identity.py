@@ -10,6 +10,8 @@ model by :func:`model_identity`:
   checkpoint's weights for others of the same size with the times preserved changes it.
 - a hub id: the commit it resolves to (the hub's answer; offline, the commit of the cached
   snapshot that ``from_pretrained`` would load).
+- a model held in memory (an evaluation of a ``(model, tokenizer)`` pair): a digest of a sample of
+  its parameters (:func:`loaded_model_digest`).
 
 A file's digest is computed once and kept under ``$CLO_CACHE/digests`` keyed on its device,
 inode, size, modification and change times (``st_ctime_ns``, which no copy or ``touch -r``
@@ -150,3 +152,33 @@ def model_digest(spec: str) -> str:
     """A short digest of :func:`model_identity` (16 hex digits), for names and labels."""
     blob = json.dumps(model_identity(spec), sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def model_label(spec: str) -> str:
+    """How results name the model of ``spec``: ``<spec>@<model_digest>`` when its content or hub
+    commit is known (a checkpoint directory overwritten by another training is another label),
+    else the spec. A label names; fingerprints use :func:`model_identity`, which has no path."""
+    ident = model_identity(spec)
+    if "sha256" in ident or ident.get("revision"):
+        return f"{spec}@{model_digest(spec)}"
+    return str(spec)
+
+
+def loaded_model_digest(model) -> str:
+    """A digest (16 hex digits) of a model held in memory, which has no files to digest: each
+    parameter's name and its first and last 64 values (a full pass over a 7B model's weights would
+    cost more than the evaluation it keys)."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        flat = p.detach().reshape(-1)
+        h.update(name.encode())
+        h.update(flat[:64].float().cpu().numpy().tobytes())
+        h.update(flat[-64:].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def loaded_model_label(model) -> str:
+    """How results name a model held in memory: its ``_name_or_path`` (else its class) and
+    :func:`loaded_model_digest`."""
+    name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+    return f"{name}@{loaded_model_digest(model)}"

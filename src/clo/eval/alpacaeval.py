@@ -32,7 +32,7 @@ from clo.eval.core import (
     data_hash,
     read_json_list,
 )
-from clo.eval.identity import model_identity
+from clo.identity import loaded_model_label
 from clo.eval.judge import judge_items, make_judge
 from clo.eval.prompts import resolve as resolve_judge_prompt
 from clo.eval.stats import length_controlled_win_rate, mean_stderr
@@ -261,7 +261,7 @@ def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | 
     outputs = _generate_cached(ctx, ctx.generator, instructions, "model", "alpacaeval: model", bs, mnt)
 
     if baseline is not None:
-        b_name = baseline if isinstance(baseline, str) else model_identity(baseline[0], None)
+        b_name = baseline if isinstance(baseline, str) else loaded_model_label(baseline[0])
         b_gen = ctx.generator_for(baseline)
         try:
             base = _generate_cached(ctx, b_gen, instructions, "baseline", "alpacaeval: baseline", bs, mnt)

@@ -20,7 +20,7 @@ from typing import Any
 
 from clo import languages
 from clo.errors import CloError
-from clo.eval.identity import model_identity
+from clo.identity import loaded_model_digest, loaded_model_label, model_digest, model_identity, model_label
 from clo.eval.task import get_task, tasks
 from clo.fingerprints import differing_keys, sha256_file
 from clo.languages import Language
@@ -273,7 +273,7 @@ def _describe(v: Any) -> Any:
     if isinstance(v, Path):
         return str(v)
     if isinstance(v, tuple) and len(v) == 2 and hasattr(v[0], "named_parameters"):
-        return model_identity(v[0], None)
+        return loaded_model_label(v[0])
     if isinstance(v, (list, tuple)):
         return [_describe(x) for x in v]
     if isinstance(v, dict):
@@ -373,7 +373,7 @@ def data_digests(task: str, lang: Language, data_dir: Path | None, options: dict
             if p.is_file():
                 out[k] = _file_digest(p)
             elif p.is_dir():
-                out[k] = model_identity(None, str(v)).rpartition("@")[2]
+                out[k] = model_digest(str(v))
     return out
 
 
@@ -421,15 +421,20 @@ def evaluate(task: str, model, cfg, output_dir: Path, *, overwrite: bool = False
     output_dir.mkdir(parents=True, exist_ok=True)
 
     spec_str, tok, load = open_model(model)
-    # A spec names its weights; an in-memory model is named by a digest of them.
-    model_name = model_identity(None if spec_str else model[0], spec_str)
+    # Results name the model by its spec (with a digest of its content); the cache knows it by
+    # its identity alone (clo.identity), so a moved checkpoint keeps its items and a swapped one
+    # does not. An in-memory model is a digest of its weights.
+    if spec_str:
+        model_name, model_id = model_label(spec_str), model_identity(spec_str)
+    else:
+        model_name, model_id = loaded_model_label(model[0]), {"weights": loaded_model_digest(model[0])}
     shown = {k: _describe(v) for k, v in options.items()}
     # Items are cached by id, and a different limit or batch size changes no item's result.
     keyed = {k: v for k, v in shown.items() if k not in ("limit", "batch_size")}
     data_dir = Path(cfg.eval.data_dir) if cfg.eval.data_dir else None
     texts = prompt_texts(task, lang, cfg)
     inputs = json.loads(json.dumps(
-        {"task": task, "lang": lang.code, "model": model_name, "opts": keyed,
+        {"task": task, "lang": lang.code, "model": model_id, "opts": keyed,
          "eval": _fingerprinted_eval(task, cfg.eval),
          # The language's prompt texts a task renders (a language file may override them, e.g.
          # with the paper's Table 6 instructions): answers to another text are not these answers.

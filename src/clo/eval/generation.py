@@ -581,10 +581,10 @@ def _make_vllm(*, spec: str | None, load_model: Callable[[], Any], tokenizer, ev
         path = resolve(spec)
     else:
         # vLLM loads from disk: an in-memory model is written out once per distinct identity.
-        from clo.eval.identity import model_identity
+        from clo.identity import loaded_model_digest
 
         model = load_model()
-        path = str(workdir / ".vllm-checkpoints" / model_identity(model, None).rsplit("@", 1)[-1])
+        path = str(workdir / ".vllm-checkpoints" / loaded_model_digest(model))
         if not (Path(path) / "config.json").exists():
             log.info("writing the in-memory model to %s for vLLM", path)
             model.save_pretrained(path, safe_serialization=True)
