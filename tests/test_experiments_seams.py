@@ -181,3 +181,63 @@ def test_a_grid_directory_that_named_models_by_spec_is_refused(tmp_path):
         run_grid(grid, fake.functions(), progress=False)
     assert sum(fake.calls.values()) == 0
     assert read_marker(marker) == written
+
+
+# ---------------------------------------------------------------------------------------------
+# clo run and failed judgments
+
+
+def test_clo_run_with_failed_judgments_exits_3_unless_allowed(tmp_path, capsys, monkeypatch):
+    import yaml
+    from test_experiments import FakeStages
+
+    import clo.experiments.launchers as launchers
+    from clo.cli import main
+
+    class Judged(FakeStages):
+        def evaluate(self, task, model, cfg, out_dir, opts):
+            metrics = super().evaluate(task, model, cfg, out_dir, opts)
+            if task == "alpacaeval":  # one of four verdicts failed: a win rate over 3 items
+                return {"win_rate": 2 / 3, "stderr": 0.27, "n": 3, "failures": 1}
+            return metrics
+
+    real = launchers.run_grid
+    monkeypatch.setattr(launchers, "run_grid", lambda grid, stages, **kw: real(grid, Judged().functions(), **kw))
+    tree = _grid(tmp_path, eval_jobs=[{"task": "belebele"}, {"task": "alpacaeval", "opts": {"limit": 4}}])
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(tree), encoding="utf-8")
+    argv = ["run", str(tmp_path / "g.yaml"), "--skip-checks", "--no-progress"]
+    assert main(argv) == 3
+    err = capsys.readouterr().err
+    marker = tmp_path / "grid" / "runs" / "Tiny-1" / "de" / "clo" / "n4" / "eval" / "alpacaeval_de.done.json"
+    assert (f"INCOMPLETE eval/Tiny-1/de/clo/n4/alpacaeval_de: 1 judgment(s) failed (the records' 'error' says "
+            f"why): the win rate is over 3 items only; rerun to judge them again, or pass --allow-failed-judgments "
+            f"to accept it (in a grid: remove {marker} to run it again)") in err
+    assert err.count("INCOMPLETE") == 1  # belebele is complete; sft is the baseline, not compared
+    # Resumed, nothing runs and the result is still incomplete; allowed, the grid succeeds.
+    assert main(argv) == 3
+    capsys.readouterr()
+    assert main([*argv, "--allow-failed-judgments"]) == 0
+    assert "INCOMPLETE" not in capsys.readouterr().err
+
+
+def test_every_win_rate_cell_of_table9_shows_its_items(tmp_path):
+    """Judged under the second prompt, two verdicts failed: that win rate rests on 803 items, and
+    the cell says so (as the first prompt's cell says 805)."""
+    from clo.experiments.graph import plan
+    from clo.experiments.stages import write_json_atomic
+    from clo.report import write_report
+
+    grid = grid_from_dict({"name": "g", "output_dir": str(tmp_path), "models": ["M"], "langs": ["de"],
+                           "methods": ["sft", "clo"], "sizes": [None], "include_base": False,
+                           "eval_jobs": [{"task": "alpacaeval", "opts": {"also_judge_with": "clo"}}]})
+    write_json_atomic(tmp_path / "plan.json", plan(grid))
+    write_json_atomic(tmp_path / "runs" / "M/de/clo/nall" / "eval" / "alpacaeval_de.done.json", {
+        "fingerprint": "0" * 16, "result": {"win_rate": 0.62, "stderr": 0.02, "n": 805,
+                                            "judge_prompt": "alpaca_eval@0123abcd", "also_judged": {
+                                                "clo": {"win_rate": 0.71, "stderr": 0.015, "n": 803, "failures": 2}}}})
+    write_report(tmp_path)
+    md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    block = md.split("### Table 9", 1)[1].split("\n### ", 1)[0]
+    row = next(line for line in block.splitlines() if line.startswith("| M |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[5] == "62.0 ± 2.0 (n=805)" and cells[7] == "71.0 ± 1.5 (n=803)"

@@ -12,6 +12,8 @@ HELP = "run a grid of experiments (model x language x method x size) from a YAML
 
 #: Exit status when the checks before the grid found problems (nothing ran).
 CHECKS_FAILED_EXIT = 2
+#: Exit status when every stage finished but an evaluation's result is incomplete (as ``clo eval``).
+INCOMPLETE_EXIT = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start without the checks (keys, data, models, disk) and the estimate")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first failing stage")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--allow-failed-judgments", action="store_true",
+                        help="exit 0 even when some judgments of a judged evaluation failed (its win rate is then "
+                             "over the judged items only; without it such a grid exits 3)")
     add_output_argument(parser, "grid directory (default: the grid's output_dir)")
 
 
@@ -79,7 +84,34 @@ def main(args: argparse.Namespace) -> int:
         print(line)
     for key, err in outcome.failures.items():
         print(f"FAILED {key}: {err}", file=sys.stderr)
-    return 0 if outcome.ok else 1
+    res = outcome.grid_result  # the in-process launcher's; Slurm jobs end after this command
+    incomplete = [] if res is None else incomplete_evaluations(
+        res.stages, res.done, {"allow_failed_judgments": True} if args.allow_failed_judgments else {})
+    for line in incomplete:
+        print(f"INCOMPLETE {line}", file=sys.stderr)
+    if not outcome.ok:
+        return 1
+    return INCOMPLETE_EXIT if incomplete else 0
+
+
+def incomplete_evaluations(stages, done: dict, given: dict) -> list[str]:
+    """``"<stage>: <why>"`` for each finished evaluation whose task calls its result incomplete
+    (:attr:`clo.eval.task.Task.incomplete`: a judged win rate over fewer items than asked for), with
+    the job's options and the command line's ``given`` (``allow_failed_judgments``) as options."""
+    from clo.eval.task import get_task
+
+    out = []
+    for stage in stages:
+        if stage.job is None or stage.kind not in ("eval", "pairwise") or stage.name not in done:
+            continue
+        task, metrics = get_task(stage.job.task), done[stage.name][0]
+        if task.incomplete is None or not isinstance(metrics, dict):
+            continue
+        problem = task.incomplete(metrics, {**stage.job.opts, **given})
+        if problem:
+            # A grid does not rerun a finished stage: removing its marker does (cached items are kept).
+            out.append(f"{stage.name}: {problem} (in a grid: remove {stage.marker} to run it again)")
+    return out
 
 
 #: The version of the ``clo run --dry-run --json`` schema (docs/experiments.md).

@@ -613,8 +613,7 @@ def table9_judge_prompts(res: GridResults) -> Table:
                     first = str(m.get("judge_prompt", "")).split("@")[0] or GAP
                     t.rows.append(([model, lang, key.rsplit("_", 1)[1], _label(v)], [
                         Cell(text=first), r.cell(key, "win_rate"), Cell(text=name),
-                        Cell(float(other["win_rate"]), None if other.get("stderr") is None else float(other["stderr"]))
-                        if other.get("win_rate") is not None else Cell()]))
+                        _get(other, "win_rate", "stderr")]))
     return t
 
 
