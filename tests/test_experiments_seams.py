@@ -114,9 +114,8 @@ def test_a_moved_model_reruns_nothing_and_swapped_weights_rerun_its_stages(tmp_p
     import os
     import shutil
 
-    from test_experiments import FakeStages
-
     from clo.experiments.grid import run_grid
+    from test_experiments import FakeStages
 
     monkeypatch.setenv("CLO_CACHE", str(tmp_path / "cache"))  # the file digests' cache
     model = _local_model(tmp_path / "a" / "Tiny-1", bytes(range(256)) * 8)
@@ -164,10 +163,9 @@ def test_models_enter_fingerprints_by_identity_not_path(tmp_path, monkeypatch):
 def test_a_grid_directory_that_named_models_by_spec_is_refused(tmp_path):
     """Markers of format 2 fingerprinted a model by its spec: compared with identities, every stage
     would look changed and rerun from a clean output; the grid is refused instead, nothing cleared."""
-    from test_experiments import FakeStages
-
     from clo.experiments.grid import run_grid
     from clo.experiments.stages import MarkerFormatError, read_marker
+    from test_experiments import FakeStages
 
     grid = grid_from_dict(_grid(tmp_path))
     assert run_grid(grid, FakeStages().functions(), progress=False).ok
@@ -189,10 +187,10 @@ def test_a_grid_directory_that_named_models_by_spec_is_refused(tmp_path):
 
 def test_clo_run_with_failed_judgments_exits_3_unless_allowed(tmp_path, capsys, monkeypatch):
     import yaml
-    from test_experiments import FakeStages
 
     import clo.experiments.launchers as launchers
     from clo.cli import main
+    from test_experiments import FakeStages
 
     class Judged(FakeStages):
         def evaluate(self, task, model, cfg, out_dir, opts):

@@ -32,11 +32,11 @@ from clo.eval.core import (
     data_hash,
     read_json_list,
 )
-from clo.identity import loaded_model_label
 from clo.eval.judge import judge_items, make_judge
 from clo.eval.prompts import resolve as resolve_judge_prompt
 from clo.eval.stats import length_controlled_win_rate, mean_stderr
 from clo.eval.task import MAX_NEW_TOKENS, Option, Task, register
+from clo.identity import loaded_model_label
 
 # The repository's own loader is a dataset script, which datasets 4 and later refuse to run
 # ("Dataset scripts are no longer supported"); its data file reads with the packaged JSON loader.

@@ -20,9 +20,9 @@ from typing import Any
 
 from clo import languages
 from clo.errors import CloError
-from clo.identity import loaded_model_digest, loaded_model_label, model_digest, model_identity, model_label
 from clo.eval.task import get_task, tasks
 from clo.fingerprints import differing_keys, sha256_file
+from clo.identity import loaded_model_digest, loaded_model_label, model_digest, model_identity, model_label
 from clo.languages import Language
 from clo.paths import safe_name
 
