@@ -4,6 +4,7 @@ naming the grid file and the key, and `clo run` stops with exit 2 before any sta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -114,10 +115,11 @@ def test_the_paper_preset_has_fidelity_data_in_every_language(shared_data):
     fidelity = [f for f in res.errors if "fidelity" in f.message]
     assert not fidelity, fidelity
     # Only the Language Confusion Benchmark needs a local copy, and the check says where.
-    assert {f.where for f in res.errors} == {"configs/paper.yaml: eval_jobs.6"}
+    lcb = next(i for i, j in enumerate(grid.eval_jobs) if j.task == "confusion")
+    assert {f.where for f in res.errors} == {f"configs/paper.yaml: eval_jobs.{lcb}"}
     assert "the Language Confusion Benchmark" in res.errors[0].message or "no monolingual prompts" in res.errors[0].message
     # With the benchmark where the job reads it, the preset runs as written.
-    grid.eval_jobs[6].opts["data_dir"] = str(shared_data)
+    grid.eval_jobs[lcb].opts["data_dir"] = str(shared_data)
     assert not pf.preflight(grid, "configs/paper.yaml", env=OFFLINE, checks=["eval-data"]).errors
 
 
@@ -165,9 +167,9 @@ def test_disk_for_the_checkpoints(tmp_path, monkeypatch):
     monkeypatch.setattr(pf.shutil, "disk_usage", lambda p: Usage)
     res = _check(tmp_path, checks=["disk"], models=[{"name": "l3", "spec": str(d)}],
                  base={"data": {"val_fraction": 0.25, "subsets": [4, 8]}, "train": {"dtype": "bfloat16"}})
-    # best/ in bf16 (16 GB) + last/ (16 bytes per trainable attention weight, 21 GB), per trained run.
+    # best/ in bf16 (16 GB) per trained run; a finished run drops last/ (train.keep_state: false).
     size = model_size(str(d), load_assumptions())
-    expected = 2 * (size.params * 2 + 16 * size.attention)
+    expected = 2 * (size.params * 2)
     assert abs(res.estimate.disk_bytes - expected) < 1
     assert len(res.errors) == 1 and res.errors[0].where == "g.yaml: output_dir"
     assert f"needs about {expected / 2**30:,.1f} GiB" in res.errors[0].message and "10.0 GiB free" in res.errors[0].message
@@ -276,8 +278,19 @@ def test_checkpoint_bytes_by_method_and_trainable(tmp_path):
     from clo.experiments.estimate import ModelSize
 
     size = ModelSize(1e9, 1e8, "test")
-    by = {r.variant: checkpoint_bytes(r, size) for r in expand(grid) if r.method}
-    # best/ in train.dtype (auto: bf16 on a GPU, 2 bytes), last/ 16 bytes per trainable weight.
-    assert by["sft"] == 1e9 * 2 + 16 * 1e8
-    assert by["sft+dpo"] == 2 * by["sft"]  # two training stages, a best/ and last/ each
-    assert by["full"] == 1e9 * 2 + 16 * 1e9
+    runs = {r.variant: r for r in expand(grid) if r.method}
+    by = {v: checkpoint_bytes(r, size) for v, r in runs.items()}
+    # best/ in train.dtype (auto: bf16 on a GPU, 2 bytes); a finished run drops last/.
+    assert by["sft"] == 1e9 * 2
+    assert by["sft+dpo"] == 2 * by["sft"]  # two training stages, a best/ each
+    assert by["full"] == 1e9 * 2
+    # train.keep_state keeps last/: 16 bytes per trainable weight (fp32 tensor, best copy, AdamW).
+    assert checkpoint_bytes(_with_train(runs["sft"], keep_state=True), size) == 1e9 * 2 + 16 * 1e8
+    # train.save: trained stores the trained (attention) tensors only.
+    assert checkpoint_bytes(_with_train(runs["sft"], save="trained"), size) == 1e8 * 2
+
+
+def _with_train(run, **train):
+    """``run`` with some train settings changed."""
+    config = run.config.model_copy(update={"train": run.config.train.model_copy(update=train)})
+    return dataclasses.replace(run, config=config)

@@ -116,14 +116,14 @@ def dtype_bytes(dtype: str) -> int:
 
 def checkpoint_bytes(run: RunSpec, size: ModelSize) -> float:
     """Disk of one trained run: ``best/`` (every weight in ``train.dtype``; with ``train.save:
-    trained`` the trained ones only) per training stage (``sft+dpo`` has two), and with ``train.keep_state`` its ``last/state.pt`` (the trainable
-    tensors in fp32, their best copy, AdamW's two moments: 16 bytes each), which a finished run
-    otherwise removes."""
+    trained`` the trained ones only) per training stage (``sft+dpo`` has two), and with
+    ``train.keep_state`` its ``last/state.pt`` (the trainable tensors in fp32, their best copy,
+    AdamW's two moments: 16 bytes each), which a finished run otherwise removes."""
     tc = run.config.train
     trainable = {"full": size.params, "lora": 0.01 * size.params}.get(tc.trainable, size.attention)
     stages = 2 if run.method == "sft+dpo" else 1
-    state = 16 * trainable if getattr(tc, "keep_state", False) else 0
-    best = trainable if getattr(tc, "save", "full") == "trained" else size.params
+    state = 16 * trainable if tc.keep_state else 0
+    best = trainable if tc.save == "trained" else size.params
     return stages * (best * dtype_bytes(tc.dtype) + state)
 
 
