@@ -214,9 +214,16 @@ def is_pairwise(name: str) -> bool:
 
 
 def tasks() -> list[Task]:
-    """Every registered task, clo's own first, in registration order."""
+    """Every registered task: clo's own first, in the order of :data:`BUILTIN_MODULES`, then the
+    others in registration order."""
     _load_builtin()
-    return TASKS.values()
+    # A task module imported before the first look-up (``import clo.eval.mmmlu``) registers first;
+    # the listing (CLI choices, help) must not depend on which module a program imported first.
+    def rank(task: Task) -> int:
+        module = getattr(task.run, "__module__", "")
+        return BUILTIN_MODULES.index(module) if module in BUILTIN_MODULES else len(BUILTIN_MODULES)
+
+    return sorted(TASKS.values(), key=rank)
 
 
 # ---------------------------------------------------------------------------------------------
