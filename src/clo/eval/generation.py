@@ -29,6 +29,7 @@ generator and calls ``generator.iter_generate(prompts, ...)`` without knowing wh
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib.util
 import logging
@@ -229,10 +230,8 @@ def _newline_ids(tokenizer) -> list[int]:
         pass
     texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
     ids = [i for i, t in enumerate(texts) if "\n" in t]
-    try:
+    with contextlib.suppress(TypeError):  # a tokenizer that cannot be a weak key is not cached
         _NEWLINE_IDS[tokenizer] = ids
-    except TypeError:
-        pass
     return ids
 
 

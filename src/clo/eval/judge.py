@@ -18,6 +18,7 @@ it sends one; a 429 holds back every request of the run, not only the refused on
 from __future__ import annotations
 
 import ast
+import contextlib
 import email.utils
 import json
 import logging
@@ -204,10 +205,8 @@ def retry_after(headers) -> float | None:
     seconds = None
     ms = headers.get("retry-after-ms")
     if ms is not None:
-        try:
+        with contextlib.suppress(ValueError):
             seconds = float(ms) / 1000
-        except ValueError:
-            pass
     ra = headers.get("retry-after")
     if seconds is None and ra is not None:
         try:

@@ -48,6 +48,7 @@ import csv
 import importlib.util
 import itertools
 import json
+import operator
 import string
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -256,7 +257,7 @@ def compute_all_metrics(outputs: Iterable[dict], *, english_words: frozenset[str
     """The benchmark's ``compute_all_metrics`` for the outputs of ONE model on ONE task (dicts
     with ``source``, ``language`` and ``completion``)."""
     detect = detect or lid_detector()
-    key = lambda o: (o["source"], o["language"])
+    key = operator.itemgetter("source", "language")
     groups = {}
     for (source, lang), group in itertools.groupby(sorted(outputs, key=key), key=key):
         groups[(source, lang)] = compute_metrics([o["completion"] for o in group], lang,
@@ -267,7 +268,7 @@ def compute_all_metrics(outputs: Iterable[dict], *, english_words: frozenset[str
 def score_outputs(outputs: Iterable[dict], *, english_words: frozenset[str],
                   detect: Detector | None = None) -> dict[tuple[str, str], dict[tuple[str, str], dict]]:
     """:func:`compute_all_metrics` per (task, model), as the benchmark's script groups them."""
-    key = lambda o: (o["task"], o["model"])
+    key = operator.itemgetter("task", "model")
     return {tm: compute_all_metrics(group, english_words=english_words, detect=detect)
             for tm, group in itertools.groupby(sorted(outputs, key=key), key=key)}
 

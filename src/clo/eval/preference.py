@@ -145,7 +145,9 @@ def run_preference(ctx: TaskContext, *, held_out_file: str | None = None, limit:
     if len(set(ids)) != len(ids):
         raise EvalDataError(f"preference: {held_out_file}: record ids are not unique")
     # max_length changes the scores and is no evaluation setting (the cache's fingerprint): it keys the items.
-    key = lambda rid: f"{rid}@{max_length}"
+    def key(rid: str) -> str:
+        return f"{rid}@{max_length}"
+
     todo = [r for r in records if key(r.id) not in ctx.cache]
     for start in range(0, len(todo), CHUNK):
         for rid, v in _score(ctx, todo[start:start + CHUNK], max_length, batch_size).items():
