@@ -205,9 +205,15 @@ class TaskContext:
 
     @cached_property
     def generator(self):
-        from clo.eval.generation import make_generator
+        from clo.eval.generation import make_generator, resolve_backend
 
-        return make_generator(self.cfg.eval.backend, spec=self.spec, load_model=lambda: self.model,
+        load = lambda: self.model  # noqa: E731
+        if resolve_backend(self.cfg.eval.backend) == "vllm":
+            # vLLM runs its own copy of the weights: the transformers model this context loaded
+            # is dropped (reloaded if a task asks for it again), not kept on the GPU beside the engine.
+            self.__dict__.pop("model", None)
+            load = self.load_model
+        return make_generator(self.cfg.eval.backend, spec=self.spec, load_model=load,
                               tokenizer=self.tokenizer, eval_cfg=self.cfg.eval, workdir=self.output_dir)
 
     def generator_for(self, model) -> Any:
@@ -217,6 +223,10 @@ class TaskContext:
         from clo.eval.generation import make_generator
 
         self.close()
+        from clo.eval.generation import resolve_backend
+
+        if resolve_backend(self.cfg.eval.backend) == "vllm":
+            self.__dict__.pop("model", None)  # as in :attr:`generator`
         spec, tok, load = open_model(model)
         return make_generator(self.cfg.eval.backend, spec=spec, load_model=load, tokenizer=tok,
                               eval_cfg=self.cfg.eval, workdir=self.output_dir)

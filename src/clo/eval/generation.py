@@ -533,6 +533,17 @@ class VLLMGenerator:
             torch.cuda.empty_cache()
 
 
+def release_gpu_memory() -> bool:
+    """Return the memory of tensors nothing refers to any more to the GPU (``gc.collect`` for
+    reference cycles, then the caching allocator's ``empty_cache``), so that another process -
+    vLLM's engine - can reserve it. Returns whether there is a GPU."""
+    gc.collect()
+    if not torch.cuda.is_available():
+        return False
+    torch.cuda.empty_cache()
+    return True
+
+
 def vllm_memory_utilization(requested: float, margin: float = 0.02) -> float:
     """``gpu_memory_utilization`` for a vLLM engine starting now: at most what is free on the GPU.
 
@@ -588,6 +599,10 @@ def _make_vllm(*, spec: str | None, load_model: Callable[[], Any], tokenizer, ev
             log.info("writing the in-memory model to %s for vLLM", path)
             model.save_pretrained(path, safe_serialization=True)
             tokenizer.save_pretrained(path)
+        del model  # vLLM reads the copy on disk; a model its caller still holds stays (vLLM gets what is free)
+    # Before the engine reserves its share of the GPU: a transformers model an earlier task loaded
+    # (and its caller dropped) would otherwise still hold its memory in PyTorch's cache.
+    release_gpu_memory()
     v = eval_cfg.vllm
     return VLLMGenerator(path, tokenizer, dtype=v.dtype, seed=eval_cfg.seed,
                          gpu_memory_utilization=v.gpu_memory_utilization, max_model_len=v.max_model_len,
