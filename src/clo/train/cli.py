@@ -73,7 +73,8 @@ def main(args: argparse.Namespace) -> int:
         est = estimate_for_config(cfg, gpus=args.gpus, gpu_memory_gib=args.gpu_memory)
         parts = ", ".join(f"{k} {v:.2f}" for k, v in est["parts_gib"].items() if v >= 0.005)
         print(f"peak {est['peak_gib_per_gpu']:.2f} GiB per GPU ({parts}) for {est['model']}, "
-              f"{est['tokens_per_micro_batch']} tokens per micro-batch, {est['gpus']} GPU(s)", file=sys.stderr)
+              f"{est['tokens_per_micro_batch']} tokens per micro-batch, {est['gpus']} GPU(s), "
+              f"train.tokenwise_chunk={est['tokenwise_chunk'] or 'null'}", file=sys.stderr)
         if "fits" in est:
             print(f"fits in {args.gpu_memory} GiB: --set train.max_tokens_per_micro_batch="
                   f"{est['tokens_per_micro_batch']}" if est["fits"] else f"does not fit in {args.gpu_memory} GiB: "

@@ -68,6 +68,11 @@ class TrainConfig(StrictModel):
         None, gt=0, description="tokens per packed row; null: one row with flash/flex attention, "
         "else rows as long as the batch's longest sequence (mask-based attention is quadratic in row length)")
     logit_chunk: int = Field(1024, gt=0, description="response tokens per LM-head chunk")
+    tokenwise_chunk: int | None = Field(
+        None, gt=0, description="tokens per chunk of the blocks that act on each token alone (MLP, RMSNorm), each "
+        "chunk checkpointed: the backward holds one chunk's MLP activations instead of the micro-batch's (exact; "
+        "one more forward of these blocks, about a fifth more compute). 2048 brings Llama-3-8B with attention "
+        "trained and 16,384 tokens per micro-batch under 34 GiB; null: off")
     attn_implementation: str | None = Field(None, description="eager | sdpa | flash_attention_2 | flex_attention")
     reference_cache: str | None = Field(None, description="directory of cached reference log-probs "
                                         "(default $CLO_CACHE/reference)")

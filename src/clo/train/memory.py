@@ -20,6 +20,10 @@ model's own implementation.
 AdamW is fused where the device has the kernel (:func:`adamw`): the default ``foreach``
 implementation allocates a temporary as large as all gradients during ``step`` (5.0 GiB at
 Llama-3-8B with attention trained).
+
+The step is the trainer's, with its memory settings: ``train.logit_chunk`` (the LM head's chunk)
+and ``train.tokenwise_chunk`` (MLPs and RMSNorms run chunk by chunk,
+:func:`clo.train.logprobs.chunk_tokenwise`), under the trainer's autocast (no cast cache).
 """
 
 from __future__ import annotations
@@ -78,15 +82,16 @@ class StepMemory:
 
 def measure_step(model: torch.nn.Module, seqs: list[tuple[list[int], list[int]]], *, compute_dtype: torch.dtype,
                  master: torch.dtype | None, checkpointing: bool, device: torch.device, logit_chunk: int = 1024,
-                 steps: int = 1) -> StepMemory:
+                 steps: int = 1, tokenwise_chunk: int | None = None) -> StepMemory:
     """Peak memory of the trainer's CLO step on ``seqs`` (4 per example, in the order of
     :data:`clo.train.losses.KEYS`), its parts at the peak; ``model`` has its trainable parameters
     selected. Works on real and on fake tensors."""
-    from clo.train.logprobs import pack_sequences, packed_sequence_logps, packing_layout
+    from clo.train.logprobs import chunk_tokenwise, pack_sequences, packed_sequence_logps, packing_layout
     from clo.train.losses import KEYS, clo_loss
     from clo.train.precision import compute_context, upcast_trainable
 
     upcast_trainable(model, master)
+    chunk_tokenwise(model, tokenwise_chunk)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -207,7 +212,8 @@ def _flash_standin(model):
 
 def estimate(config, *, trainable: str = "attention", dtype: torch.dtype = torch.bfloat16,
              master: torch.dtype | None = torch.float32, tokens: int = 16384, checkpointing: bool = True,
-             attention: str = "flash", seqs=None) -> StepMemory:
+             attention: str = "flash", seqs=None, logit_chunk: int = 1024,
+             tokenwise_chunk: int | None = None) -> StepMemory:
     """Peak memory per GPU of one training step of a model of ``config`` (a transformers config),
     without its weights: see the module docstring."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -224,7 +230,7 @@ def estimate(config, *, trainable: str = "attention", dtype: torch.dtype = torch
         ctx = _flash_standin(model) if attention == "flash" else contextlib.nullcontext()
         with ctx:
             return measure_step(model, seqs, compute_dtype=dtype, master=master, checkpointing=checkpointing,
-                                device=device)
+                                device=device, logit_chunk=logit_chunk, tokenwise_chunk=tokenwise_chunk)
 
 
 def estimate_for_config(cfg, *, gpus: int = 1, tokens: int | None = None, gpu_memory_gib: float | None = None) -> dict:
@@ -253,7 +259,7 @@ def estimate_for_config(cfg, *, gpus: int = 1, tokens: int | None = None, gpu_me
     checkpointing = True if tc.gradient_checkpointing == "auto" else bool(tc.gradient_checkpointing)
     tokens = tokens or tc.max_tokens_per_micro_batch or 16384
     step = estimate(config, trainable=tc.trainable, dtype=dtype, master=master, tokens=tokens,
-                    checkpointing=checkpointing)
+                    checkpointing=checkpointing, logit_chunk=tc.logit_chunk, tokenwise_chunk=tc.tokenwise_chunk)
     parts = dict(step.parts_gib)
     sharded = gpus > 1 and tc.sharding != "none"
     if sharded:
@@ -261,7 +267,8 @@ def estimate_for_config(cfg, *, gpus: int = 1, tokens: int | None = None, gpu_me
             parts[k] = parts.get(k, 0.0) / gpus
     return {"model": cfg.model, "gpus": gpus, "sharded": sharded, "tokens_per_micro_batch": tokens,
             "dtype": str(dtype).removeprefix("torch."), "master_weights": tc.master_weights,
-            "gradient_checkpointing": checkpointing, "trainable": tc.trainable,
+            "gradient_checkpointing": checkpointing, "trainable": tc.trainable, "logit_chunk": tc.logit_chunk,
+            "tokenwise_chunk": tc.tokenwise_chunk,
             "peak_gib_per_gpu": round(sum(parts.values()), 2), "parts_gib": {k: round(v, 2) for k, v in parts.items()}}
 
 

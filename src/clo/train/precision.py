@@ -37,7 +37,10 @@ def compute_context(device: torch.device, compute: torch.dtype, master: torch.dt
     """Autocast to the compute dtype where parameters of another dtype take part in matmuls."""
     if sharded or master is None or master == compute:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=compute)
+    # No cast cache: each fp32 master is cast where a matmul uses it and freed after, instead of its
+    # compute-dtype copy staying until the forward ends (80 MiB per Llama-3-8B layer with attention
+    # trained, 2.5 GiB at the forward's end). Every weight is used once per forward, so nothing is cast twice.
+    return torch.autocast(device_type=device.type, dtype=compute, cache_enabled=False)
 
 
 GIB = 2**30

@@ -44,6 +44,7 @@ from clo.train.logprobs import (
     PackedLogProbs,
     base_model,
     check_packing,
+    chunk_tokenwise,
     pack_sequences,
     packing_layout,
     score,
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 # Keys that change how a run is computed, not what it computes: a run may resume with others
 # (e.g. a smaller micro-batch after running out of memory).
 OPERATIONAL_KEYS = ("micro_batch_size", "max_tokens_per_micro_batch", "gradient_checkpointing", "logit_chunk",
+                    "tokenwise_chunk",
                     "pack_length", "attn_implementation", "reference_cache", "log_every", "sharding",
                     "drift_prompts", "drift_max_new_tokens", "report_to", "keep_state", "save", "process_group_timeout_s")
 GPU_TOKENS_PER_MICRO_BATCH = 16384
@@ -242,6 +244,7 @@ class _Stage:
 
             self.trainable_names = select_trainable(self.model, tc.trainable)
         upcast_trainable(self.model, self.master)
+        chunk_tokenwise(self.model, tc.tokenwise_chunk)
         if self.checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
