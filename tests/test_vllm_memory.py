@@ -65,10 +65,11 @@ def test_the_transformers_model_is_released_before_the_engine_starts(monkeypatch
     import gc
     import weakref
 
+    from transformers import AutoModelForCausalLM
+
     from clo.config import config_from_dict
     from clo.eval.core import TaskContext
     from clo.testing import tiny_model, tiny_tokenizer
-    from transformers import AutoModelForCausalLM
 
     tiny_model("llama", vocab_size=512).save_pretrained(tmp_path / "m")
     tok = tiny_tokenizer()
@@ -94,7 +95,7 @@ def test_the_transformers_model_is_released_before_the_engine_starts(monkeypatch
         seen["model"] = kw["model"]
 
     _fake_vllm(monkeypatch, on_start)
-    ctx.generator
+    assert ctx.generator is not None
     assert seen["released"] is True
     assert emptied and emptied[-1] is True  # the cache was emptied after the model was gone
     # By spec vLLM reads the checkpoint; in memory, a copy written once (the model loaded again for it).
