@@ -84,13 +84,16 @@ class FsdpYamlAccelerator(PLAIN):
         self.state.distributed_type = DistributedType.FSDP
 
 
-d, out = Path(sys.argv[1]), Path(sys.argv[2])
+d, out, resume = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[4] == "resume"
 for job in json.loads((d / "jobs.json").read_text()):
-    if job["procs"] != int(__import__("os").environ["WORLD_SIZE"]):
+    if job["procs"] != int(__import__("os").environ["WORLD_SIZE"]) or (resume and "stop_after" not in job):
         continue
     accelerate.Accelerator = FsdpYamlAccelerator if job.get("fsdp_yaml") else PLAIN
     cfg = config_from_dict({"model": str(d / "model"), "lang": "de", "train": job["cfg"]})
-    train(cfg, d / job["train_file"], d / job["val_file"] if job["val_file"] else None, out / job["name"])
+    # A job with stop_after is interrupted there in the first launch and resumed by a fresh one.
+    stop = None if resume else job.get("stop_after")
+    train(cfg, d / job["train_file"], d / job["val_file"] if job["val_file"] else None, out / job["name"],
+          stop_after_steps=stop)
 """
 FSDP_YAML = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "fsdp.yaml"
 # configs/accelerate/fsdp.yaml under one process and under two: the same run as one plain process.
@@ -98,6 +101,11 @@ FSDP_YAML = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "fs
 FSDP_YAML_JOBS = [{"name": f"fsdp-yaml-{procs}", "procs": procs, "fsdp_yaml": True,
                    "train": {"batch_size": 4, "max_grad_norm": 0.05}, "train_file": "train9.jsonl",
                    "val_file": "val3.jsonl"} for procs in (1, 2)]
+
+
+# FSDP2 runs interrupted (after the step-2 validation kept a best: its shards are saved too; and
+# after step 1, before any best) and resumed by a new launch: the same run as the uninterrupted one.
+RESUME_JOBS = {"fsdp2-attention": 2, "fsdp2-full-sft": 1}
 
 
 def _jobs():
@@ -115,6 +123,9 @@ def _jobs():
     jobs.append({"name": "fsdp2-full-sft", "train": {"batch_size": 4, "sharding": "fsdp2", "trainable": "full",
                                                      "method": "sft", "max_grad_norm": 0.5},
                  "train_file": "train5.jsonl", "val_file": "val3.jsonl"})
+    for name, stop in RESUME_JOBS.items():
+        job = next(j for j in jobs if j["name"] == name)
+        jobs.append({**job, "name": f"{name}-resumed", "stop_after": stop})
     return jobs
 
 
@@ -139,9 +150,12 @@ def two(tmp_path_factory):
         pytest.fail("torchrun not found next to the Python interpreter")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     out = d / "two"
-    for procs in (2, 1):
+    for procs, phase in ((2, "first"), (1, "first"), (2, "resume")):
+        if phase == "resume":  # the interrupted runs as they were left, before the resume finishes them
+            for name in RESUME_JOBS:
+                shutil.copytree(out / f"{name}-resumed", d / "interrupted" / name)
         cmd = [torchrun, "--standalone", "--nproc_per_node", str(procs), str(d / "run.py"), str(d), str(out),
-               str(FSDP_YAML)]
+               str(FSDP_YAML), phase]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
         assert proc.returncode == 0, proc.stderr[-4000:]
     return d, out
@@ -235,6 +249,121 @@ def test_fsdp_yaml_trains_like_one_plain_process(two, tmp_path, procs):
     # Clipping saw the gradients and scaled them (every norm is above max_grad_norm).
     assert all(r["train/grad_norm"] > 0.05 for r in train_log) and len(train_log) == 3
     _assert_same_run(tmp_path / name, out / name)
+
+
+@pytest.mark.parametrize("name", list(RESUME_JOBS))
+def test_fsdp2_interrupted_and_resumed_equals_uninterrupted(two, name):
+    """Two processes stopped after RESUME_JOBS[name] steps, resumed by a new launch: the same losses,
+    grad norms and best/ weights as the uninterrupted two-process run."""
+    _, out = two
+    res = json.loads((out / f"{name}-resumed" / "result.json").read_text())["metrics"]
+    assert res["sharding"] == "fsdp2" and res["finished"]
+    _assert_same_run(out / name, out / f"{name}-resumed")
+
+
+def _trainable_numel(d, name):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(d / "model")
+    return sum(p.numel() for n, p in model.named_parameters() if "attention" not in name or ".self_attn." in n)
+
+
+@pytest.mark.parametrize("name", list(RESUME_JOBS))
+def test_fsdp2_state_is_per_process_shards_and_a_small_state_file(two, name):
+    d, _ = two
+    last = d / "interrupted" / name / "last"
+    shards = sorted(p for p in last.iterdir() if p.is_dir())
+    assert [p.name for p in last.iterdir() if p.is_file()] == ["state.pt"] and len(shards) == 1
+    files = sorted(p.name for p in shards[0].iterdir())
+    assert files == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # one file per process, written by it
+    state = torch.load(last / "state.pt", weights_only=True)
+    stop = RESUME_JOBS[name]
+    assert state["step"] == stop and state["shards"] == shards[0].name
+    assert "trainable" not in state and "optimizer" not in state
+    assert state["has_best"] == (stop >= 2)  # validation at step 2 kept a best model
+    tensors = [v for v in state.values() if isinstance(v, torch.Tensor)]
+    assert [t.numel() for t in tensors] == [state["rng"].numel()]  # no weight or moment in state.pt
+    # Every trainable tensor (and each AdamW moment, and the best weights) is stored as two halves,
+    # one in each process's file: process 0 wrote rows 0.., process 1 the rest.
+    from clo.train.distributed import _safe_reader
+
+    meta = _safe_reader(shards[0]).read_metadata()
+    by_fqn = {}
+    for idx, info in meta.storage_data.items():
+        by_fqn.setdefault(idx.fqn, set()).add(info.relative_path)
+    groups = ("model", "optimizer", "best") if state["has_best"] else ("model", "optimizer")
+    big = {k: m for k, m in meta.state_dict_metadata.items() if len(getattr(m, "size", ())) > 0}
+    assert {k.split(".")[0] for k in big} == set(groups)
+    numel = _trainable_numel(d, name)
+    assert sum(m.size.numel() for k, m in big.items() if k.startswith("model.")) == numel
+    for k, m in big.items():
+        assert [c.offsets[0] for c in m.chunks] == [0, m.size[0] // 2], k
+        assert by_fqn[k] == {"__0_0.distcp", "__1_0.distcp"}, k
+    if state["has_best"]:  # kept at the step-2 validation, saved at step 2: the step-2 weights
+        import torch.distributed.checkpoint as dcp
+
+        full = {k: torch.empty(tuple(m.size), dtype=m.properties.dtype) for k, m in big.items()
+                if not k.startswith("optimizer.")}
+        dcp.load(full, storage_reader=_safe_reader(shards[0]))
+        for k in (k for k in full if k.startswith("best.")):
+            assert torch.equal(full[k], full["model." + k.removeprefix("best.")]), k
+    # ... so each file holds about half of the fp32 weights and moments (serialisation adds a little).
+    sizes = [(shards[0] / f).stat().st_size for f in ("__0_0.distcp", "__1_0.distcp")]
+    assert sum(sizes) >= numel * 4 * len(groups + ("moment",))
+    assert all(0.35 < s / sum(sizes) < 0.65 for s in sizes), sizes
+
+
+def test_fsdp2_state_resumes_in_one_process(two, tmp_path):
+    """The two processes' shards re-assembled by one unsharded process: the same run as one
+    process trained throughout."""
+    d, _ = two
+    _one(d, tmp_path / "uninterrupted", "fsdp2-attention")
+    shutil.copytree(d / "interrupted" / "fsdp2-attention", tmp_path / "fsdp2-attention")
+    res = _one(d, tmp_path, "fsdp2-attention")
+    assert res["steps"] == 3 and res["sharding"] == "none"
+    _assert_same_run(tmp_path / "uninterrupted" / "fsdp2-attention", tmp_path / "fsdp2-attention")
+
+
+class _Payload:
+    """Unpickling this runs ``open(marker, 'w')``: what a malicious .metadata would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _resume_refused(d, run, match):
+    from clo.train.trainer import StateFileError
+
+    with pytest.raises(StateFileError, match=match) as e:
+        _one(d, run.parent, run.name)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_a_placed_metadata_pickle_is_refused_not_run(two, tmp_path):
+    import pickle
+
+    d, _ = two
+    run = tmp_path / "fsdp2-attention"
+    shutil.copytree(d / "interrupted" / "fsdp2-attention", run)
+    meta = next(p for p in (run / "last").iterdir() if p.is_dir()) / ".metadata"
+    marker = tmp_path / "ran"
+    meta.write_bytes(pickle.dumps(_Payload(marker)))
+    msg = _resume_refused(d, run, r"\.metadata: names (io|builtins)\.open, which a checkpoint's metadata never holds")
+    assert not marker.exists() and str(run / "last") in msg
+
+
+def test_a_state_naming_shards_elsewhere_is_refused(two, tmp_path):
+    d, _ = two
+    run = tmp_path / "fsdp2-attention"
+    shutil.copytree(d / "interrupted" / "fsdp2-attention", run)
+    state = torch.load(run / "last" / "state.pt", weights_only=True)
+    shutil.copytree(run / "last" / state["shards"], tmp_path / "shards-elsewhere")
+    torch.save({**state, "shards": "../../shards-elsewhere"}, run / "last" / "state.pt")
+    _resume_refused(d, run, r"state\.pt: field 'shards' '\.\./\.\./shards-elsewhere' is not a shard directory")
 
 
 UNSHARED = """

@@ -18,9 +18,12 @@ lives here.
   under an FSDP config has nothing to shard and goes through ``accelerate.prepare``, whose FSDP2
   plugin re-creates the parameters: what trains is read back from the optimiser
   (:func:`trained_parameters`).
-- **State.** Trainable tensors and optimiser state are read and written as full (unsharded)
-  tensors through ``torch.distributed.checkpoint.state_dict``, so a checkpoint does not depend on
-  the number of processes or on the sharding.
+- **State.** Under FSDP2 the resumable state's tensors (trainable parameters, optimiser moments,
+  the best trainable tensors so far) are written and read with ``torch.distributed.checkpoint``:
+  each process writes and reads only its own shards (:func:`save_shards`, :func:`load_shards`),
+  and DCP re-shards on load, so the state resumes under another number of processes or without
+  sharding. One process and DDP write full state dicts from process 0 (the trainer's
+  ``last/state.pt``). ``best/`` is always written from full tensors.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from clo.errors import CloError
+
+SHARDS_PREFIX = "shards-"
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +255,167 @@ def load_optimizer_state(model, optimizer, state: dict) -> None:
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
     set_optimizer_state_dict(model, optimizer, state, options=_options())
+
+
+def _sharded_options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=False, ignore_frozen_params=True, **kw)
+
+
+def _cpu_copy(t: torch.Tensor) -> torch.Tensor:
+    """A CPU copy of ``t``; a DTensor stays a DTensor (same mesh, placements, global shape) whose
+    local shard is on the CPU, so that a kept copy costs no accelerator memory."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(t, DTensor):
+        return DTensor.from_local(t.to_local().detach().to("cpu", copy=True), t.device_mesh, t.placements,
+                                  shape=t.shape, stride=t.stride(), run_check=False)
+    return t.detach().to("cpu", copy=True)
+
+
+def trainable_shards(model) -> dict[str, torch.Tensor]:
+    """This process's shards of the trainable tensors, copied to the CPU (no collective)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return {k: _cpu_copy(v) for k, v in get_model_state_dict(model, options=_sharded_options()).items()}
+
+
+def full_tensors(state: dict[str, torch.Tensor] | None, device: torch.device) -> dict[str, torch.Tensor] | None:
+    """``state`` with every DTensor gathered into a full CPU tensor: collective when ``state`` holds
+    DTensors (every process calls, with the same keys); other tensors are returned as they are."""
+    from torch.distributed.tensor import DTensor
+
+    if not state or not any(isinstance(v, DTensor) for v in state.values()):
+        return state
+    out = {}
+    for k, v in state.items():
+        if isinstance(v, DTensor):  # the shard back on the mesh's device for the gather
+            v = DTensor.from_local(v.to_local().to(device), v.device_mesh, v.placements, shape=v.shape,
+                                   stride=v.stride(), run_check=False).full_tensor().cpu()
+        out[k] = v
+    return out
+
+
+class ShardsError(CloError, ValueError):
+    """A sharded state directory that is not what clo writes."""
+
+
+# What a DCP ``.metadata`` pickle may name: DCP's own metadata records and the torch values they
+# hold. Anything else (a pickle placed there to run code) is refused before it is built.
+_METADATA_GLOBALS = {
+    ("torch.distributed.checkpoint.metadata", n) for n in (
+        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+        "ChunkStorageMetadata", "BytesStorageMetadata", "_MEM_FORMAT_ENCODING")
+} | {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+      ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
+      ("pathlib", "PurePosixPath"), ("collections", "OrderedDict")}
+
+
+def _metadata_unpickler(f, path):
+    import pickle
+
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) in _METADATA_GLOBALS:
+                return super().find_class(module, name)
+            if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout)):
+                return getattr(torch, name)
+            raise ShardsError(f"{path}: names {module}.{name}, which a checkpoint's metadata never holds; "
+                              "refused, not unpickled")
+
+    return Restricted(f)
+
+
+def _safe_reader(path):
+    """DCP's file reader, except that ``.metadata`` (a pickle) is read by an unpickler that builds
+    only DCP's metadata records: a run directory is data, never code."""
+    import pickle
+
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args, **kwargs) -> Metadata:
+            mpath = self._get_metadata_path(kwargs.get("rank"))
+            try:
+                with self.fs.create_stream(mpath, "rb") as f:
+                    metadata = _metadata_unpickler(f, mpath).load()
+            except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as e:
+                if isinstance(e, ShardsError):
+                    raise
+                raise ShardsError(f"{mpath}: not a checkpoint's metadata ({type(e).__name__}: {e})") from None
+            if not isinstance(metadata, Metadata):
+                raise ShardsError(f"{mpath}: not a checkpoint's metadata (a {type(metadata).__name__})")
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader(path)
+
+
+def _tensors_only_planner():
+    """DCP's load planner, refusing non-tensor items: DCP would ``torch.load`` them with
+    ``weights_only=False``, and clo's shards hold tensors only (the rest is in ``state.pt``)."""
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+
+    class TensorsOnly(DefaultLoadPlanner):
+        def load_bytes(self, read_item, value):
+            raise ShardsError(f"checkpoint item {read_item.dest_index.fqn!r} is not a tensor; clo's shards "
+                              "hold tensors only")
+
+    return TensorsOnly()
+
+
+def save_shards(path, model, optimizer, best: dict | None) -> list[dict]:
+    """Write this process's shards of the trainable tensors, the optimiser state and ``best``
+    (from :func:`trainable_shards`) under ``path`` with ``torch.distributed.checkpoint``
+    (collective: every process calls). Returns the optimiser's param groups (hyper-parameters and
+    parameter names, no tensors), which go with the small state file instead."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    msd, osd = get_state_dict(model, optimizer, options=_sharded_options())
+    tensors = {"model": msd, "optimizer": osd["state"]}
+    if best is not None:
+        tensors["best"] = best
+    dcp.save(tensors, storage_writer=_writer(path))
+    return osd["param_groups"]
+
+
+def _writer(path):
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    return FileSystemWriter(path, single_file_per_rank=True)
+
+
+def load_shards(path, model, optimizer, param_groups: list[dict], has_best: bool) -> dict | None:
+    """Set the model's trainable tensors and the optimiser state from :func:`save_shards`' files;
+    returns the best trainable tensors (shaped as :func:`trainable_shards`) or None. Each process
+    reads only the parts of the files that its shards cover (collective when a process group runs)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    msd, osd = get_state_dict(model, optimizer, options=_sharded_options())
+    target = {"model": msd, "optimizer": osd["state"]}
+    if has_best:
+        target["best"] = {k: _cpu_copy(v) for k, v in msd.items()}
+    reader = _safe_reader(path)
+    reader.read_metadata()  # refused here, by name, before DCP would wrap the error in its own
+    try:
+        dcp.load(target, storage_reader=reader, planner=_tensors_only_planner())
+    except Exception as e:  # DCP wraps what failed on any process in a CheckpointException
+        failures = getattr(e, "failures", None) or {}
+        first = next((f[0] if isinstance(f, tuple) else f for f in failures.values()), e)
+        if isinstance(first, ShardsError):
+            raise first from None
+        raise ShardsError(f"{path}: cannot read the sharded state ({type(first).__name__}: "
+                          f"{str(first).splitlines()[0] if str(first) else ''})") from None
+    set_state_dict(model, optimizer, model_state_dict=target["model"],
+                   optim_state_dict={"state": target["optimizer"], "param_groups": param_groups},
+                   options=_sharded_options(strict=False))
+    return target.get("best")
 
 
 def peak_memory_gib(device: torch.device) -> float:

@@ -79,6 +79,9 @@ class StateFileError(RunMismatch):
 
 # What ``last/state.pt`` holds (see ``_Stage.save_state``); a state without one of them is refused.
 STATE_KEYS = ("step", "best", "trainable", "optimizer", "scheduler", "rng", "plan_len")
+# Under FSDP2 the tensors are in ``last/shards-*/`` (torch.distributed.checkpoint) and ``state.pt``
+# holds the rest (``_Stage._save_sharded_state``).
+SHARDED_STATE_KEYS = ("step", "best", "shards", "param_groups", "has_best", "scheduler", "rng", "plan_len")
 
 
 @dataclass
@@ -394,7 +397,9 @@ class _Stage:
 
     # -- checkpoints -------------------------------------------------------------------------
     def save_state(self, step, best, history_tail):
-        # Collectives first (FSDP2 gathers shards): every process takes part, process 0 writes.
+        if self.sharding == "fsdp2":
+            return self._save_sharded_state(step, best, history_tail)
+        # Collectives first: every process takes part, process 0 writes.
         trainable = dist.trainable_state(self.model)
         optimizer = dist.optimizer_state(self.model, self.opt)
         if not self.acc.is_main_process:
@@ -408,6 +413,31 @@ class _Stage:
         d.mkdir(parents=True, exist_ok=True)
         with atomic_path(d / "state.pt") as tmp:
             torch.save(state, tmp)
+        _drop_shards(d, keep=None)  # a sharded state resumed without sharding is superseded
+
+    def _save_sharded_state(self, step, best, history_tail):
+        """FSDP2: each process writes its shards of the tensors to a fresh ``last/shards-*/``
+        (``torch.distributed.checkpoint``); then process 0 writes the small ``state.pt`` naming it,
+        atomically, and drops older shard directories, so ``state.pt`` always names a complete set."""
+        import uuid
+
+        import torch.distributed as tdist
+
+        d = self.out / "last"
+        name = [f"{dist.SHARDS_PREFIX}{step:07d}-{uuid.uuid4().hex[:8]}" if self.acc.is_main_process else None]
+        tdist.broadcast_object_list(name, src=0)
+        name = name[0]
+        groups = dist.save_shards(d / name, self.model, self.opt, self.best_trainable)
+        if self.acc.is_main_process:  # dcp.save returns once every process's shards and .metadata are written
+            state = {
+                "step": step, "best": best, "shards": name, "param_groups": groups,
+                "has_best": self.best_trainable is not None, "scheduler": self.sched.state_dict(),
+                "rng": torch.get_rng_state(), "plan_len": len(self.plan), "history_tail": history_tail,
+            }
+            with atomic_path(d / "state.pt") as tmp:
+                torch.save(state, tmp)
+            _drop_shards(d, keep=name)
+        self.acc.wait_for_everyone()
 
     def load_state(self):
         self.best_trainable = None
@@ -418,16 +448,28 @@ class _Stage:
         if state["plan_len"] != len(self.plan):
             raise RunMismatch(f"{path}: checkpoint was made for {state['plan_len']} steps, this config "
                               f"plans {len(self.plan)}; use a new output directory for a changed config")
-        dist.load_trainable(self.model, state["trainable"])
-        dist.load_optimizer_state(self.model, self.opt, state["optimizer"])
+        if "shards" in state:
+            try:
+                self.best_trainable = dist.load_shards(path.parent / state["shards"], self.model, self.opt,
+                                                       state["param_groups"], state["has_best"])
+            except dist.ShardsError as e:
+                raise StateFileError(f"{e}; delete {path.parent} to restart from step 0, or pass --overwrite "
+                                     "to start the run over") from None
+        else:
+            dist.load_trainable(self.model, state["trainable"])
+            dist.load_optimizer_state(self.model, self.opt, state["optimizer"])
+            self.best_trainable = state.get("best_trainable")
         self.sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
-        self.best_trainable = state.get("best_trainable")
         log.info("resuming %s from step %d", self.out, state["step"])
         return state["step"], state["best"], state.get("history_tail", {})
 
     def keep_best(self):
-        """The trainable tensors of the best model so far, in memory (process 0); no disk write."""
+        """The trainable tensors of the best model so far, in memory (process 0; under FSDP2 each
+        process its shards, on the CPU); no disk write."""
+        if self.sharding == "fsdp2":
+            self.best_trainable = dist.trainable_shards(self.model)
+            return
         state = dist.trainable_state(self.model)
         self.best_trainable = state if self.acc.is_main_process else None
 
@@ -435,6 +477,7 @@ class _Stage:
         """A full loadable checkpoint (LoRA: merged, and the adapter in ``adapter/``) with the
         tokenizer, written once and atomically; ``trainable`` (full tensors) replaces the current
         trainable weights. Weights are written in the dtype the model was loaded in."""
+        trainable = dist.full_tensors(trainable, self.device)  # FSDP2's kept shards: collective
         if self.tc.save == "trained":
             return self._save_trained(name, trainable)
         full = dist.full_model_state(self.model)  # collective under FSDP2
@@ -626,16 +669,32 @@ def read_state(path: Path) -> dict:
         raise StateFileError(f"{path}: not a training state clo can load safely ({first[:200]}); {hint}") from None
     if not isinstance(state, dict):
         raise StateFileError(f"{path}: not a training state (a {type(state).__name__}, not a dict); {hint}")
-    missing = [k for k in STATE_KEYS if k not in state]
+    keys = SHARDED_STATE_KEYS if "shards" in state else STATE_KEYS
+    missing = [k for k in keys if k not in state]
     if missing:
         raise StateFileError(f"{path}: field {missing[0]!r} missing (a training state has "
-                             f"{', '.join(STATE_KEYS)}); {hint}")
-    for key, kind in (("step", int), ("plan_len", int), ("trainable", dict), ("optimizer", dict),
-                      ("scheduler", dict), ("rng", torch.Tensor)):
+                             f"{', '.join(keys)}); {hint}")
+    kinds = ((("shards", str), ("param_groups", list), ("has_best", bool)) if "shards" in state
+             else (("trainable", dict), ("optimizer", dict)))
+    for key, kind in (("step", int), ("plan_len", int), *kinds, ("scheduler", dict), ("rng", torch.Tensor)):
+        if kind is bool and isinstance(state[key], bool):
+            continue
         if not isinstance(state[key], kind) or isinstance(state[key], bool):
             raise StateFileError(f"{path}: field {key!r} is a {type(state[key]).__name__}, not a "
                                  f"{kind.__name__}; {hint}")
+    shards = state.get("shards")
+    # A name inside last/, never a path elsewhere: the directory is data and names only its own parts.
+    if shards is not None and (not shards.startswith(dist.SHARDS_PREFIX) or Path(shards).name != shards
+                               or not (path.parent / shards).is_dir()):
+        raise StateFileError(f"{path}: field 'shards' {shards[:80]!r} is not a shard directory next to it; {hint}")
     return state
+
+
+def _drop_shards(last: Path, keep: str | None) -> None:
+    """Remove ``last``'s shard directories but ``keep``: superseded by the state just written."""
+    for p in last.glob(f"{dist.SHARDS_PREFIX}*"):
+        if p.name != keep:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _file_digest(path: Path | None) -> str | None:
