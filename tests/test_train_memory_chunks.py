@@ -114,3 +114,31 @@ def test_llama3_8b_attention_trained_fits_34_gib(tmp_path):
     attn = 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024)
     assert est["parts_gib"]["opt"] == pytest.approx(2 * 4 * attn / GIB, abs=0.01)
     assert "train.tokenwise_chunk=2048" in proc.stderr
+
+
+def test_dry_run_plans_the_memory_of_each_training_setting(tmp_path, monkeypatch):
+    """``clo run --dry-run``: one line per model and memory setting whose config is on this machine
+    (the estimate of ``clo train --estimate-memory`` for that run), a note for the others."""
+    from pathlib import Path
+
+    from clo.experiments.config import expand, load_grid
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)
+    small = LlamaConfig(hidden_size=512, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=8000)
+    small.save_pretrained(tmp_path / "small")  # config.json only
+    grid = load_grid("configs/tiny.yaml", [
+        f"output_dir={tmp_path / 'grid'}", "base.train.max_tokens_per_micro_batch=1024",
+        f"models=[{{name: small, spec: {tmp_path / 'small'}}}, {{name: remote, spec: nobody/no-such-model}}]"])
+    runs = expand(grid)
+    lines = memory.plan_lines(runs)
+    assert lines[0].startswith("training memory, one GPU")
+    assert len(lines) == 3  # sft and clo share their memory settings: one line per model
+    trained = [r for r in runs if r.model == "small" and r.method]
+    want = memory.estimate_for_config(trained[0].config)
+    assert lines[1].startswith("  small attention, tokenwise_chunk=null, 1024 tokens per micro-batch: peak ")
+    assert want["peak_gib_per_gpu"] > 0.05 and want["trainable"] == "attention"
+    assert f"peak {want['peak_gib_per_gpu']:.2f} GiB per GPU (param " in lines[1] and lines[1].endswith("2 run(s)")
+    assert "remote" in lines[2] and "not estimated, its config is not on this machine" in lines[2]

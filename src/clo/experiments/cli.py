@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="with --dry-run: print the planned stages, the checks and the estimate as one JSON "
                              "object (schema in docs/experiments.md)")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="with --dry-run: leave out the training runs' memory estimate (20-80 s per distinct "
+                             "model and memory setting at 8B)")
     parser.add_argument("--launcher", help="where the stages run: local (this process) or slurm (one job per "
                                            "stage, through submitit); default: the grid's launcher.kind")
     parser.add_argument("--assumptions", metavar="FILE",
@@ -78,6 +81,11 @@ def main(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return CHECKS_FAILED_EXIT
     if args.dry_run:
+        if not args.no_memory:
+            from clo.train.memory import plan_lines
+
+            for line in plan_lines(expand(grid)):
+                print(line)
         return 0
     outcome = get_launcher(launcher).launch(grid, fail_fast=args.fail_fast, progress=not args.no_progress)
     for line in outcome.lines:

@@ -233,7 +233,8 @@ def estimate(config, *, trainable: str = "attention", dtype: torch.dtype = torch
                                 device=device, logit_chunk=logit_chunk, tokenwise_chunk=tokenwise_chunk)
 
 
-def estimate_for_config(cfg, *, gpus: int = 1, tokens: int | None = None, gpu_memory_gib: float | None = None) -> dict:
+def estimate_for_config(cfg, *, gpus: int = 1, tokens: int | None = None, gpu_memory_gib: float | None = None,
+                        model_config=None) -> dict:
     """``clo train --estimate-memory``: the peak per GPU of the run ``cfg`` describes, from the
     model's config alone. FSDP2 over ``gpus`` divides parameters, gradients and optimiser state by
     ``gpus`` (sharded evenly); activations stay per GPU.
@@ -253,7 +254,7 @@ def estimate_for_config(cfg, *, gpus: int = 1, tokens: int | None = None, gpu_me
 
         raise CloError("--estimate-memory: train.trainable=lora is not estimated (its state is small: the "
                          "frozen weights and activations dominate)")
-    config = AutoConfig.from_pretrained(resolve(cfg.model))
+    config = model_config or AutoConfig.from_pretrained(resolve(cfg.model))
     dtype = torch.bfloat16 if tc.dtype == "auto" else getattr(torch, tc.dtype)
     master = None if tc.master_weights == "none" else torch.float32
     checkpointing = True if tc.gradient_checkpointing == "auto" else bool(tc.gradient_checkpointing)
@@ -289,3 +290,57 @@ def _fit(cfg, gpus: int, gpu_memory_gib: float) -> dict:
                     "suggested": {"train.max_tokens_per_micro_batch": tokens, "train.micro_batch_size": None}}
         tokens = int(tokens * 0.9) // 512 * 512
     return {**a, "gpu_memory_gib": gpu_memory_gib, "fits": False, "note": "not even 512 tokens fit"}
+
+
+def local_model_config(spec: str):
+    """The transformers config of ``spec`` if it is on this machine - a model directory, an offline
+    model already converted, a hub id in the Hugging Face cache - without downloading or converting
+    anything; else ``None``."""
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    from clo.models import OFFLINE_MODELS, cache_root
+
+    if spec in OFFLINE_MODELS:  # converted on first load, which planning must not do
+        path = cache_root() / "models" / spec
+        return AutoConfig.from_pretrained(path) if (path / ".complete").exists() else None
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return AutoConfig.from_pretrained(path) if (path / "config.json").is_file() else None
+    try:
+        return AutoConfig.from_pretrained(spec, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
+def plan_lines(runs) -> list[str]:
+    """``clo run --dry-run``: the estimated peak per GPU (one GPU) of the grid's training runs, one
+    line per distinct model and memory setting, where the model's config is on this machine."""
+    from clo.errors import CloError
+
+    keys = ("trainable", "dtype", "master_weights", "gradient_checkpointing", "max_tokens_per_micro_batch",
+            "logit_chunk", "tokenwise_chunk")
+    groups: dict[tuple, list] = {}
+    for r in runs:
+        if r.method is not None:
+            groups.setdefault((r.model_spec, *(getattr(r.config.train, k) for k in keys)), []).append(r)
+    lines, configs = [], {}
+    for key, members in groups.items():
+        spec, cfg = key[0], members[0].config
+        settings = f"{members[0].model} {cfg.train.trainable}, tokenwise_chunk={cfg.train.tokenwise_chunk or 'null'}"
+        if spec not in configs:
+            configs[spec] = local_model_config(spec)
+        if configs[spec] is None:
+            lines.append(f"  {settings}: not estimated, its config is not on this machine "
+                         f"(`clo train --estimate-memory --set model={spec}` fetches it)")
+            continue
+        try:
+            est = estimate_for_config(cfg, model_config=configs[spec])
+        except CloError as e:
+            lines.append(f"  {settings}: not estimated ({e})")
+            continue
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in est["parts_gib"].items() if v >= 0.005)
+        lines.append(f"  {settings}, {est['tokens_per_micro_batch']} tokens per micro-batch: peak "
+                     f"{est['peak_gib_per_gpu']:.2f} GiB per GPU ({parts}); {len(members)} run(s)")
+    return (["training memory, one GPU (clo train --estimate-memory):"] + lines) if lines else []
