@@ -404,6 +404,6 @@ def test_an_output_dir_not_shared_by_every_process_is_refused(tmp_path, layout):
         assert not list((tmp_path / "shared").glob(".clo-shared-check-*"))  # the probe is cleaned up
     else:
         # Both processes stop before training, naming the directory and the blind process.
-        assert len(lines) == 2 and all(ln.startswith("REFUSED UnsharedDirectory") for ln in lines)
+        assert len(lines) == 2 and all(ln.startswith("REFUSED UnsharedDirectory") for ln in lines), proc.stdout
         assert all("is not shared by all processes: process 1 on" in ln for ln in lines)
         assert not (tmp_path / "node0" / "last").exists() and not (tmp_path / "node1" / "last").exists()
