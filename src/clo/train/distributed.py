@@ -269,8 +269,9 @@ def _cpu_copy(t: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
     if isinstance(t, DTensor):
-        return DTensor.from_local(t.to_local().detach().to("cpu", copy=True), t.device_mesh, t.placements,
-                                  shape=t.shape, stride=t.stride(), run_check=False)
+        # DTensor's constructor with the original's spec: ``DTensor.from_local`` would move the
+        # shard back to the mesh's device (the GPU).
+        return DTensor(t.to_local().detach().to("cpu", copy=True), t._spec, requires_grad=False)
     return t.detach().to("cpu", copy=True)
 
 
