@@ -86,7 +86,8 @@ class FsdpYamlAccelerator(PLAIN):
 
 d, out, resume = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[4] == "resume"
 for job in json.loads((d / "jobs.json").read_text()):
-    if job["procs"] != int(__import__("os").environ["WORLD_SIZE"]) or (resume and "stop_after" not in job):
+    procs = job["procs"] if resume else job.get("first_procs", job["procs"])
+    if procs != int(__import__("os").environ["WORLD_SIZE"]) or (resume and "stop_after" not in job):
         continue
     accelerate.Accelerator = FsdpYamlAccelerator if job.get("fsdp_yaml") else PLAIN
     cfg = config_from_dict({"model": str(d / "model"), "lang": "de", "train": job["cfg"]})
@@ -126,6 +127,9 @@ def _jobs():
     for name, stop in RESUME_JOBS.items():
         job = next(j for j in jobs if j["name"] == name)
         jobs.append({**job, "name": f"{name}-resumed", "stop_after": stop})
+    # Begun by one process (one-file state: nothing to shard), resumed by two under FSDP2.
+    jobs.append({**next(j for j in jobs if j["name"] == "fsdp2-attention"), "name": "fsdp2-attention-from-one",
+                 "stop_after": 2, "first_procs": 1})
     return jobs
 
 
@@ -154,6 +158,7 @@ def two(tmp_path_factory):
         if phase == "resume":  # the interrupted runs as they were left, before the resume finishes them
             for name in RESUME_JOBS:
                 shutil.copytree(out / f"{name}-resumed", d / "interrupted" / name)
+            shutil.copytree(out / "fsdp2-attention-from-one", d / "interrupted" / "from-one")
         cmd = [torchrun, "--standalone", "--nproc_per_node", str(procs), str(d / "run.py"), str(d), str(out),
                str(FSDP_YAML), phase]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
@@ -259,6 +264,16 @@ def test_fsdp2_interrupted_and_resumed_equals_uninterrupted(two, name):
     res = json.loads((out / f"{name}-resumed" / "result.json").read_text())["metrics"]
     assert res["sharding"] == "fsdp2" and res["finished"]
     _assert_same_run(out / name, out / f"{name}-resumed")
+
+
+def test_a_one_process_state_resumes_under_fsdp2(two):
+    d, out = two
+    last = d / "interrupted" / "from-one" / "last"  # one file, as one process writes it
+    assert [p.name for p in last.iterdir()] == ["state.pt"]
+    assert torch.load(last / "state.pt", weights_only=True)["trainable"]
+    res = json.loads((out / "fsdp2-attention-from-one" / "result.json").read_text())["metrics"]
+    assert res["sharding"] == "fsdp2" and res["processes"] == 2
+    _assert_same_run(out / "fsdp2-attention", out / "fsdp2-attention-from-one")
 
 
 def _trainable_numel(d, name):
