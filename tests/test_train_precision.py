@@ -52,8 +52,8 @@ def _master_changed_fraction(workdir, run):
     return changed / sum(t.numel() for t in state.values())
 
 
-def test_bf16_with_fp32_master_weights_keeps_small_updates(workdir, tmp_path):
 @pytest.mark.slow
+def test_bf16_with_fp32_master_weights_keeps_small_updates(workdir, tmp_path):
     res, _ = _run(workdir, tmp_path / "master", dtype="bfloat16", master="float32", lr=5e-5)
     assert res.metrics["steps"] == STEPS and res.metrics["master_weights"] == "float32"
     master = _master_changed_fraction(workdir, tmp_path / "master")
@@ -66,8 +66,8 @@ def test_bf16_with_fp32_master_weights_keeps_small_updates(workdir, tmp_path):
     assert saved >= lost + 0.25 and lost < 0.7
 
 
-def test_bf16_losses_follow_fp32_at_a_small_learning_rate(workdir, tmp_path):
 @pytest.mark.slow
+def test_bf16_losses_follow_fp32_at_a_small_learning_rate(workdir, tmp_path):
     _, ref = _run(workdir, tmp_path / "fp32", dtype="float32", master="float32", lr=5e-6)
     _, mixed = _run(workdir, tmp_path / "bf16", dtype="bfloat16", master="float32", lr=5e-6)
     _, pure = _run(workdir, tmp_path / "pure", dtype="bfloat16", master="none", lr=5e-6)
