@@ -14,9 +14,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from clo.eval.core import EvalDataError, TaskContext, TaskResult, data_hash, read_text
+from clo.eval.core import EvalDataError, TaskContext, TaskResult, data_hash, eval_data_error
 from clo.eval.stats import mean_stderr
 from clo.eval.task import Option, Task, count_lines, register
+from clo.io import read_text
 from clo.languages import Language
 
 FIELDS = ("flores_passage", "question", "mc_answer1", "mc_answer2", "mc_answer3", "mc_answer4",
@@ -70,7 +71,7 @@ def load_rows(lang: Language, data_dir: Path | None, limit: int | None = None) -
             raise EvalDataError(f"{path}: no BELEBELE file for {lang.name} (expected {data_file(lang)} "
                                 f"under the data directory)")
         rows = []
-        for lineno, line in enumerate(read_text(path).splitlines(), 1):
+        for lineno, line in enumerate(read_text(path, eval_data_error).splitlines(), 1):
             if not line.strip():
                 continue
             try:

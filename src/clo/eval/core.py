@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from clo import languages
-from clo.errors import CloError
+from clo.errors import CloError, located
 from clo.eval.task import get_task, tasks
 from clo.fingerprints import differing_keys, sha256_file
 from clo.identity import loaded_model_digest, loaded_model_label, model_digest, model_identity, model_label
+from clo.io import atomic_write, read_json
 from clo.languages import Language
 from clo.paths import safe_name
 
@@ -38,27 +39,15 @@ class CacheMismatch(EvalDataError):
     keys (start over with ``overwrite``, ``clo eval ... --overwrite``)."""
 
 
-def read_text(path: Path) -> str:
-    """The UTF-8 text of ``path``; bytes that are not UTF-8 are an :class:`EvalDataError` naming
-    the file, line and column."""
-    data = Path(path).read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise EvalDataError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {col}); "
-                            "save the file as UTF-8") from None
+#: Builds an :class:`EvalDataError` at ``(path, line, reason)``, for the readers of :mod:`clo.io`.
+eval_data_error = located(EvalDataError)
 
 
 def read_json_list(path: Path, what: str) -> list:
     """A JSON file holding a list; any other content is an :class:`EvalDataError`."""
     if not path.is_file():
         raise EvalDataError(f"{path}: no such {what} file")
-    try:
-        data = json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise EvalDataError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
+    data = read_json(path, eval_data_error)
     if not isinstance(data, list):
         raise EvalDataError(f"{path}: expected a JSON list, got {type(data).__name__}")
     return data
@@ -82,7 +71,7 @@ class ItemCache:
     on a line of their own; those items rerun.
     """
 
-    def __init__(self, path: Path | None, fingerprint: str, inputs: dict | None = None, *, overwrite: bool = False):
+    def __init__(self, path: Path | None, fingerprint: str, inputs: dict, *, overwrite: bool = False):
         self.path = path
         self.fingerprint = fingerprint
         self.inputs = inputs
@@ -93,14 +82,13 @@ class ItemCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists() and self._resume(path):
             return
-        head = {"fingerprint": fingerprint} if inputs is None else {"fingerprint": fingerprint, "inputs": inputs}
-        path.write_text(json.dumps(head, ensure_ascii=False) + "\n", encoding="utf-8")
+        head = {"fingerprint": fingerprint, "inputs": inputs}
+        atomic_write(path, json.dumps(head, ensure_ascii=False) + "\n")
 
     def _differing(self, head: dict) -> list[str]:
         old = head.get("inputs")
-        if not isinstance(old, dict) or self.inputs is None:
-            return ["(no inputs in its header: written by an older clo)"]
-        return differing_keys(old, self.inputs) or ["(fingerprint)"]
+        # A header without its inputs cannot name them; the fingerprint is what differs.
+        return (differing_keys(old, self.inputs) if isinstance(old, dict) else []) or ["(fingerprint)"]
 
     def _resume(self, path: Path) -> bool:
         """Read the items of a file with this fingerprint; False when the file is to be replaced."""
@@ -139,9 +127,7 @@ class ItemCache:
             self._items[obj["key"]] = obj["value"]
             kept.append(line)
         if dropped or unterminated:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(b"".join(ln + b"\n" for ln in kept))
-            tmp.replace(path)
+            atomic_write(path, b"".join(ln + b"\n" for ln in kept))
         log.info("resuming %s: %d cached items", path, len(self._items))
         return True
 
@@ -321,9 +307,10 @@ def _strict_json(v: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Entry point
 
-# Settings that change no item's result. The backend itself stays in the fingerprint (``auto``
-# as what it resolved to): vLLM's samples are not the transformers backend's.
-_NOT_IN_FINGERPRINT = {
+#: The ``eval`` settings that change no item's result, left out of every task's fingerprint (as a
+#: pydantic ``exclude`` tree); the grid leaves them out of its evaluation markers too. The backend
+#: itself stays in (``auto`` as what it resolved to): vLLM's samples are not the transformers backend's.
+NOT_IN_FINGERPRINT = {
     "tasks": True, "limit": True, "batch_size": True, "batch_tokens": True,
     "vllm": {"gpu_memory_utilization": True, "tensor_parallel_size": True, "enforce_eager": True,
              "chunk_size": True},
@@ -332,11 +319,11 @@ _NOT_IN_FINGERPRINT = {
 
 
 def _fingerprinted_eval(task: str, eval_cfg) -> dict:
-    """The ``eval`` settings in ``task``'s fingerprint: all but those of :data:`_NOT_IN_FINGERPRINT`
+    """The ``eval`` settings in ``task``'s fingerprint: all but those of :data:`NOT_IN_FINGERPRINT`
     and those only other tasks read (their :attr:`~clo.eval.task.Task.settings`)."""
     own = set(get_task(task).settings)
     others = {k for t in tasks() for k in t.settings} - own
-    return eval_cfg.model_dump(mode="json", exclude={**_NOT_IN_FINGERPRINT, **dict.fromkeys(others, True)})
+    return eval_cfg.model_dump(mode="json", exclude={**NOT_IN_FINGERPRINT, **dict.fromkeys(others, True)})
 
 
 # Task options that override the ``eval`` setting of the same name, and obey its constraints.

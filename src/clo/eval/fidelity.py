@@ -38,10 +38,11 @@ from clo.eval.core import (
     TaskContext,
     TaskResult,
     data_hash,
+    eval_data_error,
     read_json_list,
-    read_text,
 )
 from clo.eval.task import MAX_NEW_TOKENS, Option, Task, count_csv_rows, count_lines, register
+from clo.io import read_text
 
 
 def echoes(prompt: str, answer: str) -> bool:
@@ -115,7 +116,7 @@ def load_prompts(path: Path) -> list[str]:
                     return obj[k]
         raise EvalDataError(f"{where}: expected a string or an object with one of the fields {', '.join(keys)}")
 
-    text = read_text(path)  # not UTF-8: an error naming the file and line
+    text = read_text(path, eval_data_error)  # not UTF-8: an error naming the file and line
     if path.suffix == ".txt":
         return [line for line in text.splitlines() if line.strip()]
     if path.suffix == ".json":
