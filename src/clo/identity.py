@@ -28,6 +28,9 @@ import os
 from pathlib import Path
 
 from clo.fingerprints import sha256_file
+from clo.io import write_json
+from clo.offline_models import OFFLINE_MODELS, offline_model_dir
+from clo.paths import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +40,6 @@ CARD_FILES = frozenset({"README.md", "trainer_state.json", "eval_results.json", 
 
 
 def _digest_cache() -> Path:
-    from clo.models import cache_root
-
     return cache_root() / "digests"
 
 
@@ -62,8 +63,6 @@ def file_digest(path: str | Path) -> str:
     if _stat_key(path) != key:  # changed while it was read: do not remember either
         return digest
     try:
-        from clo.io import write_json
-
         write_json(entry, {"key": key, "sha256": digest, "name": path.name}, fsync=False)
     except OSError as e:  # a read-only cache costs time, not correctness
         log.debug("cannot cache the digest of %s: %s", path, e)
@@ -134,13 +133,26 @@ def hub_revision(repo_id: str) -> str | None:
     return cached_revision(repo_id)
 
 
+def is_hub_id(spec: str) -> bool:
+    """Whether ``spec`` is spelled as a hub id (``name`` or ``owner/name``, not a path): what a spec
+    that is neither an offline name nor a directory must be."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if spec.startswith((".", "~", "/")) or spec.count("/") > 1:
+        return False
+    try:
+        validate_repo_id(spec)
+    except HFValidationError:
+        return False
+    return True
+
+
 def model_identity(spec: str) -> dict:
     """What a model spec is (see the module docstring): ``{"sha256", "files"}`` for a directory or
     an offline name, ``{"hub": id, "revision": commit or None}`` for a hub id, else ``{"spec"}``."""
-    from clo.models import OFFLINE_MODELS, is_hub_id, resolve
-
     spec = str(spec)
-    path = Path(resolve(spec)) if spec in OFFLINE_MODELS else Path(spec).expanduser()
+    path = offline_model_dir(spec) if spec in OFFLINE_MODELS else Path(spec).expanduser()
     if path.is_dir():
         return directory_identity(path)
     if is_hub_id(spec):

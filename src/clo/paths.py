@@ -24,6 +24,12 @@ FORBIDDEN_CHARS = frozenset('/\\:*?"<>|')
 MAX_NAME_BYTES = 160
 
 
+def cache_root() -> Path:
+    """Where clo keeps what it builds once and reuses (converted models, file digests, reference
+    log-probs, materialised checkpoints): ``$CLO_CACHE``, default ``~/.cache/clo``."""
+    return Path(os.environ.get("CLO_CACHE", Path.home() / ".cache" / "clo"))
+
+
 class UnsafeName(CloError, ValueError):
     """A name from data or a config that cannot be a file name; the message says which and why."""
 
