@@ -11,7 +11,7 @@ import pytest
 from clo import demo
 from clo.experiments.config import expand, grid_from_dict
 from clo.experiments.grid import plan
-from clo.experiments.stages import write_json_atomic
+from clo.io import write_json
 
 
 def test_shared_data_dir_from_environment(monkeypatch, tmp_path, shared_data):
@@ -125,14 +125,14 @@ def test_summary_prints_headline_numbers_and_answers_side_by_side(tmp_path, shar
 
     tree = demo.demo_tree(tmp_path, shared_data, 48, {"source": "alpaca", "path": "x.json"})
     grid = grid_from_dict(tree, "demo")
-    write_json_atomic(tmp_path / "plan.json", plan(grid))
+    write_json(tmp_path / "plan.json", plan(grid))
 
     def put(rid, key, m, records=None):
-        write_json_atomic(tmp_path / "runs" / rid / "eval" / f"{key}.done.json", {"fingerprint": "f", "result": m})
+        write_json(tmp_path / "runs" / rid / "eval" / f"{key}.done.json", {"fingerprint": "f", "result": m})
         if records is not None:
             task, _, lang = key.rpartition("_")
-            write_json_atomic(tmp_path / "runs" / rid / "eval" / key / f"{task}-{lang}.json",
-                              {"metrics": m, "records": records})
+            write_json(tmp_path / "runs" / rid / "eval" / key / f"{task}-{lang}.json",
+                       {"metrics": m, "records": records})
 
     put("smollm2-135m/de/base", "fidelity_de", {"rate": 0.25, "n": 24, "echo_rate": 0.25,
                                                  "rate_excluding_echoes": 0.0, "n_excluding_echoes": 18})
@@ -141,10 +141,10 @@ def test_summary_prints_headline_numbers_and_answers_side_by_side(tmp_path, shar
                    ("smollm2-135m/de/clo/nall", [1, 1, 0, 1])):
         recs = _pref_records(t)
         put(rid, "preference_de", summarize(recs), recs)
-    write_json_atomic(tmp_path / "runs/smollm2-135m/de/base/samples.json",
-                      [{"prompt": demo.SAMPLE_PROMPTS[0], "answer": "Sleep well."}])
-    write_json_atomic(tmp_path / "runs/smollm2-135m/de/clo/nall/samples.json",
-                      [{"prompt": demo.SAMPLE_PROMPTS[0], "answer": "Schlaf gut.\nGute Nacht."}])
+    write_json(tmp_path / "runs/smollm2-135m/de/base/samples.json",
+               [{"prompt": demo.SAMPLE_PROMPTS[0], "answer": "Sleep well."}])
+    write_json(tmp_path / "runs/smollm2-135m/de/clo/nall/samples.json",
+               [{"prompt": demo.SAMPLE_PROMPTS[0], "answer": "Schlaf gut.\nGute Nacht."}])
     text = demo.summary(tmp_path, width=80)
     lines = text.splitlines()
     row = lambda name, start=0: next(l for l in lines[start:] if l.strip().startswith(name)).split()

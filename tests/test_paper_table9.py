@@ -7,7 +7,7 @@ from clo.config import load_config
 from clo.eval import evaluate
 from clo.experiments.config import grid_from_dict, load_grid
 from clo.experiments.graph import plan
-from clo.experiments.stages import write_json_atomic
+from clo.io import write_json
 from clo.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,8 +58,8 @@ def test_table9_in_the_report(tmp_path):
     grid = grid_from_dict({"name": "g", "output_dir": str(tmp_path), "models": ["M"], "langs": ["de"],
                            "methods": ["sft", "clo"], "sizes": [None], "include_base": False,
                            "eval_jobs": [{"task": "alpacaeval", "opts": {"also_judge_with": "clo"}}]})
-    write_json_atomic(tmp_path / "plan.json", plan(grid))
-    write_json_atomic(tmp_path / "runs" / "M/de/clo/nall" / "eval" / "alpacaeval_de.done.json", {
+    write_json(tmp_path / "plan.json", plan(grid))
+    write_json(tmp_path / "runs" / "M/de/clo/nall" / "eval" / "alpacaeval_de.done.json", {
         "fingerprint": "0" * 16, "result": {"win_rate": 0.62, "stderr": 0.02, "n": 805,
                                             "judge_prompt": "alpaca_eval@0123abcd", "also_judged": {
                                                 "clo": {"win_rate": 0.71, "stderr": 0.015, "n": 805}}}})

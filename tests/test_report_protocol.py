@@ -6,7 +6,7 @@ from pathlib import Path
 
 from clo.experiments.config import grid_from_dict
 from clo.experiments.grid import plan
-from clo.experiments.stages import write_json_atomic
+from clo.io import write_json
 from clo.report import write_report
 
 
@@ -14,10 +14,10 @@ def _grid(tmp_path: Path, metrics: dict[str, dict]) -> Path:
     grid = grid_from_dict({"name": "g", "output_dir": str(tmp_path), "models": ["M"], "langs": ["de"],
                            "methods": ["sft", "clo"], "sizes": [200, None],
                            "eval_jobs": [{"task": "alpacaeval"}, {"task": "alpacaeval", "lang": "en"}]})
-    write_json_atomic(tmp_path / "plan.json", plan(grid))
+    write_json(tmp_path / "plan.json", plan(grid))
     for (run_id, key), m in metrics.items():
-        write_json_atomic(tmp_path / "runs" / run_id / "eval" / f"{key}.done.json",
-                          {"fingerprint": "0" * 16, "result": m})
+        write_json(tmp_path / "runs" / run_id / "eval" / f"{key}.done.json",
+                   {"fingerprint": "0" * 16, "result": m})
     return tmp_path
 
 
@@ -56,12 +56,12 @@ def test_sizes_say_what_was_trained_on_and_what_the_data_lacked(tmp_path):
     wr = {"win_rate": 0.6, "stderr": 0.02, "n": 805}
     d = _grid(tmp_path, {("M/de/clo/nall", "alpacaeval_de"): wr})
     # the build asked for 6400 examples and got a short source; the runs trained on what was left
-    write_json_atomic(d / "data" / "de" / "data.done.json", {"fingerprint": "0" * 16, "result": {
+    write_json(d / "data" / "de" / "data.done.json", {"fingerprint": "0" * 16, "result": {
         "train": 1140, "warnings": ["the source has 1200 usable English examples, fewer than data.n = 6400: "
                                     "the build trains on 1140 pairs (60 for validation, 0 rejected)"]}})
     for run_id, n in (("M/de/clo/nall", 1140), ("M/de/sft/nall", 1140), ("M/de/clo/n200", 200)):
-        write_json_atomic(d / "runs" / run_id / "train.done.json",
-                          {"fingerprint": "0" * 16, "result": {"checkpoint": "x", "metrics": {"examples": n}}})
+        write_json(d / "runs" / run_id / "train.done.json",
+                   {"fingerprint": "0" * 16, "result": {"checkpoint": "x", "metrics": {"examples": n}}})
     write_report(d)
     md = (d / "report" / "report.md").read_text(encoding="utf-8")
     cap = _caption(md, "Table 1")
@@ -111,8 +111,8 @@ def test_a_short_source_is_a_warning_in_the_build_summary(tmp_path, monkeypatch)
 def test_table3_says_the_format_items_are_left_out(tmp_path):
     grid = grid_from_dict({"name": "g", "output_dir": str(tmp_path), "models": ["M"], "langs": ["de"],
                            "methods": ["sft", "clo"], "sizes": [None], "eval_jobs": [{"task": "mmmlu"}]})
-    write_json_atomic(tmp_path / "plan.json", plan(grid))
-    write_json_atomic(tmp_path / "runs" / "M/de/clo/nall" / "eval" / "mmmlu_de.done.json", {
+    write_json(tmp_path / "plan.json", plan(grid))
+    write_json(tmp_path / "runs" / "M/de/clo/nall" / "eval" / "mmmlu_de.done.json", {
         "fingerprint": "0" * 16, "result": {"accuracy": 0.5, "stderr": 0.01, "n": 14032, "format_items_left_out": 10}})
     write_report(tmp_path)
     cap = _caption((tmp_path / "report" / "report.md").read_text(encoding="utf-8"), "Table 3")

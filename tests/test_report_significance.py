@@ -10,7 +10,7 @@ import pytest
 
 from clo.experiments.config import grid_from_dict
 from clo.experiments.graph import plan
-from clo.experiments.stages import write_json_atomic
+from clo.io import write_json
 from clo.report import write_report
 from clo.report.tables import sign_test_p
 
@@ -29,7 +29,7 @@ def test_sign_test_by_hand():
 
 
 def _put(d: Path, run_id: str, key: str, metrics: dict, records: list[dict]) -> None:
-    write_json_atomic(d / "runs" / run_id / "eval" / f"{key}.done.json", {"fingerprint": "0" * 16, "result": metrics})
+    write_json(d / "runs" / run_id / "eval" / f"{key}.done.json", {"fingerprint": "0" * 16, "result": metrics})
     task, _, lang = key.rpartition("_")
     p = d / "runs" / run_id / "eval" / key / f"{task}-{lang}.json"
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -40,7 +40,7 @@ def test_significance_table(tmp_path):
     grid = grid_from_dict({"name": "g", "output_dir": str(tmp_path), "models": ["M"], "langs": ["de"],
                            "methods": ["sft", "sft+dpo", "clo"], "sizes": [None],
                            "eval_jobs": [{"task": "alpacaeval"}, {"task": "belebele"}]})
-    write_json_atomic(tmp_path / "plan.json", plan(grid))
+    write_json(tmp_path / "plan.json", plan(grid))
     # CLO against SFT: 7 wins, 1 loss, 2 ties on 10 items; SFT+DPO: 4 wins, 4 losses, 2 ties
     clo = [1, 1, 1, 1, 1, 1, 1, 0, 0.5, 0.5]
     dpo = [1, 0, 1, 0, 1, 0, 1, 0, 0.5, 0.5]
@@ -80,11 +80,11 @@ def test_figure4_mmmlu_by_category(tmp_path):
     grid = grid_from_dict({"name": "g", "output_dir": str(tmp_path), "models": ["M"], "langs": ["ko"],
                            "methods": ["sft", "clo"], "sizes": [None], "include_base": False,
                            "eval_jobs": [{"task": "mmmlu"}]})
-    write_json_atomic(tmp_path / "plan.json", plan(grid))
+    write_json(tmp_path / "plan.json", plan(grid))
     per = {"sft": {"STEM": (0.30, 0.02), "humanities": (0.41, 0.03)},
            "clo": {"STEM": (0.35, 0.02), "humanities": (0.44, 0.03), "other": (0.5, 0.04)}}
     for v, cats in per.items():
-        write_json_atomic(tmp_path / "runs" / f"M/ko/{v}/nall" / "eval" / "mmmlu_ko.done.json", {
+        write_json(tmp_path / "runs" / f"M/ko/{v}/nall" / "eval" / "mmmlu_ko.done.json", {
             "fingerprint": "0" * 16, "result": {"accuracy": 0.4, "stderr": 0.01, "n": 100, "per_category": {
                 c: {"accuracy": a, "stderr": s, "n": 20} for c, (a, s) in cats.items()}}})
     write_report(tmp_path)
@@ -109,10 +109,10 @@ def test_table4_head_to_head(tmp_path):
                            "sizes": [None], "include_base": False, "baseline": "clo",
                            "eval_jobs": [{"task": "alpacaeval"}, {"task": "alpacaeval", "lang": "en"}]})
     p = plan(grid)
-    write_json_atomic(tmp_path / "plan.json", p)
+    write_json(tmp_path / "plan.json", p)
     # the grid judges clo-full against clo (and not clo against itself)
     assert [r["evals"] for r in p["runs"] if r["variant"] == "clo"] == [[]]
-    write_json_atomic(tmp_path / "runs" / "M/ko/clo-full/nall" / "eval" / "alpacaeval_ko.done.json", {
+    write_json(tmp_path / "runs" / "M/ko/clo-full/nall" / "eval" / "alpacaeval_ko.done.json", {
         "fingerprint": "0" * 16, "result": {"win_rate": 0.4, "stderr": 0.05, "n": 80, "wins": 28, "losses": 44,
                                             "ties": 8, "failures": 0}})
     write_report(tmp_path)
@@ -132,12 +132,12 @@ def test_table3_rows_of_variants_evaluated_on_mmmlu_only(tmp_path):
     p = plan(grid)
     assert [r["run_id"] for r in p["runs"] if r["variant"] == "sft-eng"] == ["M/ko/sft-eng/nall"]
     assert next(r for r in p["runs"] if r["variant"] == "sft-eng")["evals"] == ["mmmlu_ko", "mmmlu_en"]
-    write_json_atomic(tmp_path / "plan.json", p)
+    write_json(tmp_path / "plan.json", p)
     for v, acc in (("sft", 0.30), ("clo", 0.36), ("sft-eng", 0.28)):
-        write_json_atomic(tmp_path / "runs" / f"M/ko/{v}/nall" / "eval" / "mmmlu_ko.done.json",
-                          {"fingerprint": "0" * 16, "result": {"accuracy": acc, "stderr": 0.01, "n": 100}})
-    write_json_atomic(tmp_path / "runs" / "M/ko/clo/nall" / "eval" / "belebele_ko.done.json",
-                      {"fingerprint": "0" * 16, "result": {"accuracy": 0.5, "stderr": 0.01, "n": 900}})
+        write_json(tmp_path / "runs" / f"M/ko/{v}/nall" / "eval" / "mmmlu_ko.done.json",
+                   {"fingerprint": "0" * 16, "result": {"accuracy": acc, "stderr": 0.01, "n": 100}})
+    write_json(tmp_path / "runs" / "M/ko/clo/nall" / "eval" / "belebele_ko.done.json",
+               {"fingerprint": "0" * 16, "result": {"accuracy": 0.5, "stderr": 0.01, "n": 900}})
     write_report(tmp_path)
     md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     assert "| model | lang | eval lang | SFT | CLO | SFT-eng |" in md.split("### Table 3", 1)[1]
@@ -149,7 +149,7 @@ def test_ablations_are_tested_against_the_main_clo(tmp_path):
                            "methods": ["sft", "clo", {"name": "clo-full", "method": "clo",
                                                       "set": {"train.trainable": "full"}}],
                            "sizes": [None], "include_base": False, "eval_jobs": [{"task": "belebele"}]})
-    write_json_atomic(tmp_path / "plan.json", plan(grid))
+    write_json(tmp_path / "plan.json", plan(grid))
     for run_id, cs in (("M/de/sft/nall", [0, 0, 0, 0, 1, 1]), ("M/de/clo/nall", [1, 1, 0, 0, 1, 1]),
                        ("M/de/clo-full/nall", [1, 1, 1, 1, 1, 0])):
         _put(tmp_path, run_id, "belebele_de", {"accuracy": sum(cs) / 6, "stderr": 0.1, "n": 6},

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from clo.errors import CloError
+from clo.io import atomic_write
 
 __all__ = ["APIError", "train"]
 
@@ -131,9 +132,7 @@ def dataset_file(dataset, what: str, lang: str | None) -> tuple[Path, str | None
     text = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records)
     path = _cache("data") / f"{hashlib.sha256(text.encode('utf-8')).hexdigest()[:20]}.jsonl"
     if not path.is_file():
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        atomic_write(path, text)
     return path, langs[0]
 
 

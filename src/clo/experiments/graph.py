@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 from clo.eval.task import is_pairwise
 from clo.experiments.config import BASE_VARIANT, EvalJob, GridConfig, RunSpec, expand
-from clo.experiments.stages import marker_path, write_json_atomic
+from clo.experiments.stages import marker_path
 from clo.fingerprints import content_digest, fingerprint
+from clo.io import write_json
 
 if TYPE_CHECKING:
     from clo.config import Config
@@ -388,13 +389,13 @@ def _eval_ignore() -> tuple[str, ...]:
     """Evaluation settings that change no result: the batch sizes and vLLM's resource settings
     (those :mod:`clo.eval.core` leaves out of its item cache's fingerprint, but for ``limit``,
     which changes the number of items), and ``eval.tasks`` (the grid's jobs say what runs)."""
-    from clo.eval.core import _NOT_IN_FINGERPRINT
+    from clo.eval.core import NOT_IN_FINGERPRINT
 
     def flat(tree: dict, prefix: str) -> list[str]:
         return [k for name, v in tree.items()
                 for k in (flat(v, f"{prefix}{name}.") if isinstance(v, dict) else [f"{prefix}{name}"])]
 
-    return (*(k for k in flat(_NOT_IN_FINGERPRINT, "eval.") if k != "eval.limit"), "opts.batch_size")
+    return (*(k for k in flat(NOT_IN_FINGERPRINT, "eval.") if k != "eval.limit"), "opts.batch_size")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -668,7 +669,7 @@ def training_file(run: RunSpec, ddir: Path, data_result: Any) -> Path:
 def _write_samples(rdir: Path, prompts: list[str], answers: list[str]) -> dict:
     if len(answers) != len(prompts):
         raise ValueError(f"samples: {len(prompts)} prompts but {len(answers)} answers")
-    write_json_atomic(rdir / "samples.json", [{"prompt": p, "answer": a} for p, a in zip(prompts, answers)])
+    write_json(rdir / "samples.json", [{"prompt": p, "answer": a} for p, a in zip(prompts, answers)])
     return {"n": len(prompts)}
 
 

@@ -49,9 +49,8 @@ from clo.experiments.stages import (
     check_marker_format,
     lookup_stage,
     run_stage,
-    write_json_atomic,
 )
-from clo.io import atomic_write
+from clo.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +196,7 @@ def translate_instructions(cfg: Config, lang: str, out_path: Path, instructions_
                              Path(cfg.eval.data_dir) if cfg.eval.data_dir else None)[:cfg.eval.limit]
     english = [r["instruction"] for r in rows]
     out = translate_texts(english, "en", lang, eval_translator(cfg), out_path.with_suffix(".sqlite"))
-    write_json_atomic(out_path, [{"instruction": t, "instruction_en": e} for t, e in zip(out, english)])
+    write_json(out_path, [{"instruction": t, "instruction_en": e} for t, e in zip(out, english)])
     return {"n": len(out), "path": str(out_path)}
 
 
@@ -304,7 +303,7 @@ def run_grid(
     _MODELS.clear()
     result.seconds = time.perf_counter() - t_start
     if not lookup_only and (only is None or only("report")):
-        write_json_atomic(result.grid_dir / "status.json", {
+        write_json(result.grid_dir / "status.json", {
             "ok": result.ok and not result.pending, "failures": {**result.pending, **result.failures},
             "ran": result.ran, "skipped": result.skipped + result.looked_up, "seconds": round(result.seconds, 1),
         })
@@ -353,7 +352,7 @@ class _Execution:
         rdir = res.grid_dir / "runs" / st.run.run_id if st.run and st.key == st.run.run_id else None
         if rdir is not None and not self.lookup_only and st.run.run_id not in self.started_runs:
             self.started_runs.add(st.run.run_id)
-            write_json_atomic(rdir / "run.json", st.run.describe())
+            write_json(rdir / "run.json", st.run.describe())
             atomic_write(rdir / "config.yaml", dump_config(st.run.config))
         with _RunLog(None if self.lookup_only or rdir is None else rdir / "log.txt"):
             try:
@@ -384,8 +383,8 @@ class _Execution:
         res.failures[st.key] = msg
         log.error("%s failed: %s", st.key, msg)
         if st.run is not None and st.key == st.run.run_id and not self.lookup_only:
-            write_json_atomic(res.grid_dir / "runs" / st.key / "failed.json",
-                              {"error": msg, "traceback": traceback.format_exc()})
+            write_json(res.grid_dir / "runs" / st.key / "failed.json",
+                       {"error": msg, "traceback": traceback.format_exc()})
         if self.fail_fast:
             raise err
 
@@ -402,4 +401,4 @@ def write_grid_files(grid: GridConfig, the_plan: dict | None = None) -> None:
     grid_dir = Path(grid.output_dir)
     grid_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(grid_dir / "grid.yaml", dump_grid(grid))
-    write_json_atomic(grid_dir / "plan.json", the_plan if the_plan is not None else plan(grid))
+    write_json(grid_dir / "plan.json", the_plan if the_plan is not None else plan(grid))

@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,6 +39,7 @@ from typing import Any
 
 from clo.errors import CloError
 from clo.fingerprints import fingerprint
+from clo.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +53,6 @@ STARTED_SUFFIX = ".started.json"
 #: (a local directory by its files' content, a hub id by its commit, an offline name by its
 #: package: :func:`clo.experiments.graph.model_inputs`). Markers without one are format 1.
 MARKER_FORMAT = 3
-
-
-def write_json_atomic(path: Path, obj: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Unique per writer: jobs on several nodes may write the same file (same content) at once.
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
 
 
 def marker_path(directory: Path, name: str) -> Path:
@@ -235,18 +224,18 @@ def run_stage(
         # In this order, a kill at any point leaves a marker that makes the next run clear again:
         # never a done-marker of the old inputs over half-removed outputs, nor a resumable
         # started-marker over the old inputs' files.
-        write_json_atomic(started_at, {**state, "clearing": True})
+        write_json(started_at, {**state, "clearing": True})
         marker.unlink(missing_ok=True)
         removed = clear_outputs(marker, clear, keep, protect=[started_at])
         log.info("%s: %s since the last run (%s -> %s); cleared %d output(s), running again",
                  name, what, stale["fingerprint"], fp, len(removed))
     elif started is not None:
         log.info("%s: resuming an unfinished run with the same inputs (%s)", name, fp)
-    write_json_atomic(started_at, state)
+    write_json(started_at, state)
     t0, c0 = time.perf_counter(), time.process_time()
     result = fn()
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    write_json_atomic(marker, {
+    write_json(marker, {
         "stage": name, "format": MARKER_FORMAT, "fingerprint": fp, "inputs": inputs, "result": result,
         # CPU seconds next to wall seconds: on a shared machine the wall time says little.
         "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3), "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
