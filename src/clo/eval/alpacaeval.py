@@ -251,10 +251,11 @@ def run(ctx: TaskContext, *, limit: int | None = None, instructions_file: str | 
     also = None
     if also_judge_with is not None:
         from clo.eval.prompts import JUDGE_PROMPTS
+        from clo.registry import unknown_name_message
 
         if also_judge_with not in JUDGE_PROMPTS:
-            raise EvalDataError(f"alpacaeval: also_judge_with={also_judge_with!r}; expected one of "
-                                f"{', '.join(JUDGE_PROMPTS)}")
+            raise EvalDataError("alpacaeval: also_judge_with: "
+                                + unknown_name_message("judge prompt", also_judge_with, JUDGE_PROMPTS))
         also = resolve_judge_prompt(ev.judge.model_copy(update={"prompt": also_judge_with}), ctx.lang)
     bs = batch_size or ev.batch_size
     mnt = max_new_tokens or ev.max_new_tokens

@@ -19,6 +19,7 @@ from clo.eval.stats import mean_stderr
 from clo.eval.task import Option, Task, count_lines, register
 from clo.io import read_text
 from clo.languages import Language
+from clo.registry import Registry
 
 FIELDS = ("flores_passage", "question", "mc_answer1", "mc_answer2", "mc_answer3", "mc_answer4",
           "correct_answer_num")
@@ -41,19 +42,15 @@ def _native(row: dict, lang: Language) -> tuple[str, list[str]]:
     return "\n".join(lines), [f" {label}" for label in lb.options]
 
 
-TEMPLATES: dict[str, Callable[[dict, Language], tuple[str, list[str]]]] = {
+TEMPLATES: Registry[Callable[[dict, Language], tuple[str, list[str]]]] = Registry("BELEBELE template", {
     "native": _native,
     "harness": _harness,
-}
+})
 
 
 def render(row: dict, lang: Language, template: str = "native") -> tuple[str, list[str]]:
     """(context, the four continuations) of a BELEBELE row."""
-    try:
-        fn = TEMPLATES[template]
-    except KeyError:
-        raise ValueError(f"unknown BELEBELE template {template!r}; known: {', '.join(TEMPLATES)}") from None
-    return fn(row, lang)
+    return TEMPLATES.get(template)(row, lang)
 
 
 def data_file(lang: Language) -> str:

@@ -40,9 +40,7 @@ class JudgeConfig(StrictModel):
     def _known_prompt(cls, v: str) -> str:
         from clo.eval.prompts import JUDGE_PROMPTS
 
-        if v not in JUDGE_PROMPTS:
-            raise ValueError(f"unknown judge prompt {v!r}; known: {', '.join(JUDGE_PROMPTS)}")
-        return v
+        return registered(v, JUDGE_PROMPTS, "judge prompt")
 
 
 class VLLMConfig(StrictModel):
@@ -88,9 +86,7 @@ class EvalConfig(StrictModel):
     @field_validator("system_prompt")
     @classmethod
     def _known_system_prompt(cls, v: str) -> str:
-        if v not in SYSTEM_PROMPTS:
-            raise ValueError(f"unknown system prompt {v!r}; known: {', '.join(SYSTEM_PROMPTS)}")
-        return v
+        return registered(v, SYSTEM_PROMPTS, "system prompt")
 
     @field_validator("backend")
     @classmethod

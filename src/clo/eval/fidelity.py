@@ -43,6 +43,7 @@ from clo.eval.core import (
 )
 from clo.eval.task import MAX_NEW_TOKENS, Option, Task, count_csv_rows, count_lines, register
 from clo.io import read_text
+from clo.registry import UnknownName, unknown_name_message
 
 
 def echoes(prompt: str, answer: str) -> bool:
@@ -92,7 +93,7 @@ def load_lcb(data_dir: Path | None, lang: str, split: str = "monolingual") -> li
     root = Path(data_dir) / LCB_DIR
     splits = SPLITS if split == "all" else (split,)
     if any(s not in SPLITS for s in splits):
-        raise ValueError(f"unknown split {split!r}; use monolingual, crosslingual or all")
+        raise UnknownName(unknown_name_message("split", split, (*SPLITS, "all")), split)
     rows = [r for s in splits for r in _lcb_rows(root, s, lang)]
     if not rows:
         raise EvalDataError(f"{root}: no {split} prompts for language {lang!r} (<split>/<source>/{lang}.csv)")
@@ -146,7 +147,7 @@ SOURCES = ("auto", "lcb", "held-out")
 def _source(opts: dict) -> str:
     source = opts.get("source", "auto")
     if source not in SOURCES:
-        raise ValueError(f"fidelity: unknown source {source!r}; use {', '.join(SOURCES)}")
+        raise UnknownName("fidelity: " + unknown_name_message("source", source, SOURCES), source)
     return source
 
 
@@ -307,7 +308,7 @@ def run_confusion(ctx: TaskContext, *, split: str = "monolingual", limit: int | 
                   batch_size: int | None = None, max_new_tokens: int | None = None) -> TaskResult:
     limit = limit if limit is not None else ctx.cfg.eval.limit
     if split not in (*SPLITS, "all"):
-        raise ValueError(f"unknown split {split!r}; use monolingual, crosslingual or all")
+        raise UnknownName(unknown_name_message("split", split, (*SPLITS, "all")), split)
     splits = SPLITS if split == "all" else (split,)
     code = ctx.lang.code
     rows = [{**r, "task": s} for s in splits for r in load_lcb(ctx.data_dir, code, s)[:limit]]

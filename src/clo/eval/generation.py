@@ -43,6 +43,7 @@ from typing import Any, Protocol
 import torch
 
 from clo.formatting import encode_prompt
+from clo.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -611,10 +612,10 @@ def _make_vllm(*, spec: str | None, load_model: Callable[[], Any], tokenizer, ev
 
 
 # name -> factory(spec=, load_model=, tokenizer=, eval_cfg=, workdir=) -> Generator
-GENERATION_BACKENDS: dict[str, Callable[..., Generator]] = {
+GENERATION_BACKENDS: Registry[Callable[..., Generator]] = Registry("generation backend", {
     "transformers": _make_transformers,
     "vllm": _make_vllm,
-}
+})
 
 
 def vllm_installed() -> bool:
@@ -645,8 +646,5 @@ def make_generator(backend: str, *, spec: str | None, load_model: Callable[[], A
     when it was named by a spec, and ``load_model()`` returning the transformers model (only
     called by backends that need it)."""
     backend = resolve_backend(backend)
-    try:
-        factory = GENERATION_BACKENDS[backend]
-    except KeyError:
-        raise ValueError(f"unknown generation backend {backend!r}; known: {', '.join(GENERATION_BACKENDS)}") from None
+    factory = GENERATION_BACKENDS.get(backend)
     return factory(spec=spec, load_model=load_model, tokenizer=tokenizer, eval_cfg=eval_cfg, workdir=workdir)

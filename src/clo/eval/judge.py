@@ -34,6 +34,7 @@ from typing import Protocol
 
 from clo.config_base import ConfigError
 from clo.languages import Language
+from clo.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -456,14 +457,11 @@ class LocalJudge:
         return self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-JUDGES: dict[str, Callable[[object], Judge]] = {"openai": OpenAIJudge, "local": LocalJudge}
+JUDGES: Registry[Callable[[object], Judge]] = Registry("judge backend", {"openai": OpenAIJudge, "local": LocalJudge})
 
 
 def make_judge(cfg) -> Judge:
-    try:
-        return JUDGES[cfg.backend](cfg)
-    except KeyError:
-        raise ValueError(f"unknown judge backend {cfg.backend!r}; known: {', '.join(JUDGES)}") from None
+    return JUDGES.get(cfg.backend)(cfg)
 
 
 def judge_item(judge: Judge, item_id: str, instruction: str, model_output: str, baseline_output: str,

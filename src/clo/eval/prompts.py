@@ -28,6 +28,7 @@ from pathlib import Path
 
 from clo.config_base import ConfigError
 from clo.languages import Language
+from clo.registry import unknown_name_message
 
 JUDGE_PROMPTS = ("clo", "alpaca_eval", "paper")
 
@@ -185,7 +186,7 @@ def resolve(judge_cfg, lang: Language) -> JudgePrompt | None:
     if name == "clo":
         return None
     if name not in JUDGE_PROMPTS:
-        raise ConfigError(f"eval.judge.prompt: unknown prompt {name!r}; known: {', '.join(JUDGE_PROMPTS)}")
+        raise ConfigError(f"eval.judge.prompt: {unknown_name_message('prompt', name, JUDGE_PROMPTS)}")
     text, where = ALPACA_EVAL_FN_TEMPLATE, "alpaca_eval_fn"
     prompt_file = getattr(judge_cfg, "prompt_file", None)
     if name == "paper" and lang.code != "en":

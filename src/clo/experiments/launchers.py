@@ -37,6 +37,7 @@ from clo.experiments.graph import PHASES, grid_stages
 from clo.experiments.grid import GridResult, StageFunctions, done_stages, run_grid, write_grid_files
 from clo.experiments.stages import StageNotDone, lookup_stage, run_stage
 from clo.io import atomic_write
+from clo.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Outcome:
     jobs: dict[str, Any] = field(default_factory=dict)  # job name -> submitit job
 
 
-LAUNCHERS: dict[str, Callable[[], Any]] = {}
+LAUNCHERS: Registry[Callable[[], Any]] = Registry("launcher")
 
 
 def register_launcher(name: str):
@@ -65,10 +66,7 @@ def register_launcher(name: str):
 
 
 def get_launcher(name: str):
-    try:
-        return LAUNCHERS[name]()
-    except KeyError:
-        raise KeyError(f"unknown launcher {name!r}; known: {', '.join(sorted(LAUNCHERS))}") from None
+    return LAUNCHERS.get(name)()
 
 
 @register_launcher("local")
