@@ -222,14 +222,14 @@ def test_every_win_rate_cell_of_table9_shows_its_items(tmp_path):
     """Judged under the second prompt, two verdicts failed: that win rate rests on 803 items, and
     the cell says so (as the first prompt's cell says 805)."""
     from clo.experiments.graph import plan
-    from clo.experiments.stages import write_json_atomic
+    from clo.io import write_json
     from clo.report import write_report
 
     grid = grid_from_dict({"name": "g", "output_dir": str(tmp_path), "models": ["M"], "langs": ["de"],
                            "methods": ["sft", "clo"], "sizes": [None], "include_base": False,
                            "eval_jobs": [{"task": "alpacaeval", "opts": {"also_judge_with": "clo"}}]})
-    write_json_atomic(tmp_path / "plan.json", plan(grid))
-    write_json_atomic(tmp_path / "runs" / "M/de/clo/nall" / "eval" / "alpacaeval_de.done.json", {
+    write_json(tmp_path / "plan.json", plan(grid))
+    write_json(tmp_path / "runs" / "M/de/clo/nall" / "eval" / "alpacaeval_de.done.json", {
         "fingerprint": "0" * 16, "result": {"win_rate": 0.62, "stderr": 0.02, "n": 805,
                                             "judge_prompt": "alpaca_eval@0123abcd", "also_judged": {
                                                 "clo": {"win_rate": 0.71, "stderr": 0.015, "n": 803, "failures": 2}}}})

@@ -8,7 +8,7 @@ import pytest
 
 from clo.experiments.config import grid_from_dict, load_grid
 from clo.experiments.graph import grid_stages, plan
-from clo.experiments.stages import write_json_atomic
+from clo.io import write_json
 from clo.report import write_report
 
 
@@ -41,10 +41,10 @@ def test_every_size_against_the_baseline_at_the_largest_size(tmp_path):
 
 def test_figure3_draws_the_baseline_curve_against_its_largest_size(tmp_path):
     grid = _grid(tmp_path, "largest")
-    write_json_atomic(tmp_path / "plan.json", plan(grid))
+    write_json(tmp_path / "plan.json", plan(grid))
     for run_id, wr in (("M/de/sft/n200", 0.31), ("M/de/clo/n200", 0.52), ("M/de/clo/nall", 0.66)):
-        write_json_atomic(tmp_path / "runs" / run_id / "eval" / "alpacaeval_de.done.json",
-                          {"fingerprint": "0" * 16, "result": {"win_rate": wr, "stderr": 0.02, "n": 805}})
+        write_json(tmp_path / "runs" / run_id / "eval" / "alpacaeval_de.done.json",
+                   {"fingerprint": "0" * 16, "result": {"win_rate": wr, "stderr": 0.02, "n": 805}})
     out = write_report(tmp_path)
     assert "figure3_winrate_vs_size.png" in out["files"]
     md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")

@@ -6,7 +6,7 @@ import pytest
 
 from clo.experiments.config import expand, grid_from_dict
 from clo.experiments.graph import grid_stages, plan
-from clo.experiments.stages import write_json_atomic
+from clo.io import write_json
 from clo.report import write_report
 
 
@@ -33,9 +33,9 @@ def test_one_run_per_seed_each_against_the_baseline_of_its_seed(tmp_path):
 
 def test_report_cells_are_mean_and_sd_over_seeds(tmp_path):
     grid = _grid(tmp_path, seeds=[0, 1, 2])
-    write_json_atomic(tmp_path / "plan.json", plan(grid))
+    write_json(tmp_path / "plan.json", plan(grid))
     for seed, (acc, wr, wins) in enumerate(((0.40, 0.55, 40), (0.44, 0.60, 44), (0.48, 0.65, 48))):
-        put = lambda rid, key, m: write_json_atomic(  # noqa: E731
+        put = lambda rid, key, m: write_json(  # noqa: E731
             tmp_path / "runs" / rid / "eval" / f"{key}.done.json", {"fingerprint": "0" * 16, "result": m})
         put(f"M/de/clo/nall/s{seed}", "belebele_de", {"accuracy": acc, "stderr": 0.016, "n": 900})
         put(f"M/de/clo/nall/s{seed}", "alpacaeval_de", {"win_rate": wr, "stderr": 0.02, "n": 80, "wins": wins,

@@ -10,7 +10,7 @@ import pytest
 
 from clo.experiments.config import grid_from_dict
 from clo.experiments.grid import plan
-from clo.experiments.stages import write_json_atomic
+from clo.io import write_json
 from clo.report import GAP, write_report
 
 
@@ -33,11 +33,11 @@ def grid_dir(tmp_path: Path) -> Path:
         "eval_jobs": [{"task": "belebele"}, {"task": "belebele", "lang": "en"}, {"task": "alpacaeval"},
                       {"task": "alpacaeval", "lang": "en"}, {"task": "fidelity"}],
     })
-    write_json_atomic(tmp_path / "plan.json", plan(grid))
+    write_json(tmp_path / "plan.json", plan(grid))
 
     def put(run_id: str, key: str, metrics: dict) -> None:
-        write_json_atomic(tmp_path / "runs" / run_id / "eval" / f"{key}.done.json",
-                          {"fingerprint": "0" * 16, "result": metrics})
+        write_json(tmp_path / "runs" / run_id / "eval" / f"{key}.done.json",
+                   {"fingerprint": "0" * 16, "result": metrics})
 
     put("M/de/base", "belebele_de", {"accuracy": 0.30, "stderr": 0.015, "n": 900})
     put("M/de/base", "fidelity_de", {"rate": 0.2, "n": 100})
@@ -53,7 +53,7 @@ def grid_dir(tmp_path: Path) -> Path:
     put("M/de/sft+dpo/nall", "alpacaeval_en", {"win_rate": 0.51, "stderr": 0.02, "n": 805})
     put("M/de/clo-full/n200", "belebele_de", {"accuracy": 0.25, "stderr": 0.0144, "n": 900})
     put("M/de/clo-both/nall", "belebele_de", {"accuracy": 0.41, "stderr": 0.0164, "n": 900})
-    write_json_atomic(tmp_path / "runs" / "M/de/sft/n200" / "failed.json", {"error": "RuntimeError: out of memory"})
+    write_json(tmp_path / "runs" / "M/de/sft/n200" / "failed.json", {"error": "RuntimeError: out of memory"})
     return tmp_path
 
 
@@ -148,16 +148,16 @@ def test_report_command_line(grid_dir, capsys):
 def _demo_like(tmp_path: Path, jobs: list[dict]) -> Path:
     grid = grid_from_dict({"name": "small", "output_dir": str(tmp_path), "models": ["M"], "langs": ["de"],
                            "methods": ["sft", "clo"], "sizes": [None], "eval_jobs": jobs})
-    write_json_atomic(tmp_path / "plan.json", plan(grid))
+    write_json(tmp_path / "plan.json", plan(grid))
     return tmp_path
 
 
 def _put_result(grid: Path, run_id: str, key: str, metrics: dict, records: list[dict] | None = None) -> None:
-    write_json_atomic(grid / "runs" / run_id / "eval" / f"{key}.done.json", {"fingerprint": "0", "result": metrics})
+    write_json(grid / "runs" / run_id / "eval" / f"{key}.done.json", {"fingerprint": "0", "result": metrics})
     if records is not None:
         task, _, lang = key.rpartition("_")
-        write_json_atomic(grid / "runs" / run_id / "eval" / key / f"{task}-{lang}.json",
-                          {"task": task, "metrics": metrics, "records": records})
+        write_json(grid / "runs" / run_id / "eval" / key / f"{task}-{lang}.json",
+                   {"task": task, "metrics": metrics, "records": records})
 
 
 def test_report_leaves_out_tables_of_gaps_and_lists_them_once(tmp_path):
