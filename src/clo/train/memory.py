@@ -304,13 +304,15 @@ def local_model_config(spec: str):
 
     if spec in OFFLINE_MODELS:  # converted on first load, which planning must not do
         path = cache_root() / "models" / spec
-        return AutoConfig.from_pretrained(path) if (path / ".complete").exists() else None
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return AutoConfig.from_pretrained(path) if (path / "config.json").is_file() else None
+        source = path if (path / ".complete").exists() else None
+    else:
+        path = Path(spec).expanduser()
+        source = (path if (path / "config.json").is_file() else None) if path.is_dir() else spec
+    if source is None:
+        return None
     try:
-        return AutoConfig.from_pretrained(spec, local_files_only=True)
-    except (OSError, ValueError):
+        return AutoConfig.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError):  # not there, or a config transformers cannot read (no model_type)
         return None
 
 
