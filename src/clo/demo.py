@@ -4,7 +4,7 @@ What it does (a grid run underneath, so an interrupted demo resumes where it sto
 
 1. English instruction pairs: oasst1 from the hub when it is reachable, else the local Alpaca-style
    set ``sft_en/alpaca_en_demo.json`` of the shared data directory (``$CLO_SHARED_DATA``, else
-   ``../shared/data`` next to the repository); only short pairs (``data.max_chars``), so that
+   a ``shared/data`` folder beside the repository); only short pairs (``data.max_chars``), so that
    the CPU budget holds.
 2. Translation into German with the offline causal translator (Gemma 3 270M, few-shot).
 3. SFT and CLO training of the attention projections.

